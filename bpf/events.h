@@ -1,0 +1,113 @@
+/* The wire contract between bpf/process.bpf.c and monitor/wire.py.
+ *
+ * monitor/wire.py mirrors these layouts with struct.Struct; a root-only test
+ * (tests/bpf/test_sensor.py::test_wire_sizes) checks the sizes the kernel submits
+ * against it. Change both together and bump WIRE_VERSION.
+ *
+ * Limits arrive as -D flags from monitor/limits.py (one Python constants block);
+ * the defaults below only keep the header self-contained.
+ */
+#ifndef PROCSENTRY_EVENTS_H
+#define PROCSENTRY_EVENTS_H
+
+#define WIRE_VERSION 1
+
+#ifndef ARGV_MAX_BYTES
+#define ARGV_MAX_BYTES 32768      /* argv bytes captured per exec (power of two) */
+#endif
+#ifndef FILENAME_MAX_BYTES
+#define FILENAME_MAX_BYTES 4096   /* the filename given to execve, NUL included */
+#endif
+#ifndef PATH_MAX_BYTES
+#define PATH_MAX_BYTES 4096       /* bytes of components per resolved path */
+#endif
+#ifndef PATH_MAX_DEPTH
+#define PATH_MAX_DEPTH 64         /* components walked per resolved path */
+#endif
+#define NAME_MAX_BYTES 256        /* one path component, NUL included (NAME_MAX + 1) */
+#define TTY_NAME_BYTES 64         /* tty_struct.name */
+#define COMM_BYTES 16             /* TASK_COMM_LEN */
+
+enum event_type {
+    EVENT_EXEC = 1,
+    EVENT_FORK = 2,
+    EVENT_EXIT = 3,
+};
+
+/* Exec flags: every truncation or failed read is a bit, never a silent gap. */
+#define EXEC_ARGV_TRUNCATED      (1u << 0)  /* argv longer than ARGV_MAX_BYTES */
+#define EXEC_ARGV_READ_ERROR     (1u << 1)  /* bpf_probe_read_user of the arg area failed */
+#define EXEC_FILENAME_TRUNCATED  (1u << 2)
+#define EXEC_EXE_UNLINKED        (1u << 3)  /* the executable's inode has no links: deleted, memfd, O_TMPFILE */
+#define EXEC_EXE_DETACHED        (1u << 4)  /* the path walk ended at a pseudo root (memfd, anon file) */
+#define EXEC_EXE_TRUNCATED       (1u << 5)  /* exe path deeper/longer than the limits */
+#define EXEC_EXE_ERROR           (1u << 6)
+#define EXEC_CWD_DETACHED        (1u << 7)
+#define EXEC_CWD_TRUNCATED       (1u << 8)
+#define EXEC_CWD_ERROR           (1u << 9)
+#define EXEC_NO_MM               (1u << 10)
+
+/* Counters kept in a per-CPU array, read by userspace for `stats`. */
+enum counter {
+    COUNTER_EXEC = 0,
+    COUNTER_FORK,
+    COUNTER_EXIT,
+    COUNTER_THREAD_CREATE,    /* sched_process_fork for a new thread: not a process */
+    COUNTER_THREAD_EXIT,      /* sched_process_exit of a thread while others live */
+    COUNTER_SUBMIT_FAILED,    /* bpf_perf_event_output returned an error */
+    COUNTER_SCRATCH_MISSING,  /* no scratch slot for this CPU */
+    COUNTER_MAX,
+};
+
+/* Every record starts with this header. pid means the userspace term: task->tgid. */
+struct event_header {
+    __u8  type;           /* enum event_type */
+    __u8  version;        /* WIRE_VERSION */
+    __u16 reserved;
+    __u32 size;           /* bytes submitted, header included */
+    __u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+    __u32 tgid;
+    __u32 tid;            /* the thread that triggered the event */
+    __u64 start_boottime; /* group leader's task->start_boottime, ns: /proc stat field 22 x 10^7 */
+};
+
+struct fork_event {
+    struct event_header h;   /* tgid/tid/start: the new child */
+    __u32 parent_tgid;
+    __u32 parent_tid;        /* the thread that called fork/clone */
+    __u64 parent_start_boottime;
+};
+
+struct exit_event {
+    struct event_header h;   /* tid: the last thread of the group to exit */
+    __u32 exit_code;         /* wait(2) status: code << 8 | core 0x80 | signal */
+    __u32 reserved;
+    __u64 start_time;        /* leader's task->start_time (CLOCK_MONOTONIC) for the duration */
+    char  comm[COMM_BYTES];
+};
+
+/* An exec record is this fixed part followed by `data`, in this order:
+ *   filename (filename_len bytes, NUL included)
+ *   tty name (tty_len bytes, NUL included; 0 when there is no controlling tty)
+ *   exe path components, leaf first, each NUL-terminated (exe_len bytes)
+ *   cwd path components, leaf first, each NUL-terminated (cwd_len bytes)
+ *   argv bytes as the program sees them, NUL-separated (argv_len bytes)
+ * Only the used length is submitted. */
+struct exec_event {
+    struct event_header h;   /* tid == tgid after exec (de_thread) */
+    __u32 old_tid;           /* the thread that called execve */
+    __u32 flags;             /* EXEC_* */
+    __u32 ppid;              /* real_parent->tgid */
+    __u32 argc;              /* linux_binprm.argc: the original count */
+    __u64 parent_start_boottime;
+    __u64 cgroup_id;
+    __u32 uid, gid, euid, egid;
+    __u32 loginuid, sessionid;
+    __u32 ns_pid, ns_mnt, ns_net, ns_user, ns_uts, ns_ipc, ns_cgroup;
+    __u32 argv_size;         /* mm->arg_end - mm->arg_start: the full original length */
+    __u16 filename_len, tty_len, exe_len, cwd_len;
+    __u32 argv_len;          /* captured bytes */
+    char  comm[COMM_BYTES];
+};
+
+#endif

@@ -1,0 +1,192 @@
+"""procsentry: a process monitor for host intrusion detection.
+
+Every exec, fork and exit on the host, from eBPF tracepoints, enriched from /proc, as JSON lines.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+EX_OK = 0
+EX_ERROR = 1
+EX_USAGE = 2
+EX_NOPERM = 77  # sysexits.h, as bcc's tools use it: privileges missing
+
+EXAMPLES = """\
+examples:
+  sudo procsentry watch                      # every process event, JSON lines (text on a terminal)
+  sudo procsentry watch --events exec --format text
+  sudo procsentry watch --exe '/usr/bin/*sh' --uid 33   # shells run by www-data
+  sudo procsentry watch --output /var/log/procsentry.jsonl --stats-interval 60
+  sudo procsentry watch --sensor connector   # without BPF: the netlink process connector
+  sudo procsentry watch --dump-bpf           # print the BPF C and the compiler flags, then exit
+  sudo procsentry snapshot --format text     # one sweep of /proc, like ps
+  procsentry doctor                          # can this host run the BPF sensor?
+
+exit status: 0 ok (also after SIGINT/SIGTERM or a closed pipe), 1 error, 2 usage,
+77 missing privileges.
+"""
+
+
+def _csv(value: str) -> frozenset[str]:
+    from monitor.events import EVENT_TYPES  # noqa: PLC0415
+    items = frozenset(v.strip() for v in value.split(",") if v.strip())
+    bad = items - set(EVENT_TYPES)
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown event type(s): {', '.join(sorted(bad))}; "
+                                         f"choose from {', '.join(EVENT_TYPES)}")
+    return items
+
+
+def _positive(kind):
+    def parse(value: str):
+        v = kind(value)
+        if v <= 0:
+            raise argparse.ArgumentTypeError("must be positive")
+        return v
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="procsentry", description=__doc__, epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    w = sub.add_parser("watch", help="stream process events", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    w.add_argument("--format", choices=("json", "text"), default=None,
+                   help="default: text on a terminal, JSON lines otherwise")
+    w.add_argument("--output", metavar="FILE", help="append events to FILE (created 0600)")
+    w.add_argument("--pid", type=int, help="only events of this process")
+    w.add_argument("--uid", type=int, help="only processes with this real or effective uid")
+    w.add_argument("--comm", help="only processes with this comm")
+    w.add_argument("--exe", metavar="GLOB", help="only executables matching GLOB")
+    w.add_argument("--events", type=_csv, metavar="LIST", help="e.g. exec,exit")
+    w.add_argument("--container", metavar="ID", help="only processes in this container (id prefix)")
+    w.add_argument("--sensor", choices=("auto", "bpf", "connector", "poll"), default="auto")
+    w.add_argument("--sweep-interval", type=float, default=30.0, metavar="S",
+                   help="reconciliation sweep period (0 disables; default 30)")
+    w.add_argument("--poll-interval", type=_positive(float), default=0.1, metavar="S",
+                   help="period of --sensor poll (default 0.1)")
+    w.add_argument("--stats-interval", type=_positive(float), default=60.0, metavar="S")
+    w.add_argument("--duration", type=_positive(float), metavar="S", help="stop after S seconds")
+    w.add_argument("--count", type=_positive(int), metavar="N", help="stop after N process events")
+    w.add_argument("--ancestry-depth", type=int, default=10, metavar="N")
+    w.add_argument("--environ", action="store_true",
+                   help="add environment variables (secret-looking values redacted)")
+    w.add_argument("--perf-pages", type=_positive(int), default=None, metavar="N",
+                   help="perf buffer pages per CPU, a power of two (default 256)")
+    w.add_argument("--wakeup-events", type=_positive(int), default=None, metavar="N",
+                   help="wake the reader every N samples (default 1)")
+    w.add_argument("--backlog", type=_positive(int), default=1024, metavar="N",
+                   help="records in one batch beyond which /proc enrichment is skipped")
+    w.add_argument("--proc-root", metavar="DIR", help="procfs to read (default /proc, or $HOST_ROOT/proc)")
+    w.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
+    w.add_argument("--record", metavar="FILE", help=argparse.SUPPRESS)
+
+    s = sub.add_parser("snapshot", help="one sweep of /proc")
+    s.add_argument("--format", choices=("json", "text"), default=None)
+    s.add_argument("--pid", type=int, action="append", help="only this PID (repeatable)")
+    s.add_argument("--depth", choices=("cheap", "full"), default="full")
+    s.add_argument("--environ", action="store_true")
+    s.add_argument("--proc-root", metavar="DIR")
+
+    d = sub.add_parser("doctor", help="check that this host can run the BPF sensor")
+    d.add_argument("--format", choices=("text", "json"), default="text")
+    d.add_argument("--no-load", action="store_true", help="skip the trial load of the programs")
+    return p
+
+
+def cmd_doctor(args) -> int:
+    from monitor import doctor  # noqa: PLC0415
+    return doctor.main(args.format, load=not args.no_load)
+
+
+def cmd_snapshot(args) -> int:
+    from monitor.output import Sink  # noqa: PLC0415
+    from monitor.pipeline import Config, Pipeline  # noqa: PLC0415
+    from monitor.sensors import NullSource  # noqa: PLC0415
+    from userspace.procfs import ProcFS, default_root  # noqa: PLC0415
+    from userspace.types import Depth  # noqa: PLC0415
+
+    fs = ProcFS(args.proc_root or default_root())
+    sink = Sink("ps" if args.format == "text" or (args.format is None and sys.stdout.isatty()) else "json")
+    depth = Depth.FULL if args.depth == "full" else Depth.CHEAP
+    pipeline = Pipeline(NullSource("sweep"), sink, fs, Config(environ=args.environ), depth=depth)
+    pipeline.sweep_existing(pids=args.pid)
+    sink.close()
+    return EX_OK
+
+
+def cmd_watch(args) -> int:
+    from monitor import sensors  # noqa: PLC0415
+    from monitor.output import Sink  # noqa: PLC0415
+    from monitor.pipeline import Config, Filters, Pipeline  # noqa: PLC0415
+    from userspace.procfs import ProcFS, default_root  # noqa: PLC0415
+
+    if args.dump_bpf:
+        return sensors.dump_bpf()
+    try:
+        source, note = sensors.choose(args)
+    except sensors.NoSensor as e:
+        print(f"procsentry: {e}", file=sys.stderr)
+        return EX_NOPERM if e.permission else EX_ERROR
+    print(f"procsentry: sensor {source.name}{' (' + note + ')' if note else ''}", file=sys.stderr)
+    fs = ProcFS(args.proc_root or default_root())
+    try:
+        sink = Sink(args.format or "auto", args.output)
+    except OSError as e:
+        print(f"procsentry: cannot open {args.output}: {e.strerror}", file=sys.stderr)
+        source.close()
+        return EX_ERROR
+    cfg = Config(
+        sweep_interval_s=args.sweep_interval, stats_interval_s=args.stats_interval,
+        duration_s=args.duration, count=args.count, ancestry_depth=args.ancestry_depth,
+        backlog=args.backlog, environ=args.environ,
+        filters=Filters(pid=args.pid, uid=args.uid, comm=args.comm, exe=args.exe,
+                        events=args.events, container=args.container))
+    pipeline = Pipeline(source, sink, fs, cfg)
+
+    def stop(signum, frame):
+        pipeline.stop_requested = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        try:
+            pipeline.run()
+        finally:
+            if not isinstance(sys.exc_info()[1], BrokenPipeError):
+                pipeline.finish()
+    except BrokenPipeError:
+        # The reader went away (`| head -3`): that is how a pipeline says stop. Point stdout at
+        # /dev/null so the interpreter's final flush does not complain, and exit 0.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EX_OK
+    finally:
+        source.close()
+        try:
+            sink.close()
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+    return EX_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("PROCSENTRY_LOG", "WARNING"),
+                        format="procsentry: %(levelname)s %(name)s %(message)s")
+    args = build_parser().parse_args(argv)
+    handler = {"watch": cmd_watch, "snapshot": cmd_snapshot, "doctor": cmd_doctor}[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return EX_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""`procsentry doctor`: can this host run the BPF sensor, and if not, what to do about it.
+
+One check a line: PASS / WARN / FAIL, what was found, and for a failure the one remedy.
+WARN never fails the run (e.g. mismatched headers: the sensor reads structs through BTF, so
+they only need to exist). Exit status 0 only when every required check passes.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import orjson
+
+from monitor import offsets
+from monitor.btf import BTF, BTFError
+from monitor.loader import SensorUnavailable, check_privileges, effective_caps
+from userspace.procfs import ProcFS, ProcFSError, default_root
+
+TRACEFS = Path("/sys/kernel/tracing")
+TRACEPOINTS = ("sched_process_exec", "sched_process_fork", "sched_process_exit")
+LOCKDOWN = Path("/sys/kernel/security/lockdown")
+MIN_KERNEL = (5, 8)  # bounded loops (5.3), bpf_probe_read_kernel/user (5.5), CAP_BPF (5.8)
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # PASS | WARN | FAIL
+    detail: str
+    remedy: str = ""
+
+
+def _kernel_version(release: str) -> tuple[int, int]:
+    parts = release.split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
+def check_privileges_() -> Check:
+    if os.geteuid() == 0:
+        return Check("privileges", "PASS", "running as root")
+    try:
+        check_privileges()
+        return Check("privileges", "PASS", f"CAP_BPF and CAP_PERFMON (CapEff {effective_caps():#x})")
+    except SensorUnavailable:
+        return Check("privileges", "FAIL", f"uid {os.geteuid()} without CAP_BPF/CAP_PERFMON",
+                     "run as root: sudo procsentry ...")
+
+
+def check_kernel() -> Check:
+    release = os.uname().release
+    v = _kernel_version(release)
+    if v >= MIN_KERNEL:
+        return Check("kernel", "PASS", release)
+    return Check("kernel", "FAIL", f"{release} is older than {MIN_KERNEL[0]}.{MIN_KERNEL[1]}",
+                 "use --sensor connector or --sensor poll on this kernel, or upgrade it")
+
+
+def check_btf() -> tuple[Check, BTF | None]:
+    path = offsets.BTF_PATH
+    if not os.path.exists(path):
+        return Check("btf", "FAIL", f"{path} is missing",
+                     "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (all current distro kernels are)"), None
+    try:
+        btf = BTF.from_file(path)
+        offsets.resolve(btf)
+    except (BTFError, offsets.OffsetsError) as e:
+        return Check("btf", "FAIL", str(e), "report this kernel version: a struct member moved"), None
+    return Check("btf", "PASS", f"{path}: every struct offset the sensor needs resolved"), btf
+
+
+def check_tracefs() -> Check:
+    if (TRACEFS / "events").is_dir():
+        return Check("tracefs", "PASS", f"mounted at {TRACEFS}")
+    return Check("tracefs", "FAIL", f"not mounted at {TRACEFS}",
+                 "mount -t tracefs tracefs /sys/kernel/tracing (sudo make run does it)")
+
+
+def check_tracepoints() -> list[Check]:
+    out = []
+    for tp in TRACEPOINTS:
+        fmt = TRACEFS / "events" / "sched" / tp / "format"
+        if fmt.exists():
+            out.append(Check(f"tracepoint:{tp}", "PASS", "present"))
+        elif not (TRACEFS / "events").is_dir():
+            out.append(Check(f"tracepoint:{tp}", "FAIL", "cannot tell: tracefs is not mounted",
+                             "mount tracefs (sudo make run does it)"))
+        else:
+            out.append(Check(f"tracepoint:{tp}", "FAIL", "absent",
+                             "use a kernel with CONFIG_TRACEPOINTS, or --sensor connector"))
+    return out
+
+
+def check_bcc() -> Check:
+    try:
+        import bcc  # noqa: PLC0415
+    except ImportError:
+        return Check("bcc", "FAIL", "the bcc Python module is not importable",
+                     "apt-get install python3-bpfcc (Fedora: dnf install python3-bcc); "
+                     "never 'pip install bcc', an unrelated package")
+    version = getattr(bcc, "__version__", None) or _bcc_version_from_lib()
+    return Check("bcc", "PASS", f"bcc {version} from {os.path.dirname(bcc.__file__)}")
+
+
+def _bcc_version_from_lib() -> str:
+    try:
+        from bcc import libbcc  # noqa: PLC0415
+        return libbcc.lib.bcc_version().decode() if hasattr(libbcc.lib, "bcc_version") else "unknown"
+    except Exception:  # noqa: BLE001 - only a version string
+        return "unknown"
+
+
+def headers_release(build: Path) -> str | None:
+    """UTS_RELEASE of a headers tree, or None when it has none."""
+    for rel in ("include/generated/utsrelease.h", "include/linux/utsrelease.h"):
+        try:
+            text = (build / rel).read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if "UTS_RELEASE" in line and '"' in line:
+                return line.split('"')[1]
+    return None
+
+
+def check_headers() -> Check:
+    release = os.uname().release
+    src = os.environ.get("BCC_KERNEL_SOURCE")
+    build = Path(src) if src else Path(f"/lib/modules/{release}/build")
+    if not build.exists():
+        return Check("headers", "FAIL", f"{build} does not exist",
+                     "sudo make run installs headers (the generic ones if none match this kernel)")
+    found = headers_release(build.resolve())
+    if found == release:
+        return Check("headers", "PASS", f"matching headers for {release}")
+    return Check("headers", "WARN",
+                 f"mismatched fallback: {build} -> {build.resolve()} is for {found or 'an unknown kernel'}, "
+                 f"not {release}; bcc compiles with them and every struct offset comes from BTF")
+
+
+def check_ringbuf(btf: BTF | None) -> Check:
+    if btf is not None and btf.has_struct("bpf_ringbuf"):
+        return Check("ringbuf", "PASS", "BPF ring buffer supported (procsentry uses the perf buffer)")
+    return Check("ringbuf", "WARN", "no BPF ring buffer (kernel < 5.8); the perf buffer is used anyway")
+
+
+def check_paranoid(fs: ProcFS) -> Check:
+    try:
+        value = int(fs.read_bytes(None, "sys/kernel/perf_event_paranoid").strip())
+    except (ProcFSError, ValueError):
+        return Check("perf_event_paranoid", "WARN", "unreadable")
+    note = "root and CAP_PERFMON are not limited by it" if value > 1 else "permissive"
+    return Check("perf_event_paranoid", "PASS", f"kernel.perf_event_paranoid = {value} ({note})")
+
+
+def check_lockdown() -> Check:
+    try:
+        text = LOCKDOWN.read_text().strip()
+    except OSError:
+        return Check("lockdown", "PASS", "no lockdown LSM interface: not locked down")
+    mode = text[text.find("[") + 1:text.find("]")] if "[" in text else text
+    if mode == "confidentiality":
+        return Check("lockdown", "FAIL", "kernel lockdown=confidentiality forbids reading kernel memory from BPF",
+                     "boot with lockdown=integrity or none, or use --sensor connector")
+    return Check("lockdown", "PASS", f"lockdown mode: {mode}")
+
+
+def check_load() -> Check:
+    from monitor.loader import Sensor  # noqa: PLC0415
+    sensor = Sensor(perf_pages=1)
+    try:
+        sensor.start()
+    except SensorUnavailable as e:
+        return Check("sensor", "FAIL", str(e), "fix the failures above, then run procsentry doctor again")
+    finally:
+        sensor.close()
+    return Check("sensor", "PASS", "the BPF programs compile, load and attach")
+
+
+def run_checks(load: bool = True) -> list[Check]:
+    fs = ProcFS(default_root())
+    checks = [check_privileges_(), check_kernel()]
+    btf_check, btf = check_btf()
+    checks += [btf_check, check_tracefs(), *check_tracepoints(), check_bcc(), check_headers(),
+               check_ringbuf(btf), check_paranoid(fs), check_lockdown()]
+    if load and all(c.status != "FAIL" for c in checks):
+        checks.append(check_load())
+    return checks
+
+
+def main(fmt: str = "text", load: bool = True) -> int:
+    checks = run_checks(load)
+    ok = all(c.status != "FAIL" for c in checks)
+    if fmt == "json":
+        sys.stdout.buffer.write(orjson.dumps({"ok": ok, "checks": [asdict(c) for c in checks]},
+                                             option=orjson.OPT_APPEND_NEWLINE))
+    else:
+        width = max(len(c.name) for c in checks)
+        for c in checks:
+            line = f"{c.status:<4}  {c.name:<{width}}  {c.detail}"
+            if c.remedy and c.status == "FAIL":
+                line += f"\n      {'':<{width}}  remedy: {c.remedy}"
+            print(line)
+        print("ready: the BPF sensor can run here" if ok else "not ready: fix the FAIL lines above")
+    sys.stdout.flush()
+    return 0 if ok else 1

@@ -1,0 +1,120 @@
+"""Enrichment: what /proc adds to an event, and the reasons for whatever it could not add.
+
+Kernel-captured fields are never overwritten: a process may rewrite its own argv (setproctitle)
+or chdir after exec. Where /proc disagrees with the kernel, both are kept (`differs`).
+"""
+from __future__ import annotations
+
+import pwd
+import time
+
+from monitor.events import ProcDetails, Socket
+from userspace.procfs import ProcessGone, ProcFS, ProcFSError
+from userspace.process import read_process
+from userspace.sockets import SocketTables
+from userspace.types import Depth, ProcessSnapshot
+
+MAX_FDS_LISTED = 64  # fd targets carried per event; fd_count is always the full count
+SOCKET_TABLE_TTL_S = 1.0
+
+
+class UserNames:
+    """uid -> user name, cached (a host has few users; getpwuid reads /etc/passwd or NSS)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, str | None] = {}
+
+    def __call__(self, uid: int | None) -> str | None:
+        if uid is None:
+            return None
+        try:
+            return self._cache[uid]
+        except KeyError:
+            try:
+                name: str | None = pwd.getpwuid(uid).pw_name
+            except (KeyError, OverflowError):
+                name = None
+            if len(self._cache) < 4096:
+                self._cache[uid] = name
+            return name
+
+
+class Enricher:
+    """Reads a process from /proc for an event, with socket tables cached for a second."""
+
+    def __init__(self, fs: ProcFS, depth: Depth = Depth.EXEC, environ: bool = False) -> None:
+        self.fs = fs
+        self.depth = depth
+        self.environ = environ
+        self._sockets: SocketTables | None = None
+        self._sockets_at = 0.0
+
+    def sockets(self) -> SocketTables:
+        now = time.monotonic()
+        if self._sockets is None or now - self._sockets_at > SOCKET_TABLE_TTL_S:
+            self._sockets = SocketTables(self.fs)
+            self._sockets_at = now
+        return self._sockets
+
+    def read(self, pid: int, start_ticks: int | None) -> ProcessSnapshot | None:
+        """Snapshot of pid if it is still the process identified by start_ticks, else None."""
+        try:
+            snap = read_process(self.fs, pid, self.depth, environ=self.environ,
+                                sockets=self.sockets())
+        except ProcessGone:
+            return None
+        except ProcFSError:
+            return None
+        if start_ticks is not None and snap.start_ticks != start_ticks:
+            return None  # the PID now belongs to another process
+        return snap
+
+
+def details(snap: ProcessSnapshot) -> ProcDetails:
+    """The /proc-only part of a snapshot, as carried in an event's `proc` object."""
+    uids = snap.uids
+    fds = None
+    if snap.fds is not None:
+        fds = tuple(f"{f.fd}:{f.target.decode('utf-8', 'backslashreplace')}"
+                    for f in snap.fds[:MAX_FDS_LISTED])
+    sockets = None
+    if snap.sockets is not None and snap.fds is not None:
+        by_inode = {s.inode: s for s in snap.sockets}
+        sockets = tuple(
+            Socket(fd=f.fd, protocol=s.protocol, state=s.state,
+                   local=_endpoint(s.local_address, s.local_port),
+                   remote=_endpoint(s.remote_address, s.remote_port), inode=s.inode)
+            for f in snap.fds if f.kind == "socket" and (s := by_inode.get(f.inode)) is not None
+        )
+    env = None
+    if snap.environ is not None:
+        env = {k.decode("utf-8", "backslashreplace"): v for k, v in snap.environ}
+    return ProcDetails(
+        state=snap.state,
+        threads=snap.threads,
+        rss_bytes=snap.rss_bytes,
+        vsz_bytes=snap.vsz_bytes,
+        cap_eff=f"{snap.cap_eff:016x}" if snap.cap_eff is not None else None,
+        suid=uids[2] if uids else None,
+        fsuid=uids[3] if uids else None,
+        fd_count=snap.fd_count,
+        fds=fds,
+        sockets=sockets,
+        cgroup=snap.cgroup,
+        root=snap.root,
+        environ=env,
+    )
+
+
+def _endpoint(addr: str, port: int | None) -> str:
+    if port is None:
+        return addr
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def outcome(snap: ProcessSnapshot | None) -> str:
+    """full: everything asked for was read; partial: some of it; gone: the process was."""
+    if snap is None:
+        return "gone"
+    asked = {k: v for k, v in snap.missing.items() if v not in ("not_requested",)}
+    return "partial" if asked else "full"

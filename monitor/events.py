@@ -1,0 +1,149 @@
+"""The output schema: every record procsentry emits is one of these frozen dataclasses.
+
+orjson serialises dataclasses natively, in field order. Byte strings (comm, exe, argv, paths)
+stay bytes until monitor/output.py turns them into text, the one bytes-to-text boundary.
+The JSON Schema that users and the tests validate against is monitor/schema/events.schema.json;
+README.md documents every field. Change the three together and bump SCHEMA_VERSION.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SCHEMA_VERSION = 1
+
+EVENT_TYPES = ("exec", "fork", "exit", "existing", "missed", "lost", "stats")
+SOURCES = ("bpf", "sweep", "connector", "poll")
+ENRICHMENT = ("full", "partial", "gone")
+
+
+@dataclass(frozen=True, slots=True)
+class Ancestor:
+    pid: int
+    exec_id: str
+    exe: bytes | None
+    argv: tuple[bytes, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Socket:
+    fd: int
+    protocol: str
+    state: str
+    local: str
+    remote: str
+    inode: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProcDetails:
+    """What /proc added at enrichment time (never overrides a kernel-captured field)."""
+
+    state: str | None = None
+    threads: int | None = None
+    rss_bytes: int | None = None
+    vsz_bytes: int | None = None
+    cap_eff: str | None = None  # hex, as in status
+    suid: int | None = None
+    fsuid: int | None = None
+    fd_count: int | None = None
+    fds: tuple[str, ...] | None = None  # targets of the first fds (bounded)
+    sockets: tuple[Socket, ...] | None = None
+    cgroup: bytes | None = None
+    root: bytes | None = None
+    environ: dict[str, bytes] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessEvent:
+    """exec, fork, existing and missed events (and the base of exit)."""
+
+    event: str
+    time: str  # RFC 3339 UTC with nanoseconds
+    source: str
+    pid: int  # tgid
+    ppid: int | None
+    exec_id: str
+    parent_exec_id: str | None
+    uid: int | None
+    euid: int | None
+    gid: int | None
+    egid: int | None
+    user: str | None
+    comm: bytes | None
+    exe: bytes | None
+    argv: tuple[bytes, ...] | None
+    argv_truncated: bool
+    cwd: bytes | None
+    start_time: int  # clock ticks since boot, as /proc/<pid>/stat field 22
+    container_id: str | None
+    ns: dict[str, int] | None
+    enrichment: str  # full | partial | gone
+    tid: int | None = None
+    filename: bytes | None = None  # as passed to execve
+    argc: int | None = None  # the original argument count
+    argv_size: int | None = None  # the original argument area in bytes
+    argv_raw: str | None = None  # base64 of the exact argv bytes, only when argv is not UTF-8
+    exe_deleted: bool = False
+    exe_fileless: bool = False  # memfd or otherwise without a path on disk
+    tty: bytes | None = None
+    loginuid: int | None = None
+    sessionid: int | None = None
+    cgroup_id: int | None = None
+    capture: tuple[str, ...] = ()  # kernel capture flags: truncations and read errors
+    missing: dict[str, str] = field(default_factory=dict)
+    differs: dict[str, object] | None = None  # /proc values that disagree with the kernel's
+    ancestry: tuple[Ancestor, ...] | None = None
+    proc: ProcDetails | None = None
+    schema: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class ExitEvent(ProcessEvent):
+    exit_code: int | None = None  # the value passed to exit(), when it exited normally
+    signal: int | None = None  # the terminating signal, when killed
+    core_dumped: bool = False
+    duration_ns: int | None = None
+    inferred: bool = False  # true when a sweep found it gone without a kernel exit record
+
+
+@dataclass(frozen=True, slots=True)
+class LostEvent:
+    event: str
+    time: str
+    source: str
+    cpu: int
+    count: int
+    schema: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class StatsEvent:
+    event: str
+    time: str
+    source: str
+    uptime_s: float
+    events: dict[str, int]
+    lost: int
+    lost_per_cpu: dict[str, int]
+    missed: int
+    inferred_exits: int
+    enrichment: dict[str, int]
+    queue_depth: int
+    queue_peak: int
+    table_size: int
+    table_evictions: int
+    kernel: dict[str, int]
+    dropped_writes: int
+    decode_errors: int
+    cpu_time_s: float
+    rss_bytes: int
+    peak_rss_bytes: int
+    schema: int = SCHEMA_VERSION
+
+
+def split_wait_status(status: int) -> tuple[int | None, int | None, bool]:
+    """wait(2) status -> (exit_code, signal, core_dumped), as WIFEXITED/WTERMSIG decode it."""
+    sig = status & 0x7F
+    if sig == 0:
+        return (status >> 8) & 0xFF, None, False
+    return None, sig, bool(status & 0x80)

@@ -1,0 +1,20 @@
+"""Capture limits: the one place they are set. They reach the BPF C as -D flags."""
+from __future__ import annotations
+
+ARGV_MAX_BYTES = 32768  # argv captured per exec; a power of two (the C masks with it)
+FILENAME_MAX_BYTES = 4096  # the filename passed to execve, NUL included
+PATH_MAX_BYTES = 4096  # components captured per resolved path (exe, cwd)
+PATH_MAX_DEPTH = 64  # components walked per resolved path
+PERF_PAGES = 256  # perf buffer pages per CPU (1 MiB with 4 KiB pages); --perf-pages
+WAKEUP_EVENTS = 1  # wake userspace every N samples; --wakeup-events
+
+assert ARGV_MAX_BYTES & (ARGV_MAX_BYTES - 1) == 0
+
+
+def cflags() -> list[str]:
+    return [
+        f"-DARGV_MAX_BYTES={ARGV_MAX_BYTES}",
+        f"-DFILENAME_MAX_BYTES={FILENAME_MAX_BYTES}",
+        f"-DPATH_MAX_BYTES={PATH_MAX_BYTES}",
+        f"-DPATH_MAX_DEPTH={PATH_MAX_DEPTH}",
+    ]

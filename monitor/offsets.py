@@ -1,0 +1,181 @@
+"""Kernel struct offsets for the BPF programs, resolved from the running kernel's BTF.
+
+Why: bcc compiles against whatever headers /lib/modules/$(uname -r)/build points at. On custom
+and cloud kernels those are the nearest distro headers, whose struct layouts differ from the
+running kernel (on a 6.18 kernel with 6.1 headers, `task->real_parent->tgid` reads 0). The BPF
+C therefore never dereferences a kernel struct through a header type: every member it reads is
+`base + OFF_X`, and OFF_X comes from here as a `-DOFF_X=<n>` compiler flag.
+
+Resolution takes ~0.15 s (a pure-Python walk of ~130k BTF types); results are cached on disk
+keyed by the SHA-256 of the BTF blob, so a restart on the same kernel costs one hash.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+from monitor.btf import BTF, BTFError
+
+BTF_PATH = "/sys/kernel/btf/vmlinux"
+CACHE_DIR = os.environ.get("PROCSENTRY_CACHE_DIR", "/var/cache/procsentry")
+CACHE_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Want:
+    """One offset the BPF C needs: macro name, struct, member path(s) to try, expected size."""
+
+    macro: str
+    struct: str
+    paths: tuple[str, ...]
+    size: int | None = None  # None: any (embedded structs, flexible arrays)
+    optional: bool = False  # missing -> -1, and the C skips the read
+
+
+def _w(macro, struct, paths, size=None, optional=False):
+    if isinstance(paths, str):
+        paths = (paths,)
+    return Want(macro, struct, tuple(paths), size, optional)
+
+
+WANTS: tuple[Want, ...] = (
+    _w("TASK_PID", "task_struct", "pid", 4),
+    _w("TASK_TGID", "task_struct", "tgid", 4),
+    _w("TASK_FLAGS", "task_struct", "flags", 4),
+    _w("TASK_REAL_PARENT", "task_struct", "real_parent", 8),
+    _w("TASK_GROUP_LEADER", "task_struct", "group_leader", 8),
+    # fs/proc/array.c do_task_stat reports start_boottime (5.5+; real_start_time before) as
+    # field 22; start_time is CLOCK_MONOTONIC, which bpf_ktime_get_ns also reads.
+    _w("TASK_START_BOOTTIME", "task_struct", ("start_boottime", "real_start_time"), 8),
+    _w("TASK_START_TIME", "task_struct", "start_time", 8),
+    _w("TASK_CRED", "task_struct", "cred", 8),
+    _w("TASK_FS", "task_struct", "fs", 8),
+    _w("TASK_NSPROXY", "task_struct", "nsproxy", 8),
+    _w("TASK_MM", "task_struct", "mm", 8),
+    _w("TASK_SIGNAL", "task_struct", "signal", 8),
+    _w("TASK_EXIT_CODE", "task_struct", "exit_code", 4),
+    _w("TASK_THREAD_PID", "task_struct", "thread_pid", 8),
+    _w("TASK_LOGINUID", "task_struct", "loginuid", 4, optional=True),  # CONFIG_AUDIT
+    _w("TASK_SESSIONID", "task_struct", "sessionid", 4, optional=True),
+    _w("CRED_UID", "cred", "uid", 4),
+    _w("CRED_GID", "cred", "gid", 4),
+    _w("CRED_EUID", "cred", "euid", 4),
+    _w("CRED_EGID", "cred", "egid", 4),
+    _w("CRED_USER_NS", "cred", "user_ns", 8),
+    _w("SIGNAL_LIVE", "signal_struct", "live", 4),
+    _w("SIGNAL_FLAGS", "signal_struct", "flags", 4),
+    _w("SIGNAL_GROUP_EXIT_CODE", "signal_struct", "group_exit_code", 4),
+    _w("SIGNAL_TTY", "signal_struct", "tty", 8),
+    _w("TTY_NAME", "tty_struct", "name", 64),
+    _w("MM_ARG_START", "mm_struct", "arg_start", 8),
+    _w("MM_ARG_END", "mm_struct", "arg_end", 8),
+    _w("FS_PWD_MNT", "fs_struct", "pwd.mnt", 8),
+    _w("FS_PWD_DENTRY", "fs_struct", "pwd.dentry", 8),
+    _w("FILE_PATH_MNT", "file", "f_path.mnt", 8),
+    _w("FILE_PATH_DENTRY", "file", "f_path.dentry", 8),
+    _w("FILE_INODE", "file", "f_inode", 8),
+    _w("INODE_NLINK", "inode", ("i_nlink", "__i_nlink"), 4),
+    _w("DENTRY_PARENT", "dentry", "d_parent", 8),
+    _w("DENTRY_NAME", "dentry", "d_name.name", 8),
+    _w("MOUNT_MNT", "mount", "mnt"),
+    _w("MOUNT_PARENT", "mount", "mnt_parent", 8),
+    _w("MOUNT_MOUNTPOINT", "mount", "mnt_mountpoint", 8),
+    _w("VFSMOUNT_ROOT", "vfsmount", "mnt_root", 8),
+    _w("BINPRM_FILE", "linux_binprm", "file", 8),
+    _w("BINPRM_FILENAME", "linux_binprm", "filename", 8),
+    _w("BINPRM_ARGC", "linux_binprm", "argc", 4),
+    _w("NSPROXY_UTS", "nsproxy", "uts_ns", 8),
+    _w("NSPROXY_IPC", "nsproxy", "ipc_ns", 8),
+    _w("NSPROXY_MNT", "nsproxy", "mnt_ns", 8),
+    _w("NSPROXY_NET", "nsproxy", "net_ns", 8),
+    _w("NSPROXY_CGROUP", "nsproxy", "cgroup_ns", 8),
+    _w("UTS_NS_INUM", "uts_namespace", "ns.inum", 4),
+    _w("IPC_NS_INUM", "ipc_namespace", "ns.inum", 4),
+    _w("MNT_NS_INUM", "mnt_namespace", "ns.inum", 4),
+    _w("NET_NS_INUM", "net", "ns.inum", 4),
+    _w("CGROUP_NS_INUM", "cgroup_namespace", "ns.inum", 4),
+    _w("USER_NS_INUM", "user_namespace", "ns.inum", 4),
+    _w("PID_NS_INUM", "pid_namespace", "ns.inum", 4),
+    _w("PID_LEVEL", "pid", "level", 4),
+    _w("PID_NUMBERS", "pid", "numbers"),
+    _w("UPID_NS", "upid", "ns", 8),
+)
+# Sizes of whole structs, for array indexing (pid->numbers[level]).
+SIZES: tuple[tuple[str, str], ...] = (("UPID_SIZE", "upid"),)
+
+
+class OffsetsError(Exception):
+    """BTF is missing or the kernel lacks a member the sensor cannot work without."""
+
+
+def resolve(btf: BTF) -> dict[str, int]:
+    """Map every WANTS macro to a byte offset (-1 for an absent optional member)."""
+    out: dict[str, int] = {}
+    problems = []
+    for want in WANTS:
+        for path in want.paths:
+            try:
+                m = btf.member(want.struct, path)
+            except BTFError:
+                continue
+            if want.size is not None and m.size != want.size:
+                problems.append(f"{want.struct}.{path} is {m.size} bytes, expected {want.size}")
+            out[want.macro] = m.offset
+            break
+        else:
+            if want.optional:
+                out[want.macro] = -1
+            else:
+                problems.append(f"{want.struct}.{'|'.join(want.paths)} not found")
+    for macro, struct_name in SIZES:
+        try:
+            out[macro] = btf.struct_size(struct_name)
+        except BTFError as e:
+            problems.append(str(e))
+    if problems:
+        raise OffsetsError("kernel BTF lacks what the sensor needs: " + "; ".join(problems))
+    return out
+
+
+def load(btf_path: str = BTF_PATH, cache_dir: str | None = CACHE_DIR) -> dict[str, int]:
+    """Offsets for the running kernel, from the on-disk cache when the BTF blob is unchanged."""
+    try:
+        with open(btf_path, "rb") as f:
+            blob = f.read()
+    except FileNotFoundError:
+        raise OffsetsError(
+            f"{btf_path} is missing: this kernel was built without CONFIG_DEBUG_INFO_BTF, "
+            "and procsentry reads kernel structs only through BTF offsets"
+        ) from None
+    except OSError as e:
+        raise OffsetsError(f"cannot read {btf_path}: {e.strerror}") from None
+    digest = hashlib.sha256(blob).hexdigest()
+    cache_file = os.path.join(cache_dir, f"offsets-{digest[:32]}.json") if cache_dir else None
+    if cache_file:
+        try:
+            with open(cache_file, "rb") as f:
+                cached = json.load(f)
+            if cached.get("version") == CACHE_VERSION and cached.get("btf_sha256") == digest:
+                return {str(k): int(v) for k, v in cached["offsets"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass  # absent or corrupt cache: resolve again
+    try:
+        offsets = resolve(BTF(blob))
+    except BTFError as e:
+        raise OffsetsError(f"cannot parse {btf_path}: {e}") from None
+    if cache_file:
+        try:
+            os.makedirs(cache_dir, mode=0o755, exist_ok=True)
+            tmp = f"{cache_file}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump({"version": CACHE_VERSION, "btf_sha256": digest, "offsets": offsets}, f)
+            os.replace(tmp, cache_file)
+        except OSError:
+            pass  # a read-only /var is no reason not to run
+    return offsets
+
+
+def cflags(offsets: dict[str, int]) -> list[str]:
+    return [f"-DOFF_{name}={value}" for name, value in sorted(offsets.items())]

@@ -1,0 +1,208 @@
+"""Decode the sensor's perf-buffer records (layouts: bpf/events.h) into Raw* tuples.
+
+Pure: no bcc import, so decoding is tested without a kernel on recorded bytes
+(tests/data/events/*.dump). Raw bytes are unpacked with struct, not bcc's ctypes `.event()`:
+a ctypes char array stops at the first NUL, which would cut a NUL-separated argv to argv[0].
+"""
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+WIRE_VERSION = 1
+EVENT_EXEC = 1
+EVENT_FORK = 2
+EVENT_EXIT = 3
+
+# Exec flags (bpf/events.h EXEC_*)
+ARGV_TRUNCATED = 1 << 0
+ARGV_READ_ERROR = 1 << 1
+FILENAME_TRUNCATED = 1 << 2
+EXE_UNLINKED = 1 << 3
+EXE_DETACHED = 1 << 4
+EXE_TRUNCATED = 1 << 5
+EXE_ERROR = 1 << 6
+CWD_DETACHED = 1 << 7
+CWD_TRUNCATED = 1 << 8
+CWD_ERROR = 1 << 9
+NO_MM = 1 << 10
+
+# Counter indexes (bpf/events.h enum counter), in order.
+COUNTERS = ("exec", "fork", "exit", "thread_create", "thread_exit", "submit_failed",
+            "scratch_missing")
+
+HEADER = struct.Struct("<BBHIQIIQ")
+FORK = struct.Struct("<BBHIQIIQIIQ")
+EXIT = struct.Struct("<BBHIQIIQIIQ16s")
+EXEC = struct.Struct("<BBHIQIIQ" "IIII" "QQ" "IIII" "II" "7I" "I" "HHHH" "I" "16s" "4x")
+assert (HEADER.size, FORK.size, EXIT.size, EXEC.size) == (32, 48, 64, 152)
+
+UNSET_ID = 0xFFFFFFFF  # loginuid/sessionid never set (AUDIT_UID_UNSET)
+
+
+class DecodeError(ValueError):
+    """A record too short, of an unknown type or version, or with lengths past its end."""
+
+
+class RawFork(NamedTuple):
+    ts_ns: int
+    tgid: int
+    tid: int
+    start_boottime: int
+    parent_tgid: int
+    parent_tid: int
+    parent_start_boottime: int
+
+
+class RawExit(NamedTuple):
+    ts_ns: int
+    tgid: int
+    tid: int
+    start_boottime: int
+    exit_code: int  # wait(2) status
+    start_time: int  # CLOCK_MONOTONIC ns
+    comm: bytes
+
+
+class RawExec(NamedTuple):
+    ts_ns: int
+    tgid: int
+    tid: int
+    start_boottime: int
+    old_tid: int
+    flags: int
+    ppid: int
+    argc: int
+    parent_start_boottime: int
+    cgroup_id: int
+    uid: int
+    gid: int
+    euid: int
+    egid: int
+    loginuid: int
+    sessionid: int
+    ns: tuple[int, int, int, int, int, int, int]  # pid mnt net user uts ipc cgroup
+    argv_size: int  # the program's full argument area, bytes
+    comm: bytes
+    filename: bytes
+    tty: bytes | None
+    exe: bytes | None  # absolute path assembled from leaf-first components
+    cwd: bytes | None
+    argv: tuple[bytes, ...]
+
+
+NS_NAMES = ("pid", "mnt", "net", "user", "uts", "ipc", "cgroup")
+
+
+def _cstr(b: bytes) -> bytes:
+    i = b.find(b"\0")
+    return b if i < 0 else b[:i]
+
+
+def decode_path(blob: bytes) -> bytes:
+    """Leaf-first NUL-terminated components (bpf write_path) -> absolute path.
+
+    No components means the walk stopped at the root: "/".
+    """
+    parts = blob.split(b"\0")
+    if parts and parts[-1] == b"":
+        parts.pop()
+    parts.reverse()
+    return b"/" + b"/".join(parts)
+
+
+def decode_argv(blob: bytes) -> tuple[bytes, ...]:
+    """The argument area: NUL-terminated strings, back to back.
+
+    A truncated capture ends without its NUL; its last, partial element is kept as is.
+    An empty string argument is an empty element (b"a\\0\\0b\\0" -> (b"a", b"", b"b")).
+    """
+    if not blob:
+        return ()
+    if blob.endswith(b"\0"):
+        blob = blob[:-1]
+    return tuple(blob.split(b"\0"))
+
+
+def decode(buf: bytes) -> RawExec | RawFork | RawExit:
+    if len(buf) < HEADER.size:
+        raise DecodeError(f"record of {len(buf)} bytes is shorter than its header")
+    etype, version, _r, size, ts, tgid, tid, start = HEADER.unpack_from(buf, 0)
+    if version != WIRE_VERSION:
+        raise DecodeError(f"wire version {version}, expected {WIRE_VERSION}")
+    if size > len(buf):
+        raise DecodeError(f"record says {size} bytes but {len(buf)} arrived")
+    if etype == EVENT_EXEC:
+        return decode_exec(buf, size)
+    if etype == EVENT_FORK:
+        if size < FORK.size:
+            raise DecodeError("fork record too short")
+        f = FORK.unpack_from(buf, 0)
+        return RawFork(ts, tgid, tid, start, f[8], f[9], f[10])
+    if etype == EVENT_EXIT:
+        if size < EXIT.size:
+            raise DecodeError("exit record too short")
+        e = EXIT.unpack_from(buf, 0)
+        return RawExit(ts, tgid, tid, start, e[8], e[10], _cstr(e[11]))
+    raise DecodeError(f"unknown record type {etype}")
+
+
+def decode_exec(buf: bytes, size: int) -> RawExec:
+    if size < EXEC.size:
+        raise DecodeError("exec record too short")
+    (_t, _v, _r, _s, ts, tgid, tid, start,
+     old_tid, flags, ppid, argc,
+     pstart, cgroup_id,
+     uid, gid, euid, egid,
+     loginuid, sessionid,
+     ns_pid, ns_mnt, ns_net, ns_user, ns_uts, ns_ipc, ns_cgroup,
+     argv_size,
+     filename_len, tty_len, exe_len, cwd_len,
+     argv_len,
+     comm) = EXEC.unpack_from(buf, 0)
+    pos = EXEC.size
+    end = pos + filename_len + tty_len + exe_len + cwd_len + argv_len
+    if end > size:
+        raise DecodeError(f"exec record sections end at {end}, past its size {size}")
+    filename = _cstr(buf[pos:pos + filename_len])
+    pos += filename_len
+    tty = _cstr(buf[pos:pos + tty_len]) if tty_len else None
+    pos += tty_len
+    exe = decode_path(buf[pos:pos + exe_len]) if not flags & EXE_ERROR else None
+    pos += exe_len
+    cwd = decode_path(buf[pos:pos + cwd_len]) if not flags & CWD_ERROR else None
+    pos += cwd_len
+    argv = decode_argv(buf[pos:pos + argv_len])
+    return RawExec(ts, tgid, tid, start, old_tid, flags, ppid, argc, pstart, cgroup_id,
+                   uid, gid, euid, egid, loginuid, sessionid,
+                   (ns_pid, ns_mnt, ns_net, ns_user, ns_uts, ns_ipc, ns_cgroup),
+                   argv_size, _cstr(comm), filename, tty, exe, cwd, argv)
+
+
+def encode(raw: RawExec | RawFork | RawExit, exe_components: bytes | None = None) -> bytes:
+    """Inverse of decode, for tests (property: decode(encode(x)) == x)."""
+    if isinstance(raw, RawFork):
+        return FORK.pack(EVENT_FORK, WIRE_VERSION, 0, FORK.size, raw.ts_ns, raw.tgid, raw.tid,
+                         raw.start_boottime, raw.parent_tgid, raw.parent_tid,
+                         raw.parent_start_boottime)
+    if isinstance(raw, RawExit):
+        return EXIT.pack(EVENT_EXIT, WIRE_VERSION, 0, EXIT.size, raw.ts_ns, raw.tgid, raw.tid,
+                         raw.start_boottime, raw.exit_code, 0, raw.start_time, raw.comm)
+
+    def components(path: bytes | None) -> bytes:
+        if not path or path == b"/":
+            return b""
+        return b"".join(p + b"\0" for p in reversed(path.lstrip(b"/").split(b"/")))
+
+    filename = raw.filename + b"\0"
+    tty = raw.tty + b"\0" if raw.tty is not None else b""
+    exe = components(raw.exe)
+    cwd = components(raw.cwd)
+    argv = b"".join(a + b"\0" for a in raw.argv)
+    size = EXEC.size + len(filename) + len(tty) + len(exe) + len(cwd) + len(argv)
+    head = EXEC.pack(EVENT_EXEC, WIRE_VERSION, 0, size, raw.ts_ns, raw.tgid, raw.tid,
+                     raw.start_boottime, raw.old_tid, raw.flags, raw.ppid, raw.argc,
+                     raw.parent_start_boottime, raw.cgroup_id, raw.uid, raw.gid, raw.euid,
+                     raw.egid, raw.loginuid, raw.sessionid, *raw.ns, raw.argv_size,
+                     len(filename), len(tty), len(exe), len(cwd), len(argv), raw.comm)
+    return head + filename + tty + exe + cwd + argv

@@ -1,0 +1,305 @@
+"""The kernel sensor on the real kernel: spawn known processes, assert exact values."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from monitor import limits, wire
+from userspace.parsers import parse_stat
+from userspace.types import NSEC_PER_TICK
+
+pytestmark = pytest.mark.bpf
+
+TRUE = os.path.realpath("/bin/true")
+SLEEP = os.path.realpath("/bin/sleep")
+
+
+def proc_stat(pid: int):
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return parse_stat(f.read())
+
+
+def ns_inode(pid: int, name: str) -> int:
+    return os.stat(f"/proc/{pid}/ns/{name}").st_ino
+
+
+# --- exec --------------------------------------------------------------------------------------
+
+def test_exec_fields_match_the_process(collector, tmp_path):
+    # trigger: a process that lives long enough for /proc to be the oracle
+    p = subprocess.Popen([SLEEP, "0.5"], cwd=tmp_path)
+    try:
+        collector.until(lambda rs: collector.execs(p.pid))
+        st = proc_stat(p.pid)
+        ns = {n: ns_inode(p.pid, n) for n in ("pid", "mnt", "net", "user", "uts", "ipc", "cgroup")}
+        cgroup_rel = Path(f"/proc/{p.pid}/cgroup").read_text().split("::", 1)[1].strip()
+        loginuid = int(Path(f"/proc/{p.pid}/loginuid").read_text())
+    finally:
+        p.wait()
+    # assertions
+    (ex,) = collector.execs(p.pid)
+    assert ex.tid == p.pid and ex.old_tid == p.pid
+    assert ex.ppid == os.getpid()
+    assert ex.argv == (SLEEP.encode(), b"0.5")
+    assert ex.argc == 2
+    assert ex.argv_size == len(SLEEP) + 1 + len("0.5") + 1
+    assert ex.filename == SLEEP.encode()
+    assert ex.exe == SLEEP.encode()
+    assert ex.cwd == str(tmp_path.resolve()).encode()
+    assert ex.comm == b"sleep"
+    assert (ex.uid, ex.gid, ex.euid, ex.egid) == (os.getuid(), os.getgid(), os.geteuid(), os.getegid())
+    assert ex.start_boottime // NSEC_PER_TICK == st.starttime
+    assert dict(zip(wire.NS_NAMES, ex.ns)) == ns
+    assert ex.loginuid == loginuid
+    assert ex.cgroup_id == os.stat(f"/sys/fs/cgroup{cgroup_rel}").st_ino
+    assert ex.flags == 0
+    me = proc_stat(os.getpid())
+    assert ex.parent_start_boottime // NSEC_PER_TICK == me.starttime
+
+
+def test_exit_code(collector):
+    p = subprocess.run(["/bin/sh", "-c", "exit 3"])
+    assert p.returncode == 3
+    # the shell may exec nothing; its pid is the child of ours
+    ex = collector.wait_exit(collector.until(
+        lambda rs: next((r.tgid for r in rs if isinstance(r, wire.RawExec) and r.ppid == os.getpid()
+                         and r.argv[:2] == (b"/bin/sh", b"-c")), None)))
+    assert ex.exit_code == 3 << 8
+    from monitor.events import split_wait_status  # noqa: PLC0415
+    assert split_wait_status(ex.exit_code) == (3, None, False)
+
+
+def test_signal_exit(collector):
+    p = subprocess.Popen([SLEEP, "30"])
+    collector.until(lambda rs: collector.execs(p.pid))
+    p.kill()
+    p.wait()
+    ex = collector.wait_exit(p.pid)
+    assert ex.exit_code & 0x7F == signal.SIGKILL
+    assert ex.comm == b"sleep"
+    assert ex.start_time > 0 and ex.ts_ns > ex.start_time
+
+
+def test_one_millisecond_process_is_complete(collector, tmp_path):
+    # /bin/true lives well under 1 ms: gone from /proc long before anyone could read it
+    p = subprocess.run([TRUE, "short", "lived"], cwd=tmp_path)
+    assert p.returncode == 0
+    pid = collector.until(lambda rs: next((r.tgid for r in rs if isinstance(r, wire.RawExec)
+                                           and r.argv == (TRUE.encode(), b"short", b"lived")), None))
+    (ex,) = collector.execs(pid)
+    assert ex.exe == TRUE.encode()
+    assert ex.cwd == str(tmp_path.resolve()).encode()
+    assert ex.ppid == os.getpid()
+    exit_ = collector.wait_exit(pid)
+    assert exit_.exit_code == 0
+    assert exit_.start_boottime == ex.start_boottime
+
+
+def test_exec_from_a_thread(collector, progs):
+    p = subprocess.run([str(progs / "threads_then_exec"), TRUE, "after-thread-exec"], timeout=10)
+    assert p.returncode == 0
+    pid = collector.until(lambda rs: next((r.tgid for r in rs if isinstance(r, wire.RawExec)
+                                           and r.argv == (TRUE.encode(), b"after-thread-exec")), None))
+    execs = collector.execs(pid)
+    ex = execs[-1]
+    assert ex.tid == pid  # de_thread made the execing thread the leader
+    assert ex.old_tid != pid  # ... but it was another thread that called execve
+    assert collector.wait_exit(pid).exit_code == 0
+
+
+# --- fork and threads ---------------------------------------------------------------------------
+
+def test_threads_are_not_process_forks(collector, sensor):
+    before = sensor.counters()["thread_create"]
+    code = textwrap.dedent("""
+        import threading, time
+        ts = [threading.Thread(target=time.sleep, args=(0.05,)) for _ in range(5)]
+        [t.start() for t in ts]; [t.join() for t in ts]
+    """)
+    p = subprocess.run([sys.executable, "-c", code])
+    assert p.returncode == 0
+    pid = collector.until(
+        lambda rs: next((r.tgid for r in rs if isinstance(r, wire.RawExec) and r.ppid == os.getpid()
+                         and r.argv[-1] == code.encode()), None))
+    collector.wait_exit(pid)
+    forks_from_child = [r for r in collector.records
+                        if isinstance(r, wire.RawFork) and r.parent_tgid == pid]
+    assert forks_from_child == []
+    assert len(collector.exits(pid)) == 1
+    assert sensor.counters()["thread_create"] - before >= 5
+
+
+def test_fork_without_exec(collector):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(5)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 5
+    collector.until(lambda rs: collector.exits(pid))
+    (fk,) = collector.of(pid, wire.RawFork)
+    assert fk.parent_tgid == os.getpid()
+    assert fk.parent_tid == threading.get_native_id()
+    assert fk.start_boottime // NSEC_PER_TICK > 0
+    assert collector.execs(pid) == []
+    assert collector.exits(pid)[0].exit_code == 5 << 8
+
+
+def test_exit_leader_reports_one_exit_with_the_group_status(collector, progs):
+    p = subprocess.run([str(progs / "exit_leader")], timeout=10)
+    assert p.returncode == 7
+    pid = collector.until(lambda rs: next((r.tgid for r in rs if isinstance(r, wire.RawExec)
+                                           and r.exe and r.exe.endswith(b"/exit_leader")
+                                           and r.ppid == os.getpid()), None))
+    ex = collector.wait_exit(pid)
+    collector.poll(200)
+    assert len(collector.exits(pid)) == 1
+    assert ex.exit_code == 7 << 8
+    assert ex.tid != pid  # the last thread out was not the leader
+
+
+# --- argv ---------------------------------------------------------------------------------------
+
+def test_argv_of_5000_arguments_is_truncated_and_flagged(collector):
+    args = [TRUE] + [f"arg{i:05d}" for i in range(5000)]
+    subprocess.run(args)
+    pid = collector.until(lambda rs: next((r.tgid for r in rs if isinstance(r, wire.RawExec)
+                                           and r.argv[1:2] == (b"arg00000",)), None))
+    (ex,) = collector.execs(pid)
+    full = b"\0".join(a.encode() for a in args) + b"\0"
+    assert ex.argc == 5001
+    assert ex.argv_size == len(full)
+    assert ex.flags & wire.ARGV_TRUNCATED
+    captured = full[:limits.ARGV_MAX_BYTES]
+    assert b"\0".join(ex.argv) == captured.rstrip(b"\0") or b"\0".join(ex.argv) + b"\0" == captured
+    assert len(b"\0".join(ex.argv)) + 1 >= limits.ARGV_MAX_BYTES
+
+
+def test_hostile_argv_round_trips(collector):
+    hostile = [b"\xff\xfe not utf-8", b"line1\nline2", b"\x1b[31mred\x1b[0m", b"", b"tab\there", b"\x07bell"]
+    subprocess.run([TRUE.encode()] + hostile)
+    pid = collector.until(lambda rs: next((r.tgid for r in rs if isinstance(r, wire.RawExec)
+                                           and r.argv[1:2] == (hostile[0],)), None))
+    (ex,) = collector.execs(pid)
+    assert ex.argv == (TRUE.encode(), *hostile)
+    assert ex.flags & wire.ARGV_TRUNCATED == 0
+
+
+def test_empty_and_4096_byte_arguments(collector):
+    big = b"x" * 4096
+    subprocess.run([TRUE.encode(), b"", big, b""])
+    pid = collector.until(lambda rs: next((r.tgid for r in rs if isinstance(r, wire.RawExec)
+                                           and len(r.argv) == 4 and r.argv[2] == big), None))
+    assert collector.execs(pid)[0].argv == (TRUE.encode(), b"", big, b"")
+
+
+# --- paths --------------------------------------------------------------------------------------
+
+def test_memfd_exec_is_marked_fileless(collector):
+    code = textwrap.dedent(f"""
+        import os
+        fd = os.memfd_create("procsentry-payload", 0)
+        with open({TRUE!r}, "rb") as f:
+            os.write(fd, f.read())
+        os.execve(f"/proc/self/fd/{{fd}}", ["payload", "from-memfd"], {{}})
+    """)
+    p = subprocess.run([sys.executable, "-c", code])
+    assert p.returncode == 0
+    pid = collector.until(lambda rs: next((r.tgid for r in rs if isinstance(r, wire.RawExec)
+                                           and r.argv == (b"payload", b"from-memfd")), None))
+    ex = collector.execs(pid)[-1]
+    assert ex.exe == b"/memfd:procsentry-payload"
+    assert ex.flags & wire.EXE_UNLINKED
+    assert ex.flags & wire.EXE_DETACHED
+    assert ex.filename.startswith(b"/proc/self/fd/")
+
+
+def test_deleted_executable_is_flagged(collector, tmp_path):
+    exe = tmp_path / "vanishing"
+    shutil.copy(TRUE, exe)
+    # unlinked after open, executed through the held fd (fexecve): the inode has no links
+    code = textwrap.dedent(f"""
+        import os
+        fd = os.open({str(exe)!r}, os.O_RDONLY)
+        os.unlink({str(exe)!r})
+        os.execve(fd, ["vanishing", "gone"], {{}})
+    """)
+    p = subprocess.run([sys.executable, "-c", code])
+    assert p.returncode == 0
+    pid = collector.until(lambda rs: next((r.tgid for r in rs if isinstance(r, wire.RawExec)
+                                           and r.argv == (b"vanishing", b"gone")), None))
+    ex = collector.execs(pid)[-1]
+    assert ex.flags & wire.EXE_UNLINKED
+    assert not ex.flags & wire.EXE_DETACHED
+    assert ex.exe == str(exe.resolve()).encode()
+
+
+def test_deep_cwd_is_complete(collector, tmp_path):
+    deep = tmp_path
+    for i in range(12):
+        deep = deep / (f"level{i:02d}-" + "d" * 30)
+    deep.mkdir(parents=True)
+    assert len(str(deep)) > 300
+    subprocess.run([TRUE, "deep-cwd"], cwd=deep)
+    pid = collector.until(lambda rs: next((r.tgid for r in rs if isinstance(r, wire.RawExec)
+                                           and r.argv == (TRUE.encode(), b"deep-cwd")), None))
+    ex = collector.execs(pid)[0]
+    assert ex.cwd == str(deep.resolve()).encode()
+    assert not ex.flags & wire.CWD_TRUNCATED
+
+
+def test_relative_exec_resolves_to_an_absolute_path(collector, tmp_path):
+    shutil.copy(TRUE, tmp_path / "rel-true")
+    subprocess.run(["./rel-true", "relative"], cwd=tmp_path)
+    pid = collector.until(lambda rs: next((r.tgid for r in rs if isinstance(r, wire.RawExec)
+                                           and r.argv == (b"./rel-true", b"relative")), None))
+    ex = collector.execs(pid)[0]
+    assert ex.filename == b"./rel-true"
+    assert ex.exe == str((tmp_path / "rel-true").resolve()).encode()
+
+
+# --- wire and load --------------------------------------------------------------------------------
+
+def test_wire_sizes(collector):
+    subprocess.run([TRUE, "size-check"])
+    collector.until(lambda rs: any(isinstance(r, wire.RawExec) and r.argv == (TRUE.encode(), b"size-check")
+                                   for r in rs))
+    assert collector.sizes
+    for got, declared in collector.sizes:
+        # perf pads each raw sample to 8 bytes after its 4-byte size word
+        assert declared <= got < declared + 8
+    fixed = {wire.RawFork: wire.FORK.size, wire.RawExit: wire.EXIT.size}
+    for r, (got, declared) in zip(collector.records, collector.sizes):
+        if type(r) in fixed:
+            assert declared == fixed[type(r)]
+        else:
+            assert declared >= wire.EXEC.size
+
+
+def test_ten_thousand_execs_none_lost(collector, sensor, progs):
+    """10,000 fork+exec of /bin/true in a tight loop, at the default buffer size."""
+    lost_before = sensor.stats.lost
+    n = 10_000
+    storm = subprocess.Popen([str(progs / "fork_storm"), str(n), TRUE], stdout=subprocess.PIPE)
+    while storm.poll() is None:
+        collector.poll(20)
+    out = storm.stdout.read().split()
+    pids = [int(x) for x in out]
+    assert len(pids) == n and storm.returncode == 0
+    for _ in range(20):
+        collector.poll(20)
+    execs = {r.tgid: r for r in collector.records if isinstance(r, wire.RawExec) and r.ppid == storm.pid}
+    exits = {r.tgid for r in collector.records if isinstance(r, wire.RawExit)}
+    missing = [p for p in pids if p not in execs]
+    assert missing == [], f"{len(missing)} of {n} execs not captured"
+    for i, pid in enumerate(pids):
+        assert execs[pid].argv == (TRUE.encode(), f"tok-{i}".encode())
+    assert set(pids) <= exits
+    assert sensor.stats.lost == lost_before

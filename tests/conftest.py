@@ -1,0 +1,70 @@
+"""Suite-wide gating of the kernel tests.
+
+`@pytest.mark.bpf` tests need root, bcc and a kernel that loads the sensor. Where that is not
+available they skip with the reason, except when PROCSENTRY_REQUIRE_BPF=1 (set by `make test`,
+and so by CI, which runs as root with BPF): there a skip would be a check that cannot fail, so
+the missing prerequisite fails the test instead.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+REQUIRE_BPF = os.environ.get("PROCSENTRY_REQUIRE_BPF") == "1"
+
+_bpf_reason: list[str | None] = []
+
+
+def bpf_unavailable_reason() -> str | None:
+    """Why the BPF tests cannot run here (None when they can). Computed once."""
+    if _bpf_reason:
+        return _bpf_reason[0]
+    reason = None
+    if os.geteuid() != 0:
+        reason = "not root"
+    else:
+        try:
+            import bcc  # noqa: F401, PLC0415
+        except ImportError:
+            reason = "bcc is not importable (python3-bpfcc missing or venv without system site packages)"
+    if reason is None and not Path("/sys/kernel/btf/vmlinux").exists():
+        reason = "no BTF at /sys/kernel/btf/vmlinux"
+    if reason is None:
+        from monitor.loader import Sensor, SensorUnavailable  # noqa: PLC0415
+        s = Sensor(perf_pages=1)
+        try:
+            s.start()
+        except SensorUnavailable as e:
+            reason = f"the sensor does not load: {e}"
+        finally:
+            s.close()
+    _bpf_reason.append(reason)
+    return reason
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("bpf") is not None:
+        reason = bpf_unavailable_reason()
+        if reason is not None:
+            if REQUIRE_BPF:
+                pytest.fail(f"BPF is required (PROCSENTRY_REQUIRE_BPF=1) but unavailable: {reason}",
+                            pytrace=False)
+            pytest.skip(f"BPF unavailable: {reason}")
+    if item.get_closest_marker("root") is not None and os.geteuid() != 0:
+        if REQUIRE_BPF:
+            pytest.fail("root is required (PROCSENTRY_REQUIRE_BPF=1) but this is not root", pytrace=False)
+        pytest.skip("needs root")
+
+
+@pytest.fixture(scope="session")
+def progs(tmp_path_factory) -> Path:
+    """tests/progs/*.c compiled once per session."""
+    out = tmp_path_factory.mktemp("progs")
+    for src in (REPO / "tests" / "progs").glob("*.c"):
+        exe = out / src.stem
+        subprocess.run(["cc", "-O1", "-pthread", "-o", str(exe), str(src)], check=True)
+    return out

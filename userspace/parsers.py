@@ -1,0 +1,475 @@
+"""Pure parsers for procfs files: bytes in, typed values out, no I/O.
+
+Contract: on any input, a parser returns a value or raises ``ParseError``; nothing else escapes
+(the Hypothesis tests feed arbitrary bytes). Field numbers below are those of proc(5).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from .procfs import ParseError
+
+# include/linux/sched.h: "I am a kernel thread". Set by copy_process for kthreadd's children.
+PF_KTHREAD = 0x00200000
+
+# include/linux/audit.h AUDIT_UID_UNSET / AUDIT_SID_UNSET: (unsigned int)-1 means "never set".
+AUDIT_UNSET = 4294967295
+
+
+def _int(token: bytes, data: bytes, what: str) -> int:
+    # int() on bytes also accepts "+5", " 5" and "1_000"; the kernel never writes those, and
+    # accepting them is harmless. What matters is that ValueError becomes ParseError.
+    try:
+        return int(token)
+    except ValueError:
+        raise ParseError(f"bad integer for {what}", data) from None
+
+
+# --- stat ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    """The fields of <pid>/stat that procsentry uses (proc(5) numbering in comments)."""
+
+    pid: int  # 1
+    comm: bytes  # 2, raw: up to 15 bytes of anything but NUL (prctl PR_SET_NAME)
+    state: str  # 3
+    ppid: int  # 4
+    pgrp: int  # 5
+    session: int  # 6
+    tty_nr: int  # 7
+    flags: int  # 9, PF_* bits
+    utime: int  # 14, clock ticks
+    stime: int  # 15, clock ticks
+    num_threads: int  # 20
+    starttime: int  # 22, clock ticks after boot
+    vsize: int  # 23, bytes
+    rss: int  # 24, pages
+
+    @property
+    def kernel_thread(self) -> bool:
+        return bool(self.flags & PF_KTHREAD)
+
+
+# Index of proc(5) field N in the list of tokens after the closing ")": field 3 is index 0.
+def _f(n: int) -> int:
+    return n - 3
+
+
+_STAT_MIN_TOKENS = _f(24) + 1
+
+
+def parse_stat(data: bytes) -> Stat:
+    """Parse <pid>/stat.
+
+    comm sits in parentheses and may itself contain ")", "(" and spaces (tetragon's test uses
+    "(zsh( )foo)"), so the name ends at the *last* ")" (psutil ``_parse_stat_file``); everything
+    after it is numeric and space-separated (fs/ proc array.c do_task_stat).
+    """
+    lp = data.find(b"(")
+    rp = data.rfind(b")")
+    if lp < 0 or rp < lp:
+        raise ParseError("stat: no (comm)", data)
+    pid = _int(data[:lp].strip(), data, "stat pid")
+    comm = data[lp + 1 : rp]
+    rest = data[rp + 1 :].split()
+    if len(rest) < _STAT_MIN_TOKENS:
+        raise ParseError(f"stat: {len(rest)} fields after comm, need {_STAT_MIN_TOKENS}", data)
+    state_tok = rest[_f(3)]
+    if len(state_tok) != 1 or not state_tok.isalpha():
+        raise ParseError("stat: bad state", data)
+
+    def n(field: int) -> int:
+        return _int(rest[_f(field)], data, f"stat field {field}")
+
+    return Stat(
+        pid=pid,
+        comm=comm,
+        state=state_tok.decode("ascii"),
+        ppid=n(4),
+        pgrp=n(5),
+        session=n(6),
+        tty_nr=n(7),
+        flags=n(9),
+        utime=n(14),
+        stime=n(15),
+        num_threads=n(20),
+        starttime=n(22),
+        vsize=n(23),
+        rss=n(24),
+    )
+
+
+# --- status ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Selected lines of <pid>/status; None where the line is absent (kernel threads have no
+    Vm* lines; a truncated read stops early). Sizes converted from kB to bytes."""
+
+    name: bytes | None = None  # escaped by the kernel (proc_task_name ESCAPE_SPACE|SPECIAL)
+    state: str | None = None
+    tgid: int | None = None
+    pid: int | None = None
+    ppid: int | None = None
+    tracer_pid: int | None = None
+    uids: tuple[int, int, int, int] | None = None  # real, effective, saved, filesystem
+    gids: tuple[int, int, int, int] | None = None
+    groups: tuple[int, ...] | None = None
+    ns_tgid: tuple[int, ...] | None = None  # NStgid: outermost pid namespace first
+    ns_pid: tuple[int, ...] | None = None
+    vm_size: int | None = None  # bytes
+    vm_rss: int | None = None  # bytes
+    threads: int | None = None
+    cap_inh: int | None = None
+    cap_prm: int | None = None
+    cap_eff: int | None = None
+    cap_bnd: int | None = None
+    cap_amb: int | None = None
+    no_new_privs: int | None = None
+    seccomp: int | None = None
+
+
+def _ints(value: bytes, data: bytes, key: bytes) -> tuple[int, ...]:
+    return tuple(_int(t, data, key.decode("ascii", "replace")) for t in value.split())
+
+
+def _four(value: bytes, data: bytes, key: bytes) -> tuple[int, int, int, int]:
+    v = _ints(value, data, key)
+    if len(v) != 4:
+        raise ParseError(f"status: {key!r} needs 4 values", data)
+    return (v[0], v[1], v[2], v[3])
+
+
+def _kb(value: bytes, data: bytes, key: bytes) -> int:
+    parts = value.split()
+    if len(parts) != 2 or parts[1] != b"kB":
+        raise ParseError(f"status: {key!r} is not '<n> kB'", data)
+    return _int(parts[0], data, "kB") * 1024
+
+
+def _hex(value: bytes, data: bytes, key: bytes) -> int:
+    try:
+        return int(value.strip(), 16)
+    except ValueError:
+        raise ParseError(f"status: {key!r} is not hex", data) from None
+
+
+def _single(value: bytes, data: bytes, key: bytes) -> int:
+    return _int(value.strip(), data, key.decode("ascii", "replace"))
+
+
+def _state(value: bytes, data: bytes, key: bytes) -> str:
+    # "S (sleeping)"
+    tok = value.split(None, 1)
+    if not tok or len(tok[0]) != 1 or not tok[0].isalpha():
+        raise ParseError("status: bad State", data)
+    return tok[0].decode("ascii")
+
+
+def _raw(value: bytes, data: bytes, key: bytes) -> bytes:
+    return value
+
+
+# status key -> (Status field, converter). One table, as pyroute2's refine map.
+_STATUS_KEYS = {
+    b"Name": ("name", _raw),
+    b"State": ("state", _state),
+    b"Tgid": ("tgid", _single),
+    b"Pid": ("pid", _single),
+    b"PPid": ("ppid", _single),
+    b"TracerPid": ("tracer_pid", _single),
+    b"Uid": ("uids", _four),
+    b"Gid": ("gids", _four),
+    b"Groups": ("groups", _ints),
+    b"NStgid": ("ns_tgid", _ints),
+    b"NSpid": ("ns_pid", _ints),
+    b"VmSize": ("vm_size", _kb),
+    b"VmRSS": ("vm_rss", _kb),
+    b"Threads": ("threads", _single),
+    b"CapInh": ("cap_inh", _hex),
+    b"CapPrm": ("cap_prm", _hex),
+    b"CapEff": ("cap_eff", _hex),
+    b"CapBnd": ("cap_bnd", _hex),
+    b"CapAmb": ("cap_amb", _hex),
+    b"NoNewPrivs": ("no_new_privs", _single),
+    b"Seccomp": ("seccomp", _single),
+}
+
+
+def parse_status(data: bytes) -> Status:
+    """Parse <pid>/status ("Key:\\tvalue" lines). Unknown keys are ignored; a known key with a
+    malformed value, or a line without ":", is a ParseError. A read truncated at a line
+    boundary simply yields None for the lines that did not arrive."""
+    values: dict[str, object] = {}
+    for line in data.split(b"\n"):
+        if not line:
+            continue
+        key, sep, value = line.partition(b":")
+        if not sep:
+            raise ParseError("status: line without ':'", line)
+        spec = _STATUS_KEYS.get(key)
+        if spec is None:
+            continue
+        fname, conv = spec
+        if fname == "name" and value.startswith(b"\t"):
+            value = value[1:]  # "Name:\t%s": only the one tab is framing, the rest is the name
+        values[fname] = conv(value, data, key)
+    return Status(**values)  # type: ignore[arg-type]
+
+
+# --- cmdline / environ -----------------------------------------------------------------------
+
+def parse_cmdline(data: bytes) -> tuple[bytes, ...]:
+    """Split <pid>/cmdline into argv.
+
+    * Normal: arguments each end in NUL, so drop one trailing NUL and split (b"\\0" alone is
+      argv == [""]).
+    * Empty: zombies and kernel threads (no mm) and processes that zeroed their argv: ().
+    * No trailing NUL: the process overwrote its argv area (setproctitle); get_mm_cmdline then
+      stops at the first NUL or at arg_end. We keep what is there, split on NUL.
+    * setproctitle often writes "nginx: worker process" as ONE space-separated string. psutil
+      splits it on spaces (psutil#1179); we do not: a space inside a real argument is legal
+      and splitting would invent arguments. It stays one element.
+    """
+    if not data:
+        return ()
+    if data.endswith(b"\0"):
+        data = data[:-1]
+    return tuple(data.split(b"\0"))
+
+
+# Keys whose values are secrets often enough to never leave the host. Substring match on the
+# upper-cased key: over-redaction (XAUTHORITY, KEYBOARD) is the cheap direction to be wrong in.
+# Not CERT: SSL_CERT_FILE and friends name public CA bundles.
+SECRET_KEY_MARKERS = (
+    b"PASS",  # PASSWORD, PASSWD, PASSPHRASE, PGPASS
+    b"SECRET",
+    b"TOKEN",
+    b"KEY",
+    b"CREDENTIAL",
+    b"AUTH",
+    b"PRIVATE",
+    b"COOKIE",
+    b"SIGNATURE",
+)
+REDACTED = b"<redacted>"
+# scheme://user:password@host in any value (DATABASE_URL, HTTP_PROXY ...)
+_URL_WITH_PASSWORD = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:[^/@\s]+@")
+
+
+def is_secret_key(key: bytes) -> bool:
+    upper = key.upper()
+    return any(m in upper for m in SECRET_KEY_MARKERS)
+
+
+def parse_environ(data: bytes, redact: bool = True) -> tuple[tuple[bytes, bytes], ...]:
+    """Split <pid>/environ into (key, value) pairs, NUL-separated like cmdline.
+
+    With ``redact`` (the default), values of secret-looking keys and values holding a URL with
+    a password become b"<redacted>". An entry without "=" (a process may write anything into
+    its environment block) is kept as (entry, b"").
+    """
+    if not data:
+        return ()
+    if data.endswith(b"\0"):
+        data = data[:-1]
+    out = []
+    for entry in data.split(b"\0"):
+        key, _, value = entry.partition(b"=")
+        if redact and value and (is_secret_key(key) or _URL_WITH_PASSWORD.search(value)):
+            value = REDACTED
+        out.append((key, value))
+    return tuple(out)
+
+
+# --- links -----------------------------------------------------------------------------------
+
+_NS_LINK = re.compile(rb"([a-z_]+):\[([0-9]+)\]\Z")
+
+
+def parse_ns_link(target: bytes) -> int:
+    """b"net:[4026531993]" -> 4026531993 (ns_get_name in fs/nsfs.c prints "%s:[%u]")."""
+    m = _NS_LINK.match(target)
+    if m is None:
+        raise ParseError("ns link: not 'name:[inode]'", target)
+    return int(m.group(2))
+
+
+@dataclass(frozen=True, slots=True)
+class FdTarget:
+    kind: str  # "file" | "pipe" | "socket" | "anon_inode" | "memfd" | "other"
+    target: bytes  # with any " (deleted)" suffix removed
+    inode: int | None = None
+    deleted: bool = False
+
+
+DELETED_SUFFIX = b" (deleted)"
+MEMFD_PREFIX = b"/memfd:"
+_BRACKET_INODE = re.compile(rb"(socket|pipe):\[([0-9]+)\]\Z")
+
+
+def parse_fd_target(target: bytes) -> FdTarget:
+    """Classify a readlink() of <pid>/fd/N (or exe, cwd).
+
+    * b"socket:[123]", b"pipe:[123]": pipefs/sockfs d_dname, the inode joins with sock_diag.
+    * b"anon_inode:[eventfd]", b"anon_inode:bpf-map": anon_inodefs.
+    * b"/memfd:name (deleted)": memfd_create(2) files live on an unlinked shmem inode, so
+      d_path always appends " (deleted)" (fs/d_path.c prepend_unreachable/d_path).
+    * b"/path/file (deleted)": unlinked regular file; the suffix is stripped, ``deleted`` set.
+      (A file really named "x (deleted)" is indistinguishable; that is a kernel ABI limit.)
+    * anything else not starting with "/" (b"net:[4026531993]", b"[eventpoll]"): "other".
+    """
+    if not target:
+        raise ParseError("fd target: empty", target)
+    m = _BRACKET_INODE.match(target)
+    if m is not None:
+        return FdTarget(m.group(1).decode(), target, int(m.group(2)))
+    if target.startswith(b"socket:") or target.startswith(b"pipe:"):
+        raise ParseError("fd target: bad socket/pipe inode", target)
+    if target.startswith(b"anon_inode:"):
+        return FdTarget("anon_inode", target)
+    deleted = target.endswith(DELETED_SUFFIX)
+    path = target[: -len(DELETED_SUFFIX)] if deleted else target
+    if path.startswith(MEMFD_PREFIX):
+        return FdTarget("memfd", path, None, deleted)
+    if path.startswith(b"/"):
+        return FdTarget("file", path, None, deleted)
+    return FdTarget("other", target)
+
+
+# --- cgroup ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class CgroupEntry:
+    hierarchy: int  # 0 for the cgroup2 unified hierarchy
+    controllers: tuple[bytes, ...]  # empty for cgroup2; b"name=systemd" for named v1
+    path: bytes
+
+
+def parse_cgroup(data: bytes) -> tuple[CgroupEntry, ...]:
+    """Parse <pid>/cgroup: "hierarchy-ID:controller-list:cgroup-path" per line (cgroups(7)).
+    The path may contain ":" so split at most twice."""
+    out = []
+    for line in data.split(b"\n"):
+        if not line:
+            continue
+        parts = line.split(b":", 2)
+        if len(parts) != 3:
+            raise ParseError("cgroup: not 'id:controllers:path'", line)
+        hid = _int(parts[0], line, "cgroup hierarchy id")
+        ctrls = tuple(c for c in parts[1].split(b",") if c)
+        out.append(CgroupEntry(hid, ctrls, parts[2]))
+    return tuple(out)
+
+
+def primary_cgroup_path(entries: Sequence[CgroupEntry]) -> bytes | None:
+    """The path to report: the cgroup2 one if present, else systemd's v1 one, else the first."""
+    for e in entries:
+        if e.hierarchy == 0 and not e.controllers:
+            return e.path
+    for e in entries:
+        if b"name=systemd" in e.controllers:
+            return e.path
+    return entries[0].path if entries else None
+
+
+_HEX64 = re.compile(rb"[0-9a-f]{64}\Z")
+# Prefixes runtimes put in front of the id in systemd scope names:
+# docker-<id>.scope (docker, systemd driver), cri-containerd-<id>.scope (containerd CRI),
+# crio-<id>.scope (cri-o), libpod-<id>.scope (podman); cgroupfs drivers use the bare id:
+# /docker/<id>, /kubepods/burstable/pod<uid>/<id>, /libpod_parent/libpod-<id>, /default/<id>.
+_RUNTIME_PREFIXES = (b"docker-", b"cri-containerd-", b"crio-", b"libpod-", b"containerd-")
+
+
+def container_id_from_cgroup(paths: Iterable[bytes]) -> str | None:
+    """The 64-hex container id found in a cgroup path, or None (not in a container).
+
+    Components are tried from innermost to outermost, so a container nested in another
+    (docker-in-docker, podman's ".../libpod-<id>.scope/container") yields the innermost id
+    that names a container. "conmon" scopes belong to podman's/cri-o's monitor process, not to
+    the container, and are skipped.
+    """
+    for path in paths:
+        for comp in reversed(path.split(b"/")):
+            if not comp or b"conmon" in comp:
+                continue
+            if comp.endswith(b".scope"):
+                comp = comp[: -len(b".scope")]
+            for prefix in _RUNTIME_PREFIXES:
+                if comp.startswith(prefix):
+                    comp = comp[len(prefix) :]
+                    break
+            if _HEX64.match(comp):
+                return comp.decode("ascii")
+    return None
+
+
+# --- maps / mountinfo / loginuid -------------------------------------------------------------
+
+def parse_maps(data: bytes) -> tuple[bytes, ...]:
+    """Distinct file paths mapped by a process, in first-seen order, from <pid>/maps.
+
+    Line: "address perms offset dev inode [pathname]" (proc(5)); the pathname is padded with
+    spaces and may contain spaces, so split the first five fields only. Pseudo-paths ([heap],
+    [stack], [vdso], anonymous) are dropped; " (deleted)" is kept: a deleted library still
+    mapped is exactly what an upgrade-without-restart or a dropped payload looks like.
+    """
+    seen: dict[bytes, None] = {}
+    for line in data.split(b"\n"):
+        if not line:
+            continue
+        parts = line.split(None, 5)
+        if len(parts) < 5 or b"-" not in parts[0]:
+            raise ParseError("maps: short line", line)
+        if len(parts) == 6:
+            path = parts[5].lstrip(b" ")
+            if path.startswith(b"/"):
+                seen[path] = None
+    return tuple(seen)
+
+
+@dataclass(frozen=True, slots=True)
+class MountSummary:
+    mount_point: bytes  # octal-escaped by the kernel (space is "\\040"), so never contains " "
+    fstype: bytes
+
+    def render(self) -> bytes:
+        return self.mount_point + b" " + self.fstype
+
+
+def parse_mountinfo(data: bytes) -> tuple[MountSummary, ...]:
+    """Mount point and filesystem type of each line of <pid>/mountinfo.
+
+    "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw" (proc(5)): field 5 is the
+    mount point, then a variable number of optional fields end at "-", then the fstype.
+    """
+    out = []
+    for line in data.split(b"\n"):
+        if not line:
+            continue
+        parts = line.split(b" ")
+        try:
+            sep = parts.index(b"-", 6)
+        except ValueError:
+            raise ParseError("mountinfo: no ' - ' separator", line) from None
+        if sep + 1 >= len(parts):
+            raise ParseError("mountinfo: no fstype", line)
+        out.append(MountSummary(parts[4], parts[sep + 1]))
+    return tuple(out)
+
+
+def parse_loginuid(data: bytes) -> int | None:
+    """<pid>/loginuid or <pid>/sessionid: a decimal u32; 4294967295 means never set (a daemon
+    not started from a login session), which we report as None."""
+    value = _int(data.strip(), data, "loginuid")
+    if value < 0 or value > AUDIT_UNSET:
+        raise ParseError("loginuid: out of u32 range", data)
+    return None if value == AUDIT_UNSET else value
+
+
+def parse_comm(data: bytes) -> bytes:
+    """<pid>/comm or task/<tid>/comm: the name plus a newline (proc_task_name)."""
+    return data[:-1] if data.endswith(b"\n") else data

@@ -1,0 +1,362 @@
+"""read_process: one ProcessSnapshot from procfs, tolerant of the process racing us.
+
+Rules (STYLE 2.2 items 8 and 11):
+
+* Only stat is mandatory: it gives the identity (start time) and the state. If stat cannot be
+  read, the call raises (ProcessGone, AccessDenied or ParseError). After that, nothing raises:
+  each field that could not be read is None and ``missing[field]`` says why.
+* A zombie (state Z) and a kernel thread (PF_KTHREAD) are states, not errors; their missing
+  fields are explained as "zombie" / "kernel_thread", not as failures.
+* Collections (fds, task/, ns/) skip an entry that vanishes mid-listing, and then check once
+  that the process is still the same one (psutil ``_raise_if_not_alive``); if it is not, the
+  partial collection is dropped and marked "gone".
+
+A snapshot is not atomic: the files are read one after another. PID reuse between the stat
+read and the others would need a whole PID-space wrap within one call; we re-check identity
+only where an entry vanished.
+"""
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+from . import parsers as P
+from .procfs import AccessDenied, ParseError, ProcessGone, ProcFS, ProcFSError, Unavailable
+from .sockets import SocketTables, join_sockets
+from .types import USER_HZ, Depth, FdInfo, Missing, Namespaces, ProcessSnapshot, ProcKey, ThreadInfo
+
+T = TypeVar("T")
+
+NS_NAMES = ("pid", "mnt", "net", "user", "uts", "ipc", "cgroup", "time")
+
+# Fields that only Depth.FULL reads (in ProcessSnapshot's order).
+FULL_FIELDS = (
+    "thread_list",
+    "fds",
+    "fd_count",
+    "sockets",
+    "ns",
+    "ns_differs_from_init",
+    "cgroup",
+    "container_id",
+    "libraries",
+    "mounts",
+)
+
+
+def _reason(exc: ProcFSError) -> str:
+    if isinstance(exc, ProcessGone):
+        return Missing.GONE.value
+    if isinstance(exc, AccessDenied):
+        return Missing.DENIED.value
+    if isinstance(exc, ParseError):
+        return Missing.PARSE.value
+    return Missing.UNAVAILABLE.value
+
+
+class _Reader:
+    """State for one read_process call: the fields gathered so far and why others are absent."""
+
+    def __init__(self, fs: ProcFS, pid: int, stat: P.Stat) -> None:
+        self.fs = fs
+        self.pid = pid
+        self.stat = stat
+        self.zombie = stat.state == "Z"
+        self.kthread = stat.kernel_thread
+        self.missing: dict[str, str] = {}
+        self.gone = False  # once a read says ProcessGone, later reads are skipped as "gone"
+
+    def absent(self, fields: tuple[str, ...] | str, exc: ProcFSError | None, reason: str | None = None) -> None:
+        """Record why fields are absent. Unavailable on a zombie or kernel thread is that state,
+        not an error: exe, cwd, ns links and the like legitimately do not exist for them."""
+        if reason is None:
+            assert exc is not None
+            if isinstance(exc, ProcessGone):
+                self.gone = True
+            reason = _reason(exc)
+            if isinstance(exc, Unavailable):
+                if self.zombie:
+                    reason = Missing.ZOMBIE.value
+                elif self.kthread:
+                    reason = Missing.KERNEL_THREAD.value
+        for f in (fields,) if isinstance(fields, str) else fields:
+            self.missing[f] = reason
+
+    def get(self, fields: tuple[str, ...] | str, fn: Callable[[], T]) -> T | None:
+        if self.gone:
+            self.absent(fields, None, Missing.GONE.value)
+            return None
+        try:
+            return fn()
+        except ProcFSError as exc:
+            self.absent(fields, exc)
+            return None
+
+    def still_same(self) -> bool:
+        """Is pid still the process we started reading (not exited, not reused)?"""
+        try:
+            st = self.fs.read_parsed(self.pid, "stat", P.parse_stat)
+        except ProcFSError:
+            return False
+        return st.starttime == self.stat.starttime
+
+
+def read_stat(fs: ProcFS, pid: int) -> P.Stat:
+    """<pid>/stat parsed; ENOENT here always means the process is gone."""
+    try:
+        return fs.read_parsed(pid, "stat", P.parse_stat)
+    except Unavailable as exc:
+        raise ProcessGone(f"process {pid} gone", exc.path) from None
+
+
+def read_namespaces(fs: ProcFS, pid: int) -> Namespaces:
+    """Inodes of <pid>/ns/*; a link that does not exist on this kernel (time before 5.6, cgroup
+    before 4.6) is None. Raises ProcessGone/AccessDenied if the process is gone or hidden, and
+    Unavailable if no link at all could be read (zombie: its nsproxy is already released)."""
+    values: dict[str, int | None] = {}
+    denied: AccessDenied | None = None
+    for name in NS_NAMES:
+        try:
+            values[name] = P.parse_ns_link(fs.readlink(pid, "ns/" + name))
+        except (Unavailable, ParseError):
+            values[name] = None
+        except AccessDenied as exc:
+            denied = exc
+            values[name] = None
+    if all(v is None for v in values.values()):
+        if denied is not None:
+            raise denied
+        if not fs.exists(pid):
+            raise ProcessGone(f"process {pid} gone", fs.path(pid, "ns"))
+        raise Unavailable("no readable namespace link", fs.path(pid, "ns"))
+    return Namespaces(**values)
+
+
+def ns_differences(ns: Namespaces, init: Namespaces) -> tuple[str, ...]:
+    """Names of the namespaces where ns and init are both known and differ."""
+    return tuple(
+        n for n in NS_NAMES if getattr(ns, n) is not None and getattr(init, n) is not None and getattr(ns, n) != getattr(init, n)
+    )
+
+
+def _read_fds(r: _Reader) -> tuple[FdInfo, ...]:
+    fs, pid = r.fs, r.pid
+    names = fs.listdir(pid, "fd")
+    out = []
+    lost = False
+    for name in names:
+        try:
+            fd = int(name)
+            target = fs.readlink(pid, b"fd/" + name)
+        except (Unavailable, ValueError):
+            lost = True  # closed between listdir and readlink
+            continue
+        try:
+            t = P.parse_fd_target(target)
+        except ParseError:
+            out.append(FdInfo(fd, "other", target))
+            continue
+        out.append(FdInfo(fd, t.kind, t.target, t.inode, t.deleted))
+    if lost and not r.still_same():
+        raise ProcessGone(f"process {pid} gone", fs.path(pid, "fd"))
+    out.sort(key=lambda f: f.fd)
+    return tuple(out)
+
+
+def _read_threads(r: _Reader) -> tuple[ThreadInfo, ...]:
+    fs, pid = r.fs, r.pid
+    out = []
+    lost = False
+    for name in fs.listdir(pid, "task"):
+        try:
+            tid = int(name)
+            comm = P.parse_comm(fs.read_bytes(pid, b"task/" + name + b"/comm"))
+        except (Unavailable, ValueError):
+            lost = True  # thread exited between listdir and read
+            continue
+        out.append(ThreadInfo(tid, comm))
+    if lost and not r.still_same():
+        raise ProcessGone(f"process {pid} gone", fs.path(pid, "task"))
+    out.sort(key=lambda t: t.tid)
+    return tuple(out)
+
+
+def _exe_fields(target: bytes) -> dict[str, object]:
+    """exe link -> exe, exe_deleted, exe_memfd. The binary was unlinked (or replaced by a
+    package upgrade) after exec: d_path appends " (deleted)". A memfd exe
+    (fexecve of a memfd_create file, fileless malware) reads "/memfd:<name> (deleted)"."""
+    try:
+        t = P.parse_fd_target(target)
+    except ParseError:
+        return {"exe": target}
+    if t.kind not in ("file", "memfd"):
+        return {"exe": target}
+    return {"exe": t.target, "exe_deleted": t.deleted, "exe_memfd": t.kind == "memfd"}
+
+
+def read_process(
+    fs: ProcFS,
+    pid: int,
+    depth: Depth = Depth.FULL,
+    environ: bool = False,
+    sockets: SocketTables | None = None,
+    init_ns: Namespaces | ProcFSError | None = None,
+    mounts_cache: dict[int, tuple[bytes, ...]] | None = None,
+) -> ProcessSnapshot:
+    """Snapshot of one process.
+
+    ``sockets``: the sweep's SocketTables (one is made for this call if None and depth is FULL).
+    ``init_ns``: PID 1's namespaces, read once per sweep (read here if None and FULL); the
+    ProcFSError the sweep got reading them, if it could not.
+    ``mounts_cache``: mount summaries per mnt-namespace inode, shared across a sweep: every
+    process of a namespace has the same mount table, and mountinfo is the biggest file we read.
+    ``environ`` is opt-in and redacted (parsers.parse_environ).
+    """
+    stat = read_stat(fs, pid)
+    r = _Reader(fs, pid, stat)
+    v: dict[str, object] = {}
+
+    # --- status: uids, gids, caps, threads, memory, NSpid -----------------------------------
+    status = r.get(("uids", "gids", "cap_eff", "cap_prm", "cap_inh"), lambda: fs.read_parsed(pid, "status", P.parse_status))
+    if status is not None:
+        v.update(uids=status.uids, gids=status.gids, cap_eff=status.cap_eff, cap_prm=status.cap_prm,
+                 cap_inh=status.cap_inh, ns_pids=status.ns_pid)
+    # stat always has these; status adds kB precision names but the same counters (get_mm_rss).
+    v["threads"] = status.threads if status is not None and status.threads is not None else stat.num_threads
+    v["rss_bytes"] = status.vm_rss if status is not None and status.vm_rss is not None else stat.rss * fs.page_size
+    v["vsz_bytes"] = status.vm_size if status is not None and status.vm_size is not None else stat.vsize
+
+    # --- cmdline and exe --------------------------------------------------------------------
+    # falco scap_proc_add_from_proc: no cmdline and no exe is a kernel thread or a zombie;
+    # no cmdline *with* an exe is a (strange) user process and keeps argv == ().
+    argv = r.get("argv", lambda: fs.read_parsed(pid, "cmdline", P.parse_cmdline))
+    exe_raw = r.get("exe", lambda: fs.readlink(pid, "exe"))
+    if argv == () and exe_raw is None and not r.zombie and r.missing.get("exe") == Missing.UNAVAILABLE.value:
+        r.kthread = True
+        r.missing["exe"] = Missing.KERNEL_THREAD.value
+    if argv == () and (r.zombie or r.kthread):
+        argv = None  # the empty cmdline is the absence of an mm, not an empty argv
+        r.missing["argv"] = Missing.ZOMBIE.value if r.zombie else Missing.KERNEL_THREAD.value
+    v["argv"] = argv
+    if exe_raw is not None:
+        v.update(_exe_fields(exe_raw))
+    v["cwd"] = r.get("cwd", lambda: fs.readlink(pid, "cwd"))
+    v["root"] = r.get("root", lambda: fs.readlink(pid, "root"))
+
+    # --- audit login identity ---------------------------------------------------------------
+    v["loginuid"] = r.get("loginuid", lambda: fs.read_parsed(pid, "loginuid", P.parse_loginuid))
+    v["sessionid"] = r.get("sessionid", lambda: fs.read_parsed(pid, "sessionid", P.parse_loginuid))
+
+    if depth is Depth.FULL:
+        _read_full(r, v, sockets, init_ns, mounts_cache)
+    else:
+        for f in FULL_FIELDS:
+            r.missing[f] = Missing.NOT_REQUESTED.value
+
+    if environ:
+        env = r.get("environ", lambda: fs.read_parsed(pid, "environ", P.parse_environ))
+        if env == () and (r.zombie or r.kthread):
+            env = None  # no mm, not an empty environment
+            r.absent("environ", None, Missing.ZOMBIE.value if r.zombie else Missing.KERNEL_THREAD.value)
+        v["environ"] = env
+    else:
+        r.missing["environ"] = Missing.NOT_REQUESTED.value
+
+    # None with no reason would be ambiguous: loginuid/sessionid None means "unset" (audit),
+    # container_id None means "not in a container"; everything else got a reason above.
+    return ProcessSnapshot(
+        key=ProcKey(fs.boot_id(), pid, stat.starttime),
+        pid=pid,
+        ppid=stat.ppid,
+        comm=stat.comm,
+        state=stat.state,
+        start_ticks=stat.starttime,
+        utime_ticks=stat.utime,
+        stime_ticks=stat.stime,
+        tty_nr=stat.tty_nr,
+        kernel_thread=r.kthread,
+        zombie=r.zombie,
+        missing=r.missing,
+        **v,  # type: ignore[arg-type]
+    )
+
+
+def _read_full(
+    r: _Reader,
+    v: dict[str, object],
+    sockets: SocketTables | None,
+    init_ns: Namespaces | ProcFSError | None,
+    mounts_cache: dict[int, tuple[bytes, ...]] | None,
+) -> None:
+    fs, pid = r.fs, r.pid
+    v["thread_list"] = r.get("thread_list", lambda: _read_threads(r))
+
+    fds = r.get(("fds", "fd_count", "sockets"), lambda: _read_fds(r))
+    if fds is not None:
+        v["fds"] = fds
+        v["fd_count"] = len(fds)
+
+    ns = r.get(("ns", "ns_differs_from_init"), lambda: read_namespaces(fs, pid))
+    v["ns"] = ns
+    if ns is not None:
+        if pid == 1:
+            init_ns = ns
+        elif init_ns is None:
+            try:
+                init_ns = read_namespaces(fs, 1)
+            except ProcFSError as exc:
+                init_ns = exc
+        if isinstance(init_ns, ProcFSError):
+            # PID 1 is unreadable (a hardened init, a sandbox); its reason is ours
+            r.missing["ns_differs_from_init"] = _reason(init_ns)
+        else:
+            v["ns_differs_from_init"] = ns_differences(ns, init_ns)
+
+    # --- sockets: join socket fds with the table of this process's netns --------------------
+    if fds is not None:
+        if not any(f.kind == "socket" for f in fds):
+            v["sockets"] = ()
+        elif ns is None or ns.net is None:
+            r.absent("sockets", None, r.missing.get("ns", Missing.UNAVAILABLE.value))
+        else:
+            tables = sockets if sockets is not None else SocketTables(fs)
+            netns = ns.net
+            table = r.get("sockets", lambda: tables.for_pid(pid, netns))
+            if table is not None:
+                v["sockets"] = join_sockets(fds, table)
+
+    # --- cgroup and container ---------------------------------------------------------------
+    cg = r.get(("cgroup", "container_id"), lambda: fs.read_parsed(pid, "cgroup", P.parse_cgroup))
+    if cg is not None:
+        path = P.primary_cgroup_path(cg)
+        v["cgroup"] = path
+        if path is None:  # a zombie's cgroup file can be empty
+            r.absent("cgroup", None, Missing.ZOMBIE.value if r.zombie else Missing.UNAVAILABLE.value)
+        v["container_id"] = P.container_id_from_cgroup(e.path for e in cg)
+
+    # --- libraries (maps) and mounts ----------------------------------------------------------
+    libs = r.get("libraries", lambda: fs.read_parsed(pid, "maps", P.parse_maps))
+    if libs == () and (r.zombie or r.kthread):
+        libs = None  # no mm
+        r.absent("libraries", None, Missing.ZOMBIE.value if r.zombie else Missing.KERNEL_THREAD.value)
+    v["libraries"] = libs
+
+    mnt_ns = ns.mnt if ns is not None else None
+    if mounts_cache is not None and mnt_ns is not None and mnt_ns in mounts_cache:
+        v["mounts"] = mounts_cache[mnt_ns]
+    else:
+        mounts = r.get("mounts", lambda: tuple(m.render() for m in fs.read_parsed(pid, "mountinfo", P.parse_mountinfo)))
+        v["mounts"] = mounts
+        if mounts is not None and mounts_cache is not None and mnt_ns is not None:
+            mounts_cache[mnt_ns] = mounts
+
+
+def cpu_percent(prev: ProcessSnapshot, cur: ProcessSnapshot, elapsed_s: float, clock_ticks: int = USER_HZ) -> float | None:
+    """CPU used between two snapshots of the same process, in percent of one CPU (so a busy
+    process with 4 threads can show 400, as top does). None if the snapshots are of different
+    processes (PID reuse) or lack times."""
+    if prev.key != cur.key or elapsed_s <= 0:
+        return None
+    if None in (prev.utime_ticks, prev.stime_ticks, cur.utime_ticks, cur.stime_ticks):
+        return None
+    used = (cur.utime_ticks + cur.stime_ticks) - (prev.utime_ticks + prev.stime_ticks)  # type: ignore[operator]
+    return max(0.0, used / clock_ticks / elapsed_s * 100.0)

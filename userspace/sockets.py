@@ -1,0 +1,308 @@
+"""Socket tables: {inode: SocketInfo} per network namespace, and the join with a process's fds.
+
+Two sources, same output:
+
+* sock_diag over netlink (pyroute2 ``DiagSocket``) for the namespace we run in. It is what
+  ``ss`` uses, and the only source we use live in the reader's own netns.
+* The text tables <pid>/net/{tcp,tcp6,udp,udp6,unix} for every other namespace: sock_diag
+  answers only for the caller's netns (net/core/sock_diag.c uses sock_net(skb->sk)), and
+  entering another one with setns(2) would move this whole thread. The per-pid files are
+  rendered in *that pid's* netns (proc_net: get_proc_task_net), which is what falco's
+  scap_fd_read_sockets does. They are also the test oracle for the netlink path.
+
+Tables are cached per netns inode in one ``SocketTables`` object; make one per sweep
+(or per batch of events) so that stale sockets do not survive.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+from typing import Callable, Iterable
+
+from .parsers import parse_ns_link
+from .procfs import ParseError, ProcFS, ProcFSError, Unavailable
+from .types import FdInfo, SocketInfo
+
+log = logging.getLogger(__name__)
+
+# include/net/tcp_states.h, the values of sk_state for inet and unix sockets.
+TCP_STATES = {
+    1: "ESTABLISHED",
+    2: "SYN_SENT",
+    3: "SYN_RECV",
+    4: "FIN_WAIT1",
+    5: "FIN_WAIT2",
+    6: "TIME_WAIT",
+    7: "CLOSE",
+    8: "CLOSE_WAIT",
+    9: "LAST_ACK",
+    10: "LISTEN",
+    11: "CLOSING",
+    12: "NEW_SYN_RECV",
+}
+TCP_CLOSE = 7
+# A datagram (or unix) socket in TCP_CLOSE is simply not connected: ss calls it UNCONN.
+UNCONN = "UNCONN"
+UNIX_TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram", socket.SOCK_SEQPACKET: "seqpacket"}
+# net/unix/af_unix.c unix_seq_show: "Flags" has __SO_ACCEPTCON for listeners; "St" is the
+# *socket* state (SS_UNCONNECTED=1, SS_CONNECTED=3), not a TCP state.
+_SO_ACCEPTCON = 1 << 16
+_SS_CONNECTED = 3
+
+INET_TABLES = (
+    ("tcp", socket.AF_INET, "inet", "tcp"),
+    ("tcp6", socket.AF_INET6, "inet6", "tcp"),
+    ("udp", socket.AF_INET, "inet", "udp"),
+    ("udp6", socket.AF_INET6, "inet6", "udp"),
+)
+
+def state_name(protocol: str, state: int) -> str:
+    if state == TCP_CLOSE and protocol != "tcp":
+        return UNCONN
+    return TCP_STATES.get(state, f"UNKNOWN({state})")
+
+
+# --- the text tables (pure) ------------------------------------------------------------------
+
+def _hex_addr(token: bytes, family: int, data: bytes) -> tuple[str, int]:
+    """ "0100007F:1F90" -> ("127.0.0.1", 8080). tcp4_seq_show prints the __be32 address with
+    %08X, i.e. as a host-order u32, so each 32-bit word comes out byte-swapped on little-endian
+    machines; the port is already host order."""
+    addr_hex, sep, port_hex = token.partition(b":")
+    want = 8 if family == socket.AF_INET else 32
+    if not sep or len(addr_hex) != want:
+        raise ParseError("net table: bad address", data)
+    try:
+        raw = bytes.fromhex(addr_hex.decode("ascii"))
+        port = int(port_hex, 16)
+    except (ValueError, UnicodeDecodeError):
+        raise ParseError("net table: bad address", data) from None
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return socket.inet_ntop(family, raw), port
+
+
+def parse_net_inet(
+    data: bytes, family: int, protocol: str, netns: int | None = None
+) -> dict[int, SocketInfo]:
+    """Parse <pid>/net/tcp|tcp6|udp|udp6 (proc_net_tcp.txt): header line, then
+    "sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...". Inode 0 (a TIME_WAIT or
+    request socket owned by no file) is dropped: nothing can join to it."""
+    fam = "inet" if family == socket.AF_INET else "inet6"
+    out: dict[int, SocketInfo] = {}
+    lines = data.split(b"\n")
+    for line in lines[1:]:
+        if not line.strip():
+            continue
+        f = line.split()
+        if len(f) < 10:
+            raise ParseError("net table: short line", line)
+        laddr, lport = _hex_addr(f[1], family, line)
+        raddr, rport = _hex_addr(f[2], family, line)
+        try:
+            st = int(f[3], 16)
+            uid = int(f[7])
+            inode = int(f[9])
+        except ValueError:
+            raise ParseError("net table: bad number", line) from None
+        if inode == 0:
+            continue
+        out[inode] = SocketInfo(
+            inode=inode,
+            family=fam,
+            protocol=protocol,
+            state=state_name(protocol, st),
+            local_address=laddr,
+            local_port=lport,
+            remote_address=raddr,
+            remote_port=rport,
+            uid=uid,
+            netns=netns,
+        )
+    return out
+
+
+def parse_net_unix(data: bytes, netns: int | None = None) -> dict[int, SocketInfo]:
+    """Parse <pid>/net/unix: "Num RefCount Protocol Flags Type St Inode [Path]". An abstract
+    name is printed with "@" for its leading NUL, as ss does."""
+    out: dict[int, SocketInfo] = {}
+    lines = data.split(b"\n")
+    for line in lines[1:]:
+        if not line.strip():
+            continue
+        f = line.split(None, 7)
+        if len(f) < 7:
+            raise ParseError("net/unix: short line", line)
+        try:
+            flags = int(f[3], 16)
+            stype = int(f[4], 16)
+            st = int(f[5], 16)
+            inode = int(f[6])
+        except ValueError:
+            raise ParseError("net/unix: bad number", line) from None
+        if flags & _SO_ACCEPTCON:
+            state = "LISTEN"
+        elif st == _SS_CONNECTED:
+            state = "ESTABLISHED"
+        else:
+            state = UNCONN
+        path = f[7].decode("utf-8", "backslashreplace") if len(f) > 7 else ""
+        out[inode] = SocketInfo(
+            inode=inode,
+            family="unix",
+            protocol="unix",
+            state=state,
+            local_address=path,
+            local_port=None,
+            remote_address="",
+            remote_port=None,
+            netns=netns,
+            sock_type=UNIX_TYPES.get(stype, str(stype)),
+        )
+    return out
+
+
+def read_proc_net_table(fs: ProcFS, pid: int, netns: int | None = None) -> dict[int, SocketInfo]:
+    """All TCP/UDP v4/v6 and unix sockets of the netns ``pid`` lives in, from its net/ files.
+    A missing file (no IPv6 in that kernel) is skipped; ProcessGone/AccessDenied propagate."""
+    table: dict[int, SocketInfo] = {}
+    for name, family, _fam, proto in INET_TABLES:
+        try:
+            data = fs.read_bytes(pid, "net/" + name)
+        except Unavailable:
+            continue
+        try:
+            table.update(parse_net_inet(data, family, proto, netns))
+        except ParseError as exc:
+            exc.path = fs.path(pid, "net/" + name)
+            raise
+    try:
+        data = fs.read_bytes(pid, "net/unix")
+    except Unavailable:
+        return table
+    table.update(parse_net_unix(data, netns))
+    return table
+
+
+# --- sock_diag -------------------------------------------------------------------------------
+
+def _diag_inet(msg: dict, family: int, protocol: str, netns: int | None) -> SocketInfo:
+    return SocketInfo(
+        inode=msg["idiag_inode"],
+        family="inet" if family == socket.AF_INET else "inet6",
+        protocol=protocol,
+        state=state_name(protocol, msg["idiag_state"]),
+        local_address=msg["idiag_src"],
+        local_port=msg["idiag_sport"],
+        remote_address=msg["idiag_dst"],
+        remote_port=msg["idiag_dport"],
+        uid=msg["idiag_uid"],
+        netns=netns,
+    )
+
+
+def _diag_unix(msg, netns: int | None) -> SocketInfo:
+    name = msg.get_attr("UNIX_DIAG_NAME")
+    # pyroute2 decodes UNIX_DIAG_NAME as asciiz and so loses an abstract name's leading NUL.
+    # Filesystem-bound sockets also carry UNIX_DIAG_VFS (unix_diag.c sk_diag_dump_vfs), so a
+    # name without it is abstract: print it "@name" like ss and net/unix do.
+    if name and msg.get_attr("UNIX_DIAG_VFS") is None:
+        name = "@" + name
+    peer = msg.get_attr("UNIX_DIAG_PEER")
+    return SocketInfo(
+        inode=msg["udiag_ino"],
+        family="unix",
+        protocol="unix",
+        state=state_name("unix", msg["udiag_state"]),
+        local_address=name or "",
+        local_port=None,
+        remote_address="",
+        remote_port=None,
+        netns=netns,
+        sock_type=UNIX_TYPES.get(msg["udiag_type"], str(msg["udiag_type"])),
+        peer_inode=peer or None,
+    )
+
+
+def read_diag_table(netns: int | None = None) -> dict[int, SocketInfo]:
+    """All TCP/UDP v4/v6 and unix sockets of the *caller's* netns via sock_diag.
+    Raises OSError (pyroute2's NetlinkError is one) when sock_diag is unavailable."""
+    from pyroute2 import DiagSocket  # imported lazily: most callers never need netlink
+
+    table: dict[int, SocketInfo] = {}
+    with DiagSocket() as ds:
+        ds.bind()
+        for _name, family, _fam, proto in INET_TABLES:
+            ipproto = socket.IPPROTO_TCP if proto == "tcp" else socket.IPPROTO_UDP
+            for msg in ds.get_sock_stats(family=family, protocol=ipproto):
+                if msg["idiag_inode"]:
+                    table[msg["idiag_inode"]] = _diag_inet(msg, family, proto, netns)
+        for msg in ds.get_sock_stats(family=socket.AF_UNIX):
+            table[msg["udiag_ino"]] = _diag_unix(msg, netns)
+    return table
+
+
+class SocketTables:
+    """Socket tables cached per netns inode, for one sweep.
+
+    ``for_pid(pid, netns)`` returns the table of the netns that pid lives in: from sock_diag
+    when that is our own netns, else from the pid's net/ files. A failure is raised
+    (ProcessGone, AccessDenied, ParseError) and not cached, so a later pid in the same netns
+    may still succeed.
+    """
+
+    def __init__(
+        self,
+        fs: ProcFS,
+        use_diag: bool = True,
+        diag_reader: Callable[[int | None], dict[int, SocketInfo]] = read_diag_table,
+    ) -> None:
+        self.fs = fs
+        self._use_diag = use_diag
+        self._diag_reader = diag_reader
+        self._cache: dict[int | None, dict[int, SocketInfo]] = {}
+        self._own_netns: int | None = None
+        self._own_netns_read = False
+
+    def own_netns(self) -> int | None:
+        """Our netns inode as seen through this ProcFS; None for a fixture tree without one."""
+        if not self._own_netns_read:
+            self._own_netns_read = True
+            try:
+                self._own_netns = parse_ns_link(self.fs.readlink("thread-self", "ns/net"))
+            except ProcFSError:
+                self._own_netns = None
+        return self._own_netns
+
+    def for_pid(self, pid: int, netns: int | None) -> dict[int, SocketInfo]:
+        if netns is not None and netns in self._cache:
+            return self._cache[netns]
+        table: dict[int, SocketInfo] | None = None
+        if self._use_diag and netns is not None and netns == self.own_netns():
+            try:
+                table = self._diag_reader(netns)
+            except OSError as exc:  # no NETLINK_SOCK_DIAG (seccomp, old kernel): use the files
+                log.warning("sockets.diag_failed: %s; falling back to net/ tables", exc)
+                self._use_diag = False
+        if table is None:
+            table = read_proc_net_table(self.fs, pid, netns)
+        if netns is not None:
+            self._cache[netns] = table
+        return table
+
+
+def join_sockets(fds: Iterable[FdInfo], table: dict[int, SocketInfo]) -> tuple[SocketInfo, ...]:
+    """The SocketInfo behind each socket fd, in fd order. Sockets of other families (netlink,
+    packet, vsock) are not in the table and are left out; two fds sharing one socket (dup,
+    fork) yield it once."""
+    seen: set[int] = set()
+    out = []
+    for fd in fds:
+        if fd.kind == "socket" and fd.inode is not None and fd.inode not in seen:
+            info = table.get(fd.inode)
+            if info is not None:
+                seen.add(fd.inode)
+                out.append(info)
+    return tuple(out)
+
