@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         time.sleep(0.5)  # let every child finish exec so we do not time half-born processes
         print(f"kernel {platform.release()}, python {platform.python_version()}, cpus {os.cpu_count()}")
-        for depth in (Depth.CHEAP, Depth.FULL):
+        for depth in (Depth.CHEAP, Depth.EXEC, Depth.FULL):
             secs, n, stats = time_scan(fs, depth, args.rounds)
             print(
                 f"{depth.value:5s}: {n} processes in {secs * 1e3:7.1f} ms = {secs * 1e6 / n:6.0f} us/process"

@@ -1,6 +1,6 @@
 """procsentry: a process monitor for host intrusion detection.
 
-Every exec, fork and exit on the host, from eBPF tracepoints, enriched from /proc, as JSON lines.
+Every exec, fork and exit on the host, from eBPF tracepoints, enriched from procfs, as JSON lines.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ examples:
   sudo procsentry watch --output /var/log/procsentry.jsonl --stats-interval 60
   sudo procsentry watch --sensor connector   # without BPF: the netlink process connector
   sudo procsentry watch --dump-bpf           # print the BPF C and the compiler flags, then exit
-  sudo procsentry snapshot --format text     # one sweep of /proc, like ps
+  sudo procsentry snapshot --format text     # one sweep of procfs, like ps
   procsentry doctor                          # can this host run the BPF sensor?
 
 exit status: 0 ok (also after SIGINT/SIGTERM or a closed pipe), 1 error, 2 usage,
@@ -82,12 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--wakeup-events", type=_positive(int), default=None, metavar="N",
                    help="wake the reader every N samples (default 1)")
     w.add_argument("--backlog", type=_positive(int), default=1024, metavar="N",
-                   help="records in one batch beyond which /proc enrichment is skipped")
-    w.add_argument("--proc-root", metavar="DIR", help="procfs to read (default /proc, or $HOST_ROOT/proc)")
+                   help="records in one batch beyond which procfs enrichment is skipped")
+    w.add_argument("--proc-root", metavar="DIR", help="procfs to read (default: the host procfs, or its copy under $HOST_ROOT)")
     w.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
     w.add_argument("--record", metavar="FILE", help=argparse.SUPPRESS)
 
-    s = sub.add_parser("snapshot", help="one sweep of /proc")
+    s = sub.add_parser("snapshot", help="one sweep of procfs")
     s.add_argument("--format", choices=("json", "text"), default=None)
     s.add_argument("--pid", type=int, action="append", help="only this PID (repeatable)")
     s.add_argument("--depth", choices=("cheap", "full"), default="full")
@@ -174,6 +174,9 @@ def cmd_watch(args) -> int:
         except BrokenPipeError:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
+        if sink.dropped_writes:
+            print(f"procsentry: {sink.dropped_writes} events dropped: the output could not be "
+                  "written", file=sys.stderr)
     return EX_OK
 
 

@@ -1,7 +1,7 @@
-"""Enrichment: what /proc adds to an event, and the reasons for whatever it could not add.
+"""Enrichment: what procfs adds to an event, and the reasons for whatever it could not add.
 
 Kernel-captured fields are never overwritten: a process may rewrite its own argv (setproctitle)
-or chdir after exec. Where /proc disagrees with the kernel, both are kept (`differs`).
+or chdir after exec. Where procfs disagrees with the kernel, both are kept (`differs`).
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class UserNames:
 
 
 class Enricher:
-    """Reads a process from /proc for an event, with socket tables cached for a second."""
+    """Reads a process from procfs for an event, with socket tables cached for a second."""
 
     def __init__(self, fs: ProcFS, depth: Depth = Depth.EXEC, environ: bool = False) -> None:
         self.fs = fs
@@ -71,7 +71,7 @@ class Enricher:
 
 
 def details(snap: ProcessSnapshot) -> ProcDetails:
-    """The /proc-only part of a snapshot, as carried in an event's `proc` object."""
+    """The procfs-only part of a snapshot, as carried in an event's `proc` object."""
     uids = snap.uids
     fds = None
     if snap.fds is not None:
@@ -116,5 +116,13 @@ def outcome(snap: ProcessSnapshot | None) -> str:
     """full: everything asked for was read; partial: some of it; gone: the process was."""
     if snap is None:
         return "gone"
-    asked = {k: v for k, v in snap.missing.items() if v not in ("not_requested",)}
-    return "partial" if asked else "full"
+    short = [k for k, v in snap.missing.items()
+             if v not in NOT_A_SHORTFALL and k not in ABOUT_OTHER_PROCESSES]
+    return "partial" if short else "full"
+
+
+# Reasons that describe the process rather than a failure to read it.
+NOT_A_SHORTFALL = frozenset({"not_requested", "kernel_thread", "zombie"})
+# Fields whose absence is about another process (PID 1's namespaces, which some hosts hide
+# even from root), not about this one.
+ABOUT_OTHER_PROCESSES = frozenset({"ns_differs_from_init"})

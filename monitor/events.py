@@ -36,7 +36,7 @@ class Socket:
 
 @dataclass(frozen=True, slots=True)
 class ProcDetails:
-    """What /proc added at enrichment time (never overrides a kernel-captured field)."""
+    """What procfs added at enrichment time (never overrides a kernel-captured field)."""
 
     state: str | None = None
     threads: int | None = None
@@ -74,9 +74,9 @@ class ProcessEvent:
     argv: tuple[bytes, ...] | None
     argv_truncated: bool
     cwd: bytes | None
-    start_time: int  # clock ticks since boot, as /proc/<pid>/stat field 22
+    start_time: int  # clock ticks since boot, as procfs <pid>/stat field 22
     container_id: str | None
-    ns: dict[str, int] | None
+    ns: dict[str, int | None] | None
     enrichment: str  # full | partial | gone
     tid: int | None = None
     filename: bytes | None = None  # as passed to execve
@@ -91,7 +91,7 @@ class ProcessEvent:
     cgroup_id: int | None = None
     capture: tuple[str, ...] = ()  # kernel capture flags: truncations and read errors
     missing: dict[str, str] = field(default_factory=dict)
-    differs: dict[str, object] | None = None  # /proc values that disagree with the kernel's
+    differs: dict[str, object] | None = None  # procfs values that disagree with the kernel's
     ancestry: tuple[Ancestor, ...] | None = None
     proc: ProcDetails | None = None
     schema: int = SCHEMA_VERSION

@@ -46,7 +46,7 @@ WANTS: tuple[Want, ...] = (
     _w("TASK_FLAGS", "task_struct", "flags", 4),
     _w("TASK_REAL_PARENT", "task_struct", "real_parent", 8),
     _w("TASK_GROUP_LEADER", "task_struct", "group_leader", 8),
-    # fs/proc/array.c do_task_stat reports start_boottime (5.5+; real_start_time before) as
+    # do_task_stat (array.c in the kernel's procfs) reports start_boottime (5.5+; real_start_time before) as
     # field 22; start_time is CLOCK_MONOTONIC, which bpf_ktime_get_ns also reads.
     _w("TASK_START_BOOTTIME", "task_struct", ("start_boottime", "real_start_time"), 8),
     _w("TASK_START_TIME", "task_struct", "start_time", 8),

@@ -122,14 +122,21 @@ class Sink:
     def __init__(self, fmt: str = "auto", path: str | None = None, stream: IO[bytes] | None = None):
         if path:
             # 0600: the stream holds every command line on the host, secrets included.
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self.stream: IO[bytes] = os.fdopen(fd, "ab", buffering=0)
-            self._fd = fd
+            self.stream: IO[bytes] | None = None
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         else:
             self.stream = stream if stream is not None else sys.stdout.buffer
-            self._fd = None
+            # Write with os.write on the descriptor: a signal arriving during a large buffered
+            # write to a pipe made BufferedWriter drop the rest of the buffer without an error
+            # (seen with CPython 3.11: 131072 of 2 MB written, no exception).
+            try:
+                self.stream.flush()
+                self._fd = self.stream.fileno()
+            except (AttributeError, OSError, ValueError):
+                self._fd = None
+        self._owns_fd = bool(path)
         if fmt == "auto":
-            fmt = "text" if (not path and self.stream.isatty()) else "json"
+            fmt = "text" if (not path and os.isatty(self._fd if self._fd is not None else -1)) else "json"
         self.format = fmt
         self.encode = {"text": to_text, "ps": to_ps}.get(fmt, to_json)
         self.dropped_writes = 0
@@ -172,6 +179,6 @@ class Sink:
         try:
             self.flush()
         finally:
-            if self._fd is not None:
+            if self._fd is not None and self._owns_fd:
                 os.close(self._fd)
-                self._fd = None
+            self._fd = None

@@ -3,13 +3,13 @@
 One thread. Each turn: poll the sensor (bcc drains every per-CPU buffer into a deque), decode
 the batch, order it by kernel timestamp (per-CPU buffers interleave), apply it to the table,
 enrich what is still alive, emit. Capture never waits on enrichment: when a batch is large, the
-records beyond `backlog` go out without /proc enrichment (`enrichment: "partial"`, counted)
+records beyond `backlog` go out without procfs enrichment (`enrichment: "partial"`, counted)
 instead of leaving samples to be lost in the kernel.
 
 Sweeps: once at start (after the sensor is attached, so nothing falls between the two: every
 process already running becomes an `existing` event) and periodically (default 30 s, and at
-once after lost samples): a process in /proc the table does not know becomes `missed`; a live
-table entry gone from /proc without an exit record gets an inferred `exit`.
+once after lost samples): a process in procfs the table does not know becomes `missed`; a live
+table entry gone from procfs without an exit record gets an inferred `exit`.
 """
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ class Pipeline:
         self.cfg = config or Config()
         self.table = ProcessTable()
         self.clock = Clock()
-        self.enricher = E.Enricher(fs, depth if depth is not Depth.EXEC else Depth.FULL, environ=self.cfg.environ)
+        self.enricher = E.Enricher(fs, depth, environ=self.cfg.environ)
         self.users = E.UserNames()
         self.counters = Counters()
         self.boot_id = fs.boot_id()
@@ -211,7 +211,7 @@ class Pipeline:
 
     @staticmethod
     def _differences(r: wire.RawExec, snap: ProcessSnapshot) -> dict[str, object] | None:
-        """What /proc says now where it disagrees with what the kernel captured at exec."""
+        """What procfs says now where it disagrees with what the kernel captured at exec."""
         out: dict[str, object] = {}
         if snap.argv is not None and not (r.flags & wire.ARGV_TRUNCATED) and snap.argv != r.argv:
             out["argv"] = snap.argv
@@ -281,7 +281,7 @@ class Pipeline:
         self.emit_other(LostEvent("lost", self.clock.now(), self.source.name, cpu, count))
         self._reconcile_due = "lost"
 
-    # -- /proc-sourced processes ---------------------------------------------------------------
+    # -- procfs-sourced processes ---------------------------------------------------------------
     def on_snapshot(self, snap: ProcessSnapshot, kind: str, source: str,
                     when: str | None = None) -> Entry:
         """existing / missed (sweeps), and exec for sensors that only give PIDs."""

@@ -1,9 +1,9 @@
 """The process table: what the monitor knows about every live (and recently exited) process.
 
-Keyed by (pid, start_ticks), the in-boot part of ProcKey: the kernel sensor and the /proc sweep
+Keyed by (pid, start_ticks), the in-boot part of ProcKey: the kernel sensor and the procfs sweep
 derive the same key for the same process, and a reused PID gets a new key.
 
-Lifecycle (after tetragon's pkg/process/cache.go): perf buffers are per CPU, so records of one
+Lifecycle (after tetragon's pkgprocfsess/cache.go): perf buffers are per CPU, so records of one
 process can arrive out of order (its exit before its exec when they ran on different CPUs). An
 exited entry is therefore kept for `grace_s` as a tombstone: late records still find it, its
 children still find their ancestry, and an exec arriving after the exit does not resurrect it.
@@ -38,7 +38,7 @@ class Entry:
     egid: int | None = None
     user: str | None = None
     container_id: str | None = None
-    ns: dict[str, int] | None = None
+    ns: dict[str, int | None] | None = None
     exited_at: float | None = None  # monotonic seconds; None while alive
     first_seen: float = 0.0  # monotonic seconds
     exec_start_ns: int | None = None  # CLOCK_MONOTONIC start, for durations

@@ -28,19 +28,14 @@ T = TypeVar("T")
 
 NS_NAMES = ("pid", "mnt", "net", "user", "uts", "ipc", "cgroup", "time")
 
-# Fields that only Depth.FULL reads (in ProcessSnapshot's order).
-FULL_FIELDS = (
-    "thread_list",
-    "fds",
-    "fd_count",
-    "sockets",
-    "ns",
-    "ns_differs_from_init",
-    "cgroup",
-    "container_id",
-    "libraries",
-    "mounts",
-)
+# What each depth reads beyond CHEAP (the CHEAP fields are always read). EXEC is what
+# enriching a fresh exec needs: its fds and sockets, its namespaces (the netns picks the socket
+# table) and its container. FULL adds what a sweep can afford once per process.
+EXEC_FIELDS = ("fds", "fd_count", "sockets", "ns", "cgroup", "container_id")
+FULL_ONLY_FIELDS = ("thread_list", "ns_differs_from_init", "libraries", "mounts")
+FULL_FIELDS = EXEC_FIELDS + FULL_ONLY_FIELDS
+# Fields read from a process's mm (exe is mm->exe_file), which kernel threads do not have.
+_MM_FIELDS = frozenset(("argv", "exe", "environ", "libraries"))
 
 
 def _reason(exc: ProcFSError) -> str:
@@ -66,17 +61,25 @@ class _Reader:
         self.gone = False  # once a read says ProcessGone, later reads are skipped as "gone"
 
     def absent(self, fields: tuple[str, ...] | str, exc: ProcFSError | None, reason: str | None = None) -> None:
-        """Record why fields are absent. Unavailable on a zombie or kernel thread is that state,
-        not an error: exe, cwd, ns links and the like legitimately do not exist for them."""
+        """Record why fields are absent.
+
+        For a zombie or kernel thread, a failure is usually that state, not an error: the data
+        does not exist, and the kernel says so with ENOENT/ESRCH, or as EACCES when the ptrace
+        check runs first (proc_fd_access_allowed, mm_access). A zombie has released its mm,
+        files, fs and namespaces (do_exit), so any failure is "zombie". A kernel thread only
+        lacks what lives in an mm; its cwd, root and namespace links are real, and EACCES on
+        them is a genuine denial.
+        """
         if reason is None:
             assert exc is not None
             if isinstance(exc, ProcessGone):
                 self.gone = True
             reason = _reason(exc)
-            if isinstance(exc, Unavailable):
+            if isinstance(exc, (Unavailable, AccessDenied)):
+                names = (fields,) if isinstance(fields, str) else fields
                 if self.zombie:
                     reason = Missing.ZOMBIE.value
-                elif self.kthread:
+                elif self.kthread and (isinstance(exc, Unavailable) or set(names) <= _MM_FIELDS):
                     reason = Missing.KERNEL_THREAD.value
         for f in (fields,) if isinstance(fields, str) else fields:
             self.missing[f] = reason
@@ -138,9 +141,8 @@ def ns_differences(ns: Namespaces, init: Namespaces) -> tuple[str, ...]:
     )
 
 
-def _read_fds(r: _Reader) -> tuple[FdInfo, ...]:
+def _read_fds(r: _Reader, names: list[bytes]) -> tuple[FdInfo, ...]:
     fs, pid = r.fs, r.pid
-    names = fs.listdir(pid, "fd")
     out = []
     lost = False
     for name in names:
@@ -204,7 +206,9 @@ def read_process(
 ) -> ProcessSnapshot:
     """Snapshot of one process.
 
-    ``sockets``: the sweep's SocketTables (one is made for this call if None and depth is FULL).
+    ``depth``: CHEAP (stat, status, cmdline, exe, cwd, root, loginuid), EXEC (+ fds, sockets,
+    ns, cgroup, container id) or FULL (+ threads, ns comparison, libraries, mounts).
+    ``sockets``: the sweep's SocketTables (one is made for this call if None and needed).
     ``init_ns``: PID 1's namespaces, read once per sweep (read here if None and FULL); the
     ProcFSError the sweep got reading them, if it could not.
     ``mounts_cache``: mount summaries per mnt-namespace inode, shared across a sweep: every
@@ -246,11 +250,17 @@ def read_process(
     v["loginuid"] = r.get("loginuid", lambda: fs.read_parsed(pid, "loginuid", P.parse_loginuid))
     v["sessionid"] = r.get("sessionid", lambda: fs.read_parsed(pid, "sessionid", P.parse_loginuid))
 
-    if depth is Depth.FULL:
-        _read_full(r, v, sockets, init_ns, mounts_cache)
+    if depth is Depth.CHEAP:
+        not_read: tuple[str, ...] = FULL_FIELDS
     else:
-        for f in FULL_FIELDS:
-            r.missing[f] = Missing.NOT_REQUESTED.value
+        ns = _read_exec(r, v, sockets)
+        if depth is Depth.FULL:
+            _read_full(r, v, ns, init_ns, mounts_cache)
+            not_read = ()
+        else:
+            not_read = FULL_ONLY_FIELDS
+    for f in not_read:
+        r.missing[f] = Missing.NOT_REQUESTED.value
 
     if environ:
         env = r.get("environ", lambda: fs.read_parsed(pid, "environ", P.parse_environ))
@@ -280,36 +290,25 @@ def read_process(
     )
 
 
-def _read_full(
-    r: _Reader,
-    v: dict[str, object],
-    sockets: SocketTables | None,
-    init_ns: Namespaces | ProcFSError | None,
-    mounts_cache: dict[int, tuple[bytes, ...]] | None,
-) -> None:
+def _read_exec(r: _Reader, v: dict[str, object], sockets: SocketTables | None) -> Namespaces | None:
+    """fds, sockets, namespaces, cgroup and container id (Depth.EXEC and FULL)."""
     fs, pid = r.fs, r.pid
-    v["thread_list"] = r.get("thread_list", lambda: _read_threads(r))
-
-    fds = r.get(("fds", "fd_count", "sockets"), lambda: _read_fds(r))
-    if fds is not None:
+    # Listing fd/ and reading its links are separate permission checks: a process may let us
+    # count its fds (proc_fd_permission) yet deny the links (proc_fd_access_allowed, ptrace).
+    listing = r.get(("fds", "fd_count", "sockets"), lambda: fs.listdir(pid, "fd"))
+    fds = None
+    if listing is not None:
+        fds = r.get(("fds", "sockets"), lambda: _read_fds(r, listing))
         v["fds"] = fds
-        v["fd_count"] = len(fds)
-
-    ns = r.get(("ns", "ns_differs_from_init"), lambda: read_namespaces(fs, pid))
-    v["ns"] = ns
-    if ns is not None:
-        if pid == 1:
-            init_ns = ns
-        elif init_ns is None:
-            try:
-                init_ns = read_namespaces(fs, 1)
-            except ProcFSError as exc:
-                init_ns = exc
-        if isinstance(init_ns, ProcFSError):
-            # PID 1 is unreadable (a hardened init, a sandbox); its reason is ours
-            r.missing["ns_differs_from_init"] = _reason(init_ns)
+        if fds is not None:
+            v["fd_count"] = len(fds)
+        elif r.missing.get("fds") == Missing.GONE.value:
+            r.missing["fd_count"] = Missing.GONE.value
         else:
-            v["ns_differs_from_init"] = ns_differences(ns, init_ns)
+            v["fd_count"] = sum(1 for n in listing if n.isdigit())
+
+    ns = r.get("ns", lambda: read_namespaces(fs, pid))
+    v["ns"] = ns
 
     # --- sockets: join socket fds with the table of this process's netns --------------------
     if fds is not None:
@@ -332,6 +331,35 @@ def _read_full(
         if path is None:  # a zombie's cgroup file can be empty
             r.absent("cgroup", None, Missing.ZOMBIE.value if r.zombie else Missing.UNAVAILABLE.value)
         v["container_id"] = P.container_id_from_cgroup(e.path for e in cg)
+    return ns
+
+
+def _read_full(
+    r: _Reader,
+    v: dict[str, object],
+    ns: Namespaces | None,
+    init_ns: Namespaces | ProcFSError | None,
+    mounts_cache: dict[int, tuple[bytes, ...]] | None,
+) -> None:
+    """threads, namespace comparison with PID 1, libraries and mounts (Depth.FULL only)."""
+    fs, pid = r.fs, r.pid
+    v["thread_list"] = r.get("thread_list", lambda: _read_threads(r))
+
+    if ns is None:
+        r.absent("ns_differs_from_init", None, r.missing.get("ns", Missing.UNAVAILABLE.value))
+    else:
+        if pid == 1:
+            init_ns = ns
+        elif init_ns is None:
+            try:
+                init_ns = read_namespaces(fs, 1)
+            except ProcFSError as exc:
+                init_ns = exc
+        if isinstance(init_ns, ProcFSError):
+            # PID 1 is unreadable (a hardened init, a sandbox); its reason is ours
+            r.missing["ns_differs_from_init"] = _reason(init_ns)
+        else:
+            v["ns_differs_from_init"] = ns_differences(ns, init_ns)
 
     # --- libraries (maps) and mounts ----------------------------------------------------------
     libs = r.get("libraries", lambda: fs.read_parsed(pid, "maps", P.parse_maps))

@@ -1,7 +1,7 @@
-"""Fixtures for the userspace tests: fixture procfs trees and the root gate."""
+"""Fixtures for the userspace tests: fixture procfs trees. (The `root` mark is gated in
+tests/conftest.py.)"""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -23,8 +23,3 @@ def proc_tree(tmp_path: Path) -> Callable[[str], str]:
 
     return make
 
-
-@pytest.fixture(autouse=True)
-def _root_gate(request: pytest.FixtureRequest) -> None:
-    if request.node.get_closest_marker("root") is not None and os.geteuid() != 0:
-        pytest.skip("needs root (euid 0)")

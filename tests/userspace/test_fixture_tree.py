@@ -129,6 +129,16 @@ class TestReadProcess:
                                 "container_id", "libraries", "mounts", "environ")
         }
 
+    def test_exec_depth(self, fs: ProcFS) -> None:
+        full = read_process(fs, 400, Depth.FULL)
+        s = read_process(fs, 400, Depth.EXEC)
+        assert (s.fds, s.fd_count, s.sockets, s.ns, s.cgroup, s.container_id) == (
+            full.fds, full.fd_count, full.sockets, full.ns, full.cgroup, full.container_id)
+        assert s.sockets and s.container_id == "0123456789abcdef" * 4
+        assert (s.thread_list, s.ns_differs_from_init, s.libraries, s.mounts) == (None,) * 4
+        for f in ("thread_list", "ns_differs_from_init", "libraries", "mounts", "environ"):
+            assert s.missing[f] == NOTREQ
+
     def test_kernel_thread(self, fs: ProcFS) -> None:
         s = read_process(fs, 2, environ=True)
         assert s.kernel_thread and not s.zombie
@@ -248,6 +258,13 @@ class TestFaults:
         assert s.fds is None and s.sockets is None and s.exe is None and s.environ is None
         assert s.missing == {"fds": DENIED, "fd_count": DENIED, "sockets": DENIED, "environ": DENIED, "exe": DENIED}
         assert s.ns == HOST_NS and s.thread_list is not None
+
+    def test_fd_links_denied_but_listing_allowed(self, root: str) -> None:
+        # what a hardened PID 1 looks like to root: fd/ lists, fd/N readlink is EACCES
+        fs = FaultyProcFS(root, denied={f"100/fd/{n}" for n in range(11)})
+        s = read_process(fs, 100)
+        assert s.fds is None and s.sockets is None and s.fd_count == 11
+        assert s.missing == {"fds": DENIED, "sockets": DENIED, "environ": NOTREQ}
 
     def test_init_ns_unreadable_is_read_once_per_sweep(self, root: str) -> None:
         fs = FaultyProcFS(root, denied={f"1/ns/{n}" for n in NS_NAMES})

@@ -1,0 +1,156 @@
+"""The JSON Schema of the event stream, built from monitor/events.py and the field docs below.
+
+`python -m monitor.schema` prints it; the published copy is monitor/schema/events.schema.json
+(a test checks the copy is current, and that README.md documents every field). The docs live
+here, next to nothing else, so the schema and README cannot drift from the dataclasses.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+
+from monitor import events as ev
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "events.schema.json"
+
+DOCS: dict[str, str] = {
+    "event": "Event type: exec, fork, exit, existing (running at start), missed (found by a sweep), lost, stats.",
+    "time": "When it happened (kernel timestamp for sensor events), RFC 3339 UTC with nanoseconds.",
+    "source": "Who saw it: bpf, connector or poll (the live sensor), or sweep (a procfs sweep).",
+    "pid": "Process ID (the thread group ID: what userspace calls a PID).",
+    "ppid": "Parent's PID (real parent at exec; the forking process for fork).",
+    "exec_id": "Process identity, unique across PID reuse and reboots: boot id prefix, start_time, pid. The same whether the process was seen by the sensor or a sweep.",
+    "parent_exec_id": "exec_id of the parent.",
+    "uid": "Real user ID.",
+    "euid": "Effective user ID.",
+    "gid": "Real group ID.",
+    "egid": "Effective group ID.",
+    "user": "User name of uid on this host, if it has one.",
+    "comm": "Kernel task name (at most 15 bytes).",
+    "exe": "Absolute path of the executable that was mapped (for a #! script, the interpreter).",
+    "argv": "Arguments exactly as the program saw them. Invalid UTF-8 bytes appear as \\xNN; see argv_raw.",
+    "argv_truncated": "argv was longer than the capture limit (32 KiB); see argc and argv_size for the original.",
+    "cwd": "Working directory at exec.",
+    "start_time": "Start time in clock ticks since boot, exactly procfs <pid>/stat field 22.",
+    "container_id": "Container ID derived from the cgroup path (docker, containerd, CRI-O, podman), null outside containers or when unknown.",
+    "ns": "Namespace inode numbers (pid, mnt, net, user, uts, ipc, cgroup[, time]) as in procfs <pid>/ns.",
+    "enrichment": "full: procfs was read completely; partial: some of it (see missing); gone: the process had exited before procfs could be read (kernel-captured fields are still complete).",
+    "tid": "Thread that called execve (differs from pid when a non-leader thread execs).",
+    "filename": "The path passed to execve, as given (may be relative, or /dev/fd/N).",
+    "argc": "The original number of arguments.",
+    "argv_size": "The original size of the argument area in bytes (NUL separators included).",
+    "argv_raw": "base64 of the exact argv bytes, NUL-separated; present only when argv is not valid UTF-8.",
+    "exe_deleted": "The executable had been unlinked (no links left) when it ran.",
+    "exe_fileless": "The executable has no path on any filesystem (memfd_create).",
+    "tty": "Controlling terminal name (e.g. pts3), null without one.",
+    "loginuid": "Audit login uid (who logged in, across su/sudo); null if unset.",
+    "sessionid": "Audit session id; null if unset.",
+    "cgroup_id": "cgroup v2 id (the inode of the cgroup directory).",
+    "capture": "Kernel capture flags: argv_truncated, argv_read_error, filename_truncated, exe_unlinked, exe_detached, exe_truncated, exe_read_error, cwd_detached, cwd_truncated, cwd_read_error, no_mm.",
+    "missing": "Why a field is absent: field name -> gone | denied | kernel_thread | zombie | parse_error | unavailable | skipped_backlog | unknown.",
+    "differs": "Values procfs reported at enrichment that disagree with what the kernel captured at exec (argv rewritten by the process, cwd changed, euid changed); the kernel values stay in the main fields.",
+    "ancestry": "Ancestors, nearest first (pid, exec_id, exe, argv), as far as the process table knows them (default depth 10).",
+    "proc": "What procfs added: state, threads, memory, capabilities, saved/fs uid, fds, sockets, cgroup path, root, environment (opt-in, secrets redacted).",
+    "schema": "Schema version of this record.",
+    "exit_code": "Exit status passed to exit(), when the process exited normally.",
+    "signal": "Signal that terminated the process, when it was killed.",
+    "core_dumped": "The process dumped core.",
+    "duration_ns": "Lifetime from fork to exit in nanoseconds.",
+    "inferred": "True when a sweep found the process gone without a kernel exit record (exit_code and signal are then unknown).",
+    "cpu": "CPU whose buffer lost samples (-1 when the sensor cannot tell).",
+    "count": "Samples lost.",
+    "uptime_s": "Seconds since the monitor started.",
+    "events": "Events emitted so far, per type.",
+    "lost": "Lost samples in total.",
+    "lost_per_cpu": "Lost samples per CPU.",
+    "missed": "Processes the sensor missed and a sweep found.",
+    "inferred_exits": "Exits inferred by sweeps.",
+    "queue_depth": "Records waiting in the monitor's queue now.",
+    "queue_peak": "Largest batch of records drained at once.",
+    "table_size": "Processes in the process table.",
+    "table_evictions": "Entries evicted because the table was full.",
+    "kernel": "Counters kept by the BPF programs (exec, fork, exit, thread_create, thread_exit, submit_failed, scratch_missing).",
+    "dropped_writes": "Events that could not be written (full disk, I/O error).",
+    "decode_errors": "Sensor records that could not be decoded.",
+    "cpu_time_s": "CPU time used by the monitor.",
+    "rss_bytes": "Resident memory of the monitor now.",
+    "peak_rss_bytes": "Peak resident memory of the monitor.",
+}
+
+PROCESS_EVENTS = ("exec", "fork", "existing", "missed")
+
+
+def _type_schema(tp) -> dict:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        non_null = [a for a in args if a is not type(None)]
+        inner = _type_schema(non_null[0]) if len(non_null) == 1 else {"anyOf": [_type_schema(a) for a in non_null]}
+        if type(None) in args:
+            return {"anyOf": [inner, {"type": "null"}]}
+        return inner
+    if tp is bool:
+        return {"type": "boolean"}
+    if tp is int:
+        return {"type": "integer"}
+    if tp is float:
+        return {"type": "number"}
+    if tp in (str, bytes):
+        return {"type": "string"}
+    if tp is object:
+        return {}
+    if origin is tuple:
+        return {"type": "array", "items": _type_schema(args[0])}
+    if origin is dict:
+        return {"type": "object", "additionalProperties": _type_schema(args[1])}
+    if dataclasses.is_dataclass(tp):
+        return _object_schema(tp)
+    raise TypeError(f"no JSON Schema mapping for {tp!r}")
+
+
+def _object_schema(cls, event_values: tuple[str, ...] | None = None) -> dict:
+    hints = typing.get_type_hints(cls)
+    props = {}
+    for f in dataclasses.fields(cls):
+        s = _type_schema(hints[f.name])
+        if f.name in DOCS:
+            s = {"description": DOCS[f.name], **s}
+        props[f.name] = s
+    if event_values is not None:
+        props["event"] = {**props["event"], "enum": list(event_values)}
+    return {"type": "object", "properties": props, "required": [f.name for f in dataclasses.fields(cls)],
+            "additionalProperties": False}
+
+
+def build_schema() -> dict:
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://procsentry.invalid/events.schema.json",
+        "title": f"procsentry event stream, schema version {ev.SCHEMA_VERSION}",
+        "description": "One JSON object per line. Generated from monitor/events.py by `python -m monitor.schema`.",
+        "oneOf": [
+            _object_schema(ev.ProcessEvent, PROCESS_EVENTS),
+            _object_schema(ev.ExitEvent, ("exit",)),
+            _object_schema(ev.LostEvent, ("lost",)),
+            _object_schema(ev.StatsEvent, ("stats",)),
+        ],
+    }
+
+
+def render() -> str:
+    return json.dumps(build_schema(), indent=2) + "\n"
+
+
+def documented_fields() -> set[str]:
+    names = set()
+    for cls in (ev.ProcessEvent, ev.ExitEvent, ev.LostEvent, ev.StatsEvent):
+        names |= {f.name for f in dataclasses.fields(cls)}
+    return names
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())
