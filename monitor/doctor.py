@@ -189,7 +189,23 @@ def run_checks(load: bool = True) -> list[Check]:
                check_ringbuf(btf), check_paranoid(fs), check_lockdown()]
     if load and all(c.status != "FAIL" for c in checks):
         checks.append(check_load())
+    checks.append(check_auto_sensor(checks))
     return checks
+
+
+def check_auto_sensor(checks: list[Check]) -> Check:
+    """What `watch --sensor auto` would choose: BPF when nothing above failed, else the first
+    fallback that starts here (the connector, else polling), and what it costs."""
+    from monitor.loader import DISABLE_ENV  # noqa: PLC0415
+    from monitor.sensors import probe_auto  # noqa: PLC0415
+
+    failed = [c for c in checks if c.status == "FAIL"]
+    if os.environ.get(DISABLE_ENV) == "1" and not failed:
+        failed = [Check("sensor", "FAIL", f"the BPF sensor is disabled by {DISABLE_ENV}=1")]
+    if not failed:
+        return Check("sensor", "PASS", "auto would choose bpf")
+    name, note = probe_auto(bpf_unavailable=f"{failed[0].name}: {failed[0].detail}")
+    return Check("sensor", "WARN", f"auto would choose {name} ({note})")
 
 
 def main(fmt: str = "text", load: bool = True) -> int:

@@ -401,7 +401,7 @@ class Pipeline:
         backlog = self.cfg.backlog
         self_pid = self.self_pid
         for i, rec in enumerate(records):
-            self._backlogged = n - i > backlog
+            self._backlogged = n - i - 1 > backlog  # records still waiting behind this one
             kind = rec[0]
             if kind == "decode_error":
                 self.counters.decode_errors += 1

@@ -97,19 +97,37 @@ class NoSensor(Exception):
         self.permission = permission
 
 
-def choose(args):
-    """The sensor asked for, or with `auto` the best this host allows: (source, note)."""
+COST = {
+    "bpf": "complete: argv, paths and exit status captured in the kernel",
+    "connector": "real-time fork/exec/exit with exit status; argv, paths and namespaces read "
+                 "from /proc afterwards, missing (enrichment: gone) for processes that exit first",
+    "poll": "/proc sweeps every {interval:g} s: processes shorter than that are not seen, "
+            "exec without fork is not seen, no exit status",
+}
+
+
+def choose(args, bpf_unavailable: str | None = None):
+    """The sensor asked for, or with `auto` the best this host allows: BPF, else the process
+    connector, else polling. Returns (source, note): the note says why this one and what it
+    costs in completeness, for the start-up line "procsentry: sensor X (note)".
+    bpf_unavailable: the reason BPF is already known not to load here (doctor), so not tried."""
     from monitor.loader import SensorUnavailable, check_privileges  # noqa: PLC0415
 
     wanted = args.sensor
-    if wanted in ("auto", "bpf"):
-        src = BpfSource(perf_pages=args.perf_pages or limits.PERF_PAGES,
-                        wakeup_events=args.wakeup_events or limits.WAKEUP_EVENTS,
-                        record_to=open(args.record, "w") if args.record else None)
+    interval = getattr(args, "poll_interval", None) or 0.1
+    why: list[str] = []  # why the better sensors were passed over
+    if wanted == "auto" and bpf_unavailable is not None:
+        why.append(f"BPF unavailable: {bpf_unavailable}")
+    elif wanted in ("auto", "bpf"):
+        record = getattr(args, "record", None)
+        src = BpfSource(perf_pages=getattr(args, "perf_pages", None) or limits.PERF_PAGES,
+                        wakeup_events=getattr(args, "wakeup_events", None) or limits.WAKEUP_EVENTS,
+                        record_to=open(record, "w") if record else None)
         try:
             src.start()
-            return src, ""
+            return src, f"{wanted}: {COST['bpf']}"
         except SensorUnavailable as e:
+            src.close()
             if wanted == "bpf":
                 try:
                     check_privileges()
@@ -117,8 +135,42 @@ def choose(args):
                 except SensorUnavailable:
                     perm = True
                 raise NoSensor(str(e), permission=perm) from None
-            raise NoSensor(f"{e} (no fallback sensor is available yet)") from None
+            why.append(f"BPF unavailable: {e}")
+    fs = _procfs(args)
+    if wanted in ("auto", "connector"):
+        from monitor.connector import ConnectorSource, ConnectorUnavailable  # noqa: PLC0415
+        src = ConnectorSource(fs, backlog=getattr(args, "backlog", None) or 1024)
+        try:
+            src.start()
+            return src, "; ".join([wanted, *why, COST["connector"]])
+        except ConnectorUnavailable as e:
+            src.close()
+            if wanted == "connector":
+                raise NoSensor(str(e), permission=e.permission) from None
+            why.append(f"connector unavailable: {e}")
+    if wanted in ("auto", "poll"):
+        from monitor.poll import PollSource  # noqa: PLC0415
+        src = PollSource(fs, interval_s=interval)
+        src.start()
+        return src, "; ".join([wanted, *why, COST["poll"].format(interval=interval)])
     raise NoSensor(f"sensor {wanted} is not available")
+
+
+def _procfs(args):
+    from userspace.procfs import ProcFS, default_root  # noqa: PLC0415
+    return ProcFS(getattr(args, "proc_root", None) or default_root())
+
+
+def probe_auto(bpf_unavailable: str | None = None) -> tuple[str, str]:
+    """(name, note) of what `watch --sensor auto` would choose here, the sensor started and
+    closed again (`procsentry doctor`)."""
+    import argparse  # noqa: PLC0415
+    try:
+        src, note = choose(argparse.Namespace(sensor="auto"), bpf_unavailable)
+    except NoSensor as e:
+        return "none", str(e)
+    src.close()
+    return src.name, note
 
 
 def dump_bpf() -> int:

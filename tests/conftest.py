@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,19 @@ def pytest_runtest_setup(item):
         if REQUIRE_BPF:
             pytest.fail("root is required (PROCSENTRY_REQUIRE_BPF=1) but this is not root", pytrace=False)
         pytest.skip("needs root")
+
+
+@pytest.fixture
+def proc_tree(tmp_path: Path):
+    """proc_tree(name) materialises tests/fixtures/proc/<name>.ttar under tmp_path and returns
+    the root to hand to ProcFS."""
+    sys.path.insert(0, str(REPO / "tests" / "userspace"))
+    from procfixture import FIXTURES, materialise  # noqa: PLC0415
+
+    def make(name: str = "host") -> str:
+        return str(materialise(FIXTURES / f"{name}.ttar", tmp_path / name))
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,584 @@
+"""The process-events connector sensor: NETLINK_CONNECTOR, CN_IDX_PROC (drivers/connector/cn_proc.c).
+
+For hosts that cannot load BPF (old or locked-down kernels, no bcc, no CAP_BPF in a container).
+The kernel multicasts one small message per fork, exec, exit, uid/gid change and comm change, in
+real time and with the exit status, but nothing else: no argv, no paths, no namespaces, not even
+the start time that procsentry's identity needs. So each message is enriched from /proc at once
+(read here, in `drain()`, before the records reach the pipeline), and what could not be read
+because the process had already exited is reported as `enrichment: "gone"`.
+
+What the connector costs in completeness, compared with BPF:
+* argv, exe, cwd, uids and namespaces come from /proc after the fact: a process that exits
+  within a fraction of a millisecond of its exec (/bin/true) usually has none of them.
+* a setproctitle or chdir right after exec shows the new value, not the one at exec.
+* the receive buffer can overrun (ENOBUFS). The kernel counts each dropped message in the
+  socket's sk_drops, which SO_MEMINFO reports: that count becomes `lost` (cpu -1), and the
+  pipeline answers with a recovery sweep.
+* a group leader that leaves early (pthread_exit from main) is reported as the process's exit
+  then, with the leader's status: the connector's EXIT is per thread and says nothing about the
+  thread group (BPF checks signal->live for this).
+
+Wire layouts: include/uapi/linux/connector.h (struct cn_msg) and include/uapi/linux/cn_proc.h
+(struct proc_event). pyroute2 ships both (pyroute2.netlink.connector.cn_proc), but in 0.9.7 its
+ProcEventSocket cannot survive an overrun: the ENOBUFS error message is handed to the event
+marshal, which fails with struct.error, and the socket is unusable from then on. The parsing
+below is small, so it is done here with socket + struct.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import struct
+import time
+from collections import OrderedDict, deque
+from typing import NamedTuple
+
+from monitor import enrich as E
+from monitor import wire
+from userspace.procfs import ProcFS, ProcFSError
+from userspace.process import read_stat
+from userspace.types import NSEC_PER_TICK, Depth, ProcessSnapshot
+
+log = logging.getLogger("procsentry.connector")
+
+DISABLE_ENV = "PROCSENTRY_DISABLE_CONNECTOR"  # set to 1 to make start() fail (tests of the fallbacks)
+RCVBUF_ENV = "PROCSENTRY_CONNECTOR_RCVBUF"  # receive buffer in bytes (tests use a tiny one)
+# Asked of SO_RCVBUFFORCE; the kernel doubles it for bookkeeping. A message costs about 1 KiB of
+# buffer (skb truesize, not its 76 bytes of payload), so this holds ~16k messages: a 4k-process
+# burst (fork + comm + exec + exit each) while the reader is busy with /proc.
+DEFAULT_RCVBUF = 8 << 20
+
+# --- the wire (uapi headers) ------------------------------------------------------------------
+NETLINK_CONNECTOR = 11  # include/uapi/linux/netlink.h
+NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 1, 2, 3, 4
+CN_IDX_PROC = 0x1  # include/uapi/linux/connector.h
+CN_VAL_PROC = 0x1
+PROC_CN_MCAST_LISTEN = 1  # enum proc_cn_mcast_op
+PROC_CN_MCAST_IGNORE = 2
+
+# enum proc_cn_event (what)
+PROC_EVENT_NONE = 0x0  # the acknowledgement of a LISTEN/IGNORE request
+PROC_EVENT_FORK = 0x1
+PROC_EVENT_EXEC = 0x2
+PROC_EVENT_UID = 0x4
+PROC_EVENT_GID = 0x40
+PROC_EVENT_SID = 0x80
+PROC_EVENT_PTRACE = 0x100
+PROC_EVENT_COMM = 0x200
+PROC_EVENT_COREDUMP = 0x40000000
+PROC_EVENT_EXIT = 0x80000000
+
+NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+CN_MSG = struct.Struct("=IIIIHH")  # id.idx, id.val, seq, ack, len, flags; data[] follows
+# struct proc_event: what, cpu, timestamp_ns (aligned(8): offset 8), then the event_data union at
+# offset 16. Pids are __kernel_pid_t (int). The message sits right after cn_msg, at byte 36.
+PROC_EVENT = struct.Struct("=IIQ")
+EV_ACK = struct.Struct("=I")  # err
+EV_FORK = struct.Struct("=iiii")  # parent_pid, parent_tgid, child_pid, child_tgid
+EV_EXEC = struct.Struct("=ii")  # process_pid, process_tgid
+EV_ID = struct.Struct("=iiII")  # process_pid, process_tgid, r.ruid|rgid, e.euid|egid
+EV_COMM = struct.Struct("=ii16s")  # process_pid, process_tgid, comm
+# exit: process_pid, process_tgid, exit_code (task->exit_code: the wait(2) status), exit_signal
+# (the signal sent to the parent, SIGCHLD), then parent_pid, parent_tgid (since 4.18).
+EV_EXIT = struct.Struct("=iiII")
+EV_EXIT_PARENT = struct.Struct("=ii")
+DATA_OFFSET = NLMSGHDR.size + CN_MSG.size  # 36: struct proc_event within a datagram
+EVENT_DATA = PROC_EVENT.size  # 16: event_data within struct proc_event
+
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # asm-generic/socket.h
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)  # since 4.12: u32[SK_MEMINFO_VARS]
+SK_MEMINFO_DROPS = 8  # include/uapi/linux/sock_diag.h: index of sk_drops
+SK_MEMINFO_VARS = 9
+
+
+class ProcAck(NamedTuple):
+    seq: int
+    ack: int
+    err: int
+
+
+class ProcFork(NamedTuple):
+    ts_ns: int  # ktime_get_ns(): CLOCK_MONOTONIC
+    parent_pid: int
+    parent_tgid: int
+    child_pid: int
+    child_tgid: int
+
+
+class ProcExec(NamedTuple):
+    ts_ns: int
+    pid: int
+    tgid: int
+
+
+class ProcId(NamedTuple):
+    ts_ns: int
+    pid: int
+    tgid: int
+    what: str  # "uid" | "gid"
+    real: int
+    effective: int
+
+
+class ProcComm(NamedTuple):
+    ts_ns: int
+    pid: int
+    tgid: int
+    comm: bytes
+
+
+class ProcExit(NamedTuple):
+    ts_ns: int
+    pid: int
+    tgid: int
+    exit_code: int  # wait(2) status
+    exit_signal: int
+    parent_pid: int | None  # None before 4.18
+    parent_tgid: int | None
+
+
+ProcEvent = ProcAck | ProcFork | ProcExec | ProcId | ProcComm | ProcExit
+
+
+def decode_messages(buf: bytes) -> list[ProcEvent]:
+    """Every proc_event in one datagram (normally one). Event types procsentry does not use
+    (sid, ptrace, coredump) and truncated messages are skipped; a netlink error is raised."""
+    out: list[ProcEvent] = []
+    off = 0
+    n = len(buf)
+    while off + NLMSGHDR.size <= n:
+        length, mtype, _flags, _seq, _pid = NLMSGHDR.unpack_from(buf, off)
+        if length < NLMSGHDR.size or off + length > n:
+            break
+        if mtype == NLMSG_ERROR:
+            (code,) = struct.unpack_from("=i", buf, off + NLMSGHDR.size)
+            if code:
+                raise OSError(-code, os.strerror(-code))
+        elif mtype in (NLMSG_DONE, NLMSG_NOOP) or mtype >= 0x10:
+            ev = decode_proc_event(buf, off + NLMSGHDR.size, off + length)
+            if ev is not None:
+                out.append(ev)
+        off += (length + 3) & ~3  # NLMSG_ALIGN
+    return out
+
+
+def decode_proc_event(buf: bytes, off: int, end: int) -> ProcEvent | None:
+    """One cn_msg carrying a struct proc_event, or None when it is not one we use."""
+    if off + CN_MSG.size + PROC_EVENT.size > end:
+        return None
+    idx, val, seq, ack, dlen, _flags = CN_MSG.unpack_from(buf, off)
+    if idx != CN_IDX_PROC or val != CN_VAL_PROC:
+        return None
+    base = off + CN_MSG.size
+    end = min(end, base + dlen)
+    what, _cpu, ts = PROC_EVENT.unpack_from(buf, base)
+    d = base + EVENT_DATA
+    avail = end - d
+
+    def fits(s: struct.Struct) -> bool:
+        return avail >= s.size
+
+    if what == PROC_EVENT_FORK and fits(EV_FORK):
+        return ProcFork(ts, *EV_FORK.unpack_from(buf, d))
+    if what == PROC_EVENT_EXEC and fits(EV_EXEC):
+        return ProcExec(ts, *EV_EXEC.unpack_from(buf, d))
+    if what == PROC_EVENT_EXIT and fits(EV_EXIT):
+        pid, tgid, code, sig = EV_EXIT.unpack_from(buf, d)
+        ppid = ptgid = None
+        if avail >= EV_EXIT.size + EV_EXIT_PARENT.size:
+            ppid, ptgid = EV_EXIT_PARENT.unpack_from(buf, d + EV_EXIT.size)
+        return ProcExit(ts, pid, tgid, code, sig, ppid, ptgid)
+    if what in (PROC_EVENT_UID, PROC_EVENT_GID) and fits(EV_ID):
+        pid, tgid, real, eff = EV_ID.unpack_from(buf, d)
+        return ProcId(ts, pid, tgid, "uid" if what == PROC_EVENT_UID else "gid", real, eff)
+    if what == PROC_EVENT_COMM and fits(EV_COMM):
+        pid, tgid, comm = EV_COMM.unpack_from(buf, d)
+        return ProcComm(ts, pid, tgid, wire._cstr(comm))
+    if what == PROC_EVENT_NONE and fits(EV_ACK):
+        return ProcAck(seq, ack, EV_ACK.unpack_from(buf, d)[0])
+    return None
+
+
+def encode_control(op: int, nonce: int = 0) -> bytes:
+    """The LISTEN/IGNORE request: nlmsghdr + cn_msg + enum proc_cn_mcast_op (the 4-byte form
+    every kernel accepts; 6.6+ also takes a struct proc_input with an event filter).
+    cn_proc_ack() answers with cn_msg.ack = our ack + 1, so `nonce` in ack identifies our
+    acknowledgement among other listeners' (its seq is the connector's own counter)."""
+    payload = CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, nonce, 4, 0) + struct.pack("=I", op)
+    return NLMSGHDR.pack(NLMSGHDR.size + len(payload), NLMSG_DONE, 0, 0, 0) + payload
+
+
+def encode_event(ev: ProcEvent, seq: int = 0) -> bytes:
+    """The datagram the kernel would send for ev (the tests decode these)."""
+    if isinstance(ev, ProcAck):
+        what, data, seq, ack = PROC_EVENT_NONE, EV_ACK.pack(ev.err), ev.seq, ev.ack
+    else:
+        ack = 0
+        if isinstance(ev, ProcFork):
+            what, data = PROC_EVENT_FORK, EV_FORK.pack(*ev[1:])
+        elif isinstance(ev, ProcExec):
+            what, data = PROC_EVENT_EXEC, EV_EXEC.pack(*ev[1:])
+        elif isinstance(ev, ProcId):
+            what = PROC_EVENT_UID if ev.what == "uid" else PROC_EVENT_GID
+            data = EV_ID.pack(ev.pid, ev.tgid, ev.real, ev.effective)
+        elif isinstance(ev, ProcComm):
+            what, data = PROC_EVENT_COMM, EV_COMM.pack(ev.pid, ev.tgid, ev.comm)
+        else:
+            what = PROC_EVENT_EXIT
+            data = EV_EXIT.pack(ev.pid, ev.tgid, ev.exit_code, ev.exit_signal)
+            if ev.parent_pid is not None:
+                data += EV_EXIT_PARENT.pack(ev.parent_pid, ev.parent_tgid)
+    body = PROC_EVENT.pack(what, 0, getattr(ev, "ts_ns", 0)) + data
+    payload = CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, seq, ack, len(body), 0) + body
+    return NLMSGHDR.pack(NLMSGHDR.size + len(payload), NLMSG_DONE, 0, seq, 0) + payload
+
+
+# --- the source -------------------------------------------------------------------------------
+class ConnectorUnavailable(Exception):
+    def __init__(self, message: str, permission: bool = False) -> None:
+        super().__init__(message)
+        self.permission = permission
+
+
+class Record(NamedTuple):
+    """A connector event plus what /proc said right after it arrived."""
+
+    ts_ns: int
+    event: ProcEvent
+    ticks: int | None = None  # start ticks from <pid>/stat, None if it could not be read
+    state: str | None = None  # the stat state with those ticks
+    snap: ProcessSnapshot | None = None  # exec only
+
+
+def boottime_offset_ns() -> int:
+    """CLOCK_BOOTTIME - CLOCK_MONOTONIC now: the time the host spent suspended since boot."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.monotonic_ns()
+
+
+class ConnectorSource:
+    """See the module docstring. `rcvbuf`: receive buffer in bytes (default $PROCSENTRY_CONNECTOR_RCVBUF
+    or DEFAULT_RCVBUF); `backlog`: messages waiting past which an exec is read at Depth.CHEAP
+    (argv, exe, cwd, ids) instead of Depth.EXEC (+ fds, sockets, namespaces, container)."""
+
+    name = "connector"
+    RECV_SIZE = 1 << 16
+    PULL_EVERY = 32  # empty the socket again after this many /proc reads
+    BATCH_S = 0.1  # at most this long enriching per drain(); the rest waits for the next one
+    ACK_TIMEOUT_S = 1.0
+
+    def __init__(self, fs: ProcFS, rcvbuf: int | None = None, backlog: int = 1024) -> None:
+        self.fs = fs
+        if rcvbuf is None:
+            rcvbuf = int(os.environ.get(RCVBUF_ENV) or DEFAULT_RCVBUF)
+        self.rcvbuf = rcvbuf
+        self.backlog = backlog
+        self.sock: socket.socket | None = None
+        self._raw: deque[ProcEvent] = deque()  # received, not yet enriched
+        self._buf = bytearray(self.RECV_SIZE)
+        self._enrich_exec = E.Enricher(fs, Depth.EXEC)
+        self._enrich_cheap = E.Enricher(fs, Depth.CHEAP)
+        # Fork timestamps (CLOCK_MONOTONIC) by (pid, ticks), for exit durations; bounded.
+        self._started: OrderedDict[tuple[int, int], int] = OrderedDict()
+        self._boot_offset = 0
+        self._overruns = 0  # ENOBUFS errors seen (each one is at least one lost message)
+        self._drops = 0  # sk_drops from SO_MEMINFO: messages lost
+        self._meminfo = True
+        self.c = {"messages": 0, "threads_skipped": 0, "exec_read": 0, "exec_cheap": 0,
+                  "exec_gone": 0, "overruns": 0}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        if os.environ.get(DISABLE_ENV) == "1":
+            raise ConnectorUnavailable(f"the connector is disabled by {DISABLE_ENV}=1")
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
+                                 NETLINK_CONNECTOR)
+        except OSError as e:
+            raise ConnectorUnavailable(f"no netlink connector socket ({e.strerror}): "
+                                       "a kernel without CONFIG_PROC_EVENTS?") from None
+        try:
+            self._set_rcvbuf(sock)
+            sock.bind((0, CN_IDX_PROC))  # multicast group bit CN_IDX_PROC
+            nonce = int.from_bytes(os.urandom(4), "little") >> 1
+            sock.send(encode_control(PROC_CN_MCAST_LISTEN, nonce))
+            self._await_ack(sock, nonce + 1)
+        except ConnectorUnavailable:
+            sock.close()
+            raise
+        except OSError as e:
+            sock.close()
+            raise ConnectorUnavailable(f"cannot subscribe to process events ({e.strerror})",
+                                       permission=e.errno in (errno.EPERM, errno.EACCES)) from None
+        sock.setblocking(False)
+        self.sock = sock
+        self._boot_offset = boottime_offset_ns()
+
+    def _set_rcvbuf(self, sock: socket.socket) -> None:
+        # SO_RCVBUFFORCE ignores net.core.rmem_max (CAP_NET_ADMIN, which subscribing needs too).
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.rcvbuf)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+
+    def _await_ack(self, sock: socket.socket, ack: int) -> None:
+        """cn_proc_mcast_ctl answers with a PROC_EVENT_NONE carrying our nonce + 1 and the error, or
+        (a task outside the initial user or pid namespace) not at all."""
+        deadline = time.monotonic() + self.ACK_TIMEOUT_S
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ConnectorUnavailable(
+                    "the kernel did not acknowledge the process-events subscription: the "
+                    "connector only serves the initial user and pid namespace")
+            sock.settimeout(left)
+            try:
+                n = sock.recv_into(self._buf)
+            except socket.timeout:
+                continue
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    continue
+                raise
+            for ev in decode_messages(bytes(self._buf[:n])):
+                if isinstance(ev, ProcAck):
+                    if ev.ack != ack:
+                        continue  # another listener's subscription
+                    if ev.err:
+                        raise ConnectorUnavailable(
+                            f"the kernel refused the process-events subscription "
+                            f"({os.strerror(ev.err)}): it needs CAP_NET_ADMIN",
+                            permission=ev.err in (errno.EPERM, errno.EACCES))
+                    return
+                self._accept(ev)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.send(encode_control(PROC_CN_MCAST_IGNORE, 0))
+            except OSError:
+                pass
+            self.sock.close()
+            self.sock = None
+
+    # -- the source interface ------------------------------------------------------------------
+    def poll(self, timeout_ms: int) -> None:
+        if self._raw or self.sock is None:
+            return
+        select.select([self.sock], [], [], timeout_ms / 1000)
+
+    def _pull(self) -> None:
+        """Move every datagram waiting in the socket into _raw. Threads are dropped here, before
+        they cost a /proc read: FORK fires for a new thread too (child_pid != child_tgid), EXIT
+        for every thread (process_pid != process_tgid), COMM/UID/GID per thread."""
+        sock = self.sock
+        if sock is None:
+            return
+        buf = self._buf
+        c = self.c
+        while True:
+            try:
+                n = sock.recv_into(buf)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    raise
+                # The kernel dropped messages (netlink_overrun): the socket works on.
+                self._overruns += 1
+                c["overruns"] += 1
+                continue
+            for ev in decode_messages(bytes(buf[:n])):
+                self._accept(ev)
+
+    def _accept(self, ev: ProcEvent) -> None:
+        """Queue ev unless it is about a thread or is an acknowledgement."""
+        c = self.c
+        c["messages"] += 1
+        if isinstance(ev, ProcFork):
+            if ev.child_pid != ev.child_tgid:
+                c["threads_skipped"] += 1
+                return
+        elif isinstance(ev, ProcAck):
+            return
+        elif ev.pid != ev.tgid:
+            # ProcExec always has pid == tgid: the exec'ing thread became the leader
+            # (de_thread) before proc_exec_connector runs.
+            c["threads_skipped"] += 1
+            return
+        self._raw.append(ev)
+
+    def drain(self) -> list[tuple[str, Record]]:
+        self._pull()
+        out: list[tuple[str, Record]] = []
+        raw = self._raw
+        deadline = time.monotonic() + self.BATCH_S
+        n = 0
+        while raw:
+            ev = raw.popleft()
+            rec = self._read(ev)
+            out.append((_KIND[type(ev)], rec))
+            n += 1
+            if n % self.PULL_EVERY == 0:
+                self._pull()
+                if time.monotonic() > deadline:
+                    break
+        out.sort(key=lambda kr: kr[1].ts_ns)
+        return out
+
+    def _read(self, ev: ProcEvent) -> Record:
+        """What /proc says right now about the process of ev (the reason it is read here)."""
+        if isinstance(ev, ProcExec):
+            cheap = len(self._raw) > self.backlog
+            snap = (self._enrich_cheap if cheap else self._enrich_exec).read(ev.tgid, None)
+            if snap is None:
+                self.c["exec_gone"] += 1
+                return Record(ev.ts_ns, ev)
+            self.c["exec_cheap" if cheap else "exec_read"] += 1
+            if cheap:
+                for f in ("fds", "fd_count", "sockets", "ns", "cgroup", "container_id"):
+                    snap.missing[f] = "skipped_backlog"
+            return Record(ev.ts_ns, ev, snap.start_ticks, snap.state, snap)
+        if isinstance(ev, (ProcFork, ProcExit)):
+            pid = ev.child_tgid if isinstance(ev, ProcFork) else ev.tgid
+            try:
+                st = read_stat(self.fs, pid)
+            except ProcFSError:
+                return Record(ev.ts_ns, ev)
+            return Record(ev.ts_ns, ev, st.starttime, st.state)
+        return Record(ev.ts_ns, ev)
+
+    def pending(self) -> int:
+        return len(self._raw)
+
+    def lost_per_cpu(self) -> dict[int, int]:
+        lost = max(self._read_drops(), self._overruns)
+        return {-1: lost} if lost else {}
+
+    def _read_drops(self) -> int:
+        """sk_drops: every message netlink_overrun() discarded for this socket."""
+        if self.sock is None or not self._meminfo:
+            return self._drops
+        try:
+            info = self.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * SK_MEMINFO_VARS)
+        except OSError:
+            self._meminfo = False  # before 4.12: count ENOBUFS errors instead (a lower bound)
+            return self._drops
+        self._drops = struct.unpack_from("=I", info, 4 * SK_MEMINFO_DROPS)[0]
+        return self._drops
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.c, rcvbuf=self._rcvbuf_now())
+
+    def _rcvbuf_now(self) -> int:
+        if self.sock is None:
+            return 0
+        return self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+    # -- records to the pipeline ---------------------------------------------------------------
+    def _approx_ticks(self, ts_ns: int) -> int:
+        """Start ticks of a process that was gone before its stat could be read and that the
+        table never saw, from the connector timestamp. The timestamp is ktime_get_ns(),
+        CLOCK_MONOTONIC, while <pid>/stat starttime is task->start_boottime (CLOCK_BOOTTIME,
+        fs/proc/array.c do_task_stat): they differ by the time the host spent suspended, which
+        is measured at start (on a host that never suspended they are equal). The fork message
+        is stamped a few microseconds after copy_process() set start_boottime, so the result
+        can be one tick late when the fork straddled a 10 ms tick boundary."""
+        return (ts_ns + self._boot_offset) // NSEC_PER_TICK
+
+    def _remember_start(self, key: tuple[int, int], ts_ns: int) -> None:
+        self._started[key] = ts_ns
+        if len(self._started) > 65536:
+            self._started.popitem(last=False)
+
+    def handle(self, pipeline, rec: tuple[str, Record]) -> None:
+        kind, r = rec
+        ev = r.event
+        me = pipeline.self_pid
+        if kind == "cn_fork":
+            if ev.parent_tgid == me:
+                return
+            ticks = r.ticks if r.ticks is not None else self._approx_ticks(r.ts_ns)
+            self._remember_start((ev.child_tgid, ticks), r.ts_ns)
+            pipeline.on_fork(r.ts_ns, ev.child_tgid, ticks, ev.parent_tgid, None, self.name)
+        elif kind == "cn_exec":
+            if ev.tgid == me:
+                return
+            self._exec(pipeline, r)
+        elif kind == "cn_exit":
+            if ev.tgid == me:
+                return
+            if r.ticks is not None and r.state in ("Z", "X"):
+                ticks = r.ticks  # its own corpse: certainly this process
+            else:
+                # Reaped already, or the PID reused since: the table knows which one it was
+                # (None: the pipeline records a tombstone for a process it never saw).
+                key = pipeline.table.key_for_pid(ev.tgid)
+                ticks = key[1] if key is not None else None
+            start = self._started.pop((ev.tgid, ticks), None) if ticks is not None else None
+            pipeline.on_exit(r.ts_ns, ev.tgid, ticks, ev.exit_code, start, None, self.name)
+        elif kind == "cn_comm":
+            entry = _entry(pipeline, ev.tgid)
+            if entry is not None:
+                entry.comm = ev.comm
+        elif kind == "cn_id":
+            entry = _entry(pipeline, ev.tgid)
+            if entry is not None:
+                if ev.what == "uid":
+                    entry.uid, entry.euid = ev.real, ev.effective
+                    entry.user = pipeline.users(ev.real)
+                else:
+                    entry.gid, entry.egid = ev.real, ev.effective
+        else:
+            raise ValueError(f"unexpected record kind {kind}")
+
+    def _exec(self, pipeline, r: Record) -> None:
+        ev = r.event
+        snap = r.snap
+        when = pipeline.clock.from_mono(r.ts_ns)
+        if snap is not None and not snap.zombie:
+            pipeline.on_snapshot(snap, "exec", self.name, when=when)
+            return
+        # Gone (or a zombie: exited already) before /proc could be read. The event carries what
+        # the connector and the table know: pid, identity, parent, the comm from the COMM event
+        # that exec sends just before (begin_new_exec -> __set_task_comm).
+        if snap is not None:
+            ticks = snap.start_ticks
+        else:
+            key = pipeline.table.key_for_pid(ev.tgid)
+            # Without a key its fork predates us or was lost: the exec time stands in for the
+            # start, which is then too late (documented in _approx_ticks).
+            ticks = key[1] if key is not None else self._approx_ticks(r.ts_ns)
+        entry = pipeline.table.get((ev.tgid, ticks))
+        ppid = snap.ppid if snap is not None else (entry.ppid if entry is not None else None)
+        pkey = None
+        if ppid:
+            if entry is not None and entry.parent_key is not None and entry.parent_key[0] == ppid:
+                pkey = entry.parent_key
+            else:
+                pkey = pipeline.table.key_for_pid(ppid)
+        comm = snap.comm if snap is not None else (entry.comm if entry is not None else None)
+        uids = snap.uids if snap is not None else None
+        gids = snap.gids if snap is not None else None
+        self.c["exec_gone"] += snap is not None  # zombies were counted as read
+        raw = wire.RawExec(
+            ts_ns=r.ts_ns, tgid=ev.tgid, tid=ev.pid, start_boottime=ticks * NSEC_PER_TICK,
+            old_tid=None, flags=0, ppid=pkey[0] if pkey else 0, argc=None,
+            parent_start_boottime=pkey[1] * NSEC_PER_TICK if pkey else 0, cgroup_id=None,
+            uid=uids[0] if uids else None, gid=gids[0] if gids else None,
+            euid=uids[1] if uids else None, egid=gids[1] if gids else None,
+            loginuid=None, sessionid=None, ns=(None,) * len(wire.NS_NAMES), argv_size=None,
+            comm=comm, filename=None, tty=None, exe=None, cwd=None, argv=None)
+        pipeline.on_exec(raw, self.name)
+
+
+_KIND = {ProcFork: "cn_fork", ProcExec: "cn_exec", ProcExit: "cn_exit", ProcComm: "cn_comm",
+         ProcId: "cn_id"}
+
+
+def _entry(pipeline, pid: int):
+    key = pipeline.table.key_for_pid(pid)
+    entry = pipeline.table.get(key) if key is not None else None
+    return entry if entry is not None and entry.exited_at is None else None

@@ -1,0 +1,191 @@
+"""The pipeline without a kernel: a scripted source and a fixture procfs tree.
+
+PIDs in the fixture tree "host": 1 systemd (start 2), 100 agentd (start 5000, child of 1),
+2 kthreadd, 200 a zombie, others (see tests/fixtures/proc/host.ttar).
+"""
+from __future__ import annotations
+
+import io
+
+from monitor import wire
+from monitor.output import Sink
+from monitor.pipeline import Config, Filters, Pipeline
+from userspace.procfs import ProcFS
+from userspace.types import NSEC_PER_TICK, ProcKey
+
+BOOT = "4b7c1a7e-1111-2222-3333-444455556666"
+
+
+class ScriptedSource:
+    name = "bpf"
+
+    def __init__(self) -> None:
+        self.batches: list[list] = []
+        self.lost: dict[int, int] = {}
+
+    def drain(self):
+        return self.batches.pop(0) if self.batches else []
+
+    def poll(self, timeout_ms):
+        pass
+
+    def pending(self):
+        return 0
+
+    def lost_per_cpu(self):
+        return dict(self.lost)
+
+    def counters(self):
+        return {}
+
+    def close(self):
+        pass
+
+
+class Capture(Sink):
+    def __init__(self) -> None:
+        super().__init__("json", stream=io.BytesIO())
+        self.records = []
+
+    def write(self, record) -> None:
+        self.records.append(record)
+
+
+def make(proc_tree, **cfg):
+    fs = ProcFS(proc_tree("host"))
+    src = ScriptedSource()
+    sink = Capture()
+    return Pipeline(src, sink, fs, Config(**cfg)), src, sink
+
+
+def rexec(pid, start_ticks, ppid, pstart_ticks, argv, ts, exe=b"/usr/bin/x", flags=0):
+    return wire.RawExec(ts, pid, pid, start_ticks * NSEC_PER_TICK, pid, flags, ppid, len(argv),
+                        pstart_ticks * NSEC_PER_TICK, 1, 0, 0, 0, 0, wire.UNSET_ID, wire.UNSET_ID,
+                        (1, 2, 3, 4, 5, 6, 7), sum(len(a) + 1 for a in argv), b"x", argv[0], None,
+                        exe, b"/", argv)
+
+
+def rfork(pid, ticks, ppid, pticks, ts):
+    return wire.RawFork(ts, pid, pid, ticks * NSEC_PER_TICK, ppid, ppid, pticks * NSEC_PER_TICK)
+
+
+def rexit(pid, ticks, status, ts):
+    return wire.RawExit(ts, pid, pid, ticks * NSEC_PER_TICK, status, ts - 1000, b"x")
+
+
+def test_startup_sweep_emits_existing_parents_first(proc_tree):
+    p, _, sink = make(proc_tree)
+    p.sweep_existing()
+    existing = [r for r in sink.records if r.event == "existing"]
+    order = [r.pid for r in existing]
+    assert order.index(1) < order.index(100)
+    agentd = next(r for r in existing if r.pid == 100)
+    assert agentd.argv == (b"/usr/sbin/agentd", b"--listen", b"0.0.0.0:22")
+    assert agentd.exec_id == ProcKey(BOOT, 100, 5000).exec_id
+    assert agentd.parent_exec_id == ProcKey(BOOT, 1, 2).exec_id
+    assert agentd.source == "sweep"
+    kthread = next(r for r in existing if r.pid == 2)
+    assert kthread.exe is None and kthread.missing.get("exe") == "kernel_thread"
+
+
+def test_fork_child_inherits_the_parent_until_exec_and_links_by_key(proc_tree):
+    p, src, sink = make(proc_tree)
+    p.sweep_existing()
+    src.batches = [[("fork", rfork(7000, 9000, 100, 5000, 10)),
+                    ("exec", rexec(7000, 9000, 100, 5000, (b"/bin/sh", b"-c", b"id"), 20, exe=b"/usr/bin/dash")),
+                    ("exit", rexit(7000, 9000, 1 << 8, 30))]]
+    p.drain()
+    fork, exec_, exit_ = [r for r in sink.records if r.pid == 7000]
+    assert fork.event == "fork" and fork.exe == b"/usr/sbin/agentd" and fork.enrichment == "full"
+    assert exec_.event == "exec" and exec_.argv == (b"/bin/sh", b"-c", b"id")
+    assert exec_.parent_exec_id == ProcKey(BOOT, 100, 5000).exec_id
+    assert [a.pid for a in exec_.ancestry] == [100, 1]
+    assert exec_.enrichment == "gone"  # pid 7000 is not in the fixture tree
+    assert exit_.exit_code == 1 and exit_.signal is None and exit_.duration_ns == 1000
+    assert exit_.argv == (b"/bin/sh", b"-c", b"id")
+
+
+def test_exit_before_exec_is_kept_and_not_resurrected(proc_tree):
+    p, src, sink = make(proc_tree)
+    # different CPUs: the exit record arrives in an earlier batch than the exec
+    src.batches = [[("exit", rexit(7100, 9100, 9, 50))],
+                   [("exec", rexec(7100, 9100, 1, 2, (b"/bin/true",), 40))]]
+    p.drain()
+    p.drain()
+    kinds = [(r.event, r.pid) for r in sink.records]
+    assert kinds == [("exit", 7100), ("exec", 7100)]
+    assert sink.records[0].signal == 9
+    assert p.table.get((7100, 9100)).exited_at is not None
+    p.drain()
+    assert len(sink.records) == 2  # a late duplicate exit would not be reported twice
+
+
+def test_records_in_a_batch_are_applied_in_kernel_time_order(proc_tree):
+    from monitor.sensors import BpfSource  # noqa: PLC0415 - only its drain ordering
+    src = BpfSource.__new__(BpfSource)
+
+    class Q:
+        queue = __import__("collections").deque(
+            [(1, wire.encode(rexit(7200, 1, 0, 3000))), (0, wire.encode(rfork(7200, 1, 1, 2, 1000))),
+             (0, wire.encode(rexec(7200, 1, 1, 2, (b"a",), 2000)))])
+    src.sensor = Q()
+    src.record_to = None
+    assert [k for k, _ in src.drain()] == ["fork", "exec", "exit"]
+
+
+def test_reconcile_reports_missed_and_infers_exits(proc_tree):
+    p, src, sink = make(proc_tree)
+    # the table believes in a process that /proc does not have
+    src.batches = [[("exec", rexec(7300, 9300, 1, 2, (b"/bin/sleep", b"9"), 10))]]
+    p.drain()
+    p.table.get((7300, 9300)).first_seen = 0.0
+    p.reconcile()
+    missed = {r.pid for r in sink.records if r.event == "missed"}
+    assert {1, 100} <= missed  # nothing was known about the fixture processes
+    inferred = [r for r in sink.records if r.event == "exit" and r.inferred]
+    assert 7300 in {r.pid for r in inferred}
+    assert 200 in {r.pid for r in inferred}  # the zombie was never seen exiting
+    ex = next(r for r in inferred if r.pid == 7300)
+    assert ex.source == "sweep" and ex.exit_code is None and ex.argv == (b"/bin/sleep", b"9")
+    assert p.counters.missed == len(missed)
+    before = len(sink.records)
+    p.reconcile()
+    assert len(sink.records) == before  # a second sweep finds nothing new
+
+
+def test_backlog_skips_enrichment_and_counts_it(proc_tree):
+    p, src, sink = make(proc_tree, backlog=1)
+    src.batches = [[("exec", rexec(100, 5000, 1, 2, (b"/usr/sbin/agentd",), t)) for t in (1, 2, 3)]]
+    p.drain()
+    got = [r.missing.get("proc") for r in sink.records]
+    assert got == ["skipped_backlog", None, None]
+    assert p.counters.enrichment["skipped_backlog"] == 1
+    assert sink.records[2].enrichment in ("full", "partial") and sink.records[2].proc is not None
+
+
+def test_lost_samples_become_a_lost_event_and_schedule_a_sweep(proc_tree):
+    p, src, sink = make(proc_tree)
+    src.lost = {1: 17}
+    p.drain()
+    (lost,) = [r for r in sink.records if r.event == "lost"]
+    assert (lost.cpu, lost.count) == (1, 17)
+    assert p._reconcile_due == "lost"
+    p.drain()
+    assert len([r for r in sink.records if r.event == "lost"]) == 1  # a delta, not a total
+
+
+def test_filters(proc_tree):
+    p, src, sink = make(proc_tree, filters=Filters(events=frozenset({"exec"}), exe="/usr/bin/*sh"))
+    src.batches = [[("exec", rexec(7400, 1, 1, 2, (b"bash",), 1, exe=b"/usr/bin/bash")),
+                    ("exec", rexec(7401, 1, 1, 2, (b"ls",), 2, exe=b"/usr/bin/ls")),
+                    ("exit", rexit(7400, 1, 0, 3))]]
+    p.drain()
+    assert [(r.event, r.pid) for r in sink.records] == [("exec", 7400)]
+    assert p.counters.events == {"exec": 2, "exit": 1}
+
+
+def test_count_stops_the_run(proc_tree):
+    p, src, sink = make(proc_tree, count=2)
+    src.batches = [[("exec", rexec(7500 + i, 1, 1, 2, (b"x",), i)) for i in range(5)]]
+    p.drain()
+    assert p.stop_requested
