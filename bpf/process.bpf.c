@@ -7,7 +7,9 @@
  *    another kernel, so no header struct layout is ever used.
  *  - Raw tracepoints: their arguments are the kernel's TP_PROTO (task pointers), identical
  *    from 4.17 to today, while the classic tracepoint record layouts change between kernels
- *    (sched_process_fork's comms became __data_loc strings).
+ *    (sched_process_fork's comms became __data_loc strings). The handlers are plain functions,
+ *    not RAW_TRACEPOINT_PROBE: the loader attaches them only once the perf buffers are open,
+ *    so no sample is submitted into a buffer nobody has registered yet.
  *  - Bounded loops and a scratch slot per CPU for the large exec record; only the used
  *    length is submitted.
  */
@@ -132,7 +134,7 @@ static __always_inline __u64 leader_start_boottime(__u64 task)
  * tid == tgid; comm, mm and credentials are the new program's), but before it returns to
  * user space: the process cannot have exited yet, so even a 1 ms process is complete.
  * TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm). */
-RAW_TRACEPOINT_PROBE(sched_process_exec)
+int on_sched_process_exec(struct bpf_raw_tracepoint_args *ctx)
 {
     __u64 task = (__u64)ctx->args[0];
     __u32 old_tid = (__u32)ctx->args[1];
@@ -289,7 +291,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
  * before it runs, for processes and threads alike. A thread (child->pid != child->tgid) is
  * not a new process: it is only counted. The parent is the calling thread, whose tgid is the
  * process. TP_PROTO(struct task_struct *parent, struct task_struct *child). */
-RAW_TRACEPOINT_PROBE(sched_process_fork)
+int on_sched_process_fork(struct bpf_raw_tracepoint_args *ctx)
 {
     __u64 parent = (__u64)ctx->args[0];
     __u64 child = (__u64)ctx->args[1];
@@ -323,7 +325,7 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
  * what wait(2) would return for the group: group_exit_code after exit_group or a fatal
  * signal (SIGNAL_GROUP_EXIT), else this thread's exit_code (wait_task_zombie).
  * TP_PROTO(struct task_struct *p[, bool group_dead]). */
-RAW_TRACEPOINT_PROBE(sched_process_exit)
+int on_sched_process_exit(struct bpf_raw_tracepoint_args *ctx)
 {
     __u64 task = (__u64)ctx->args[0];
     __u64 signal = read_u64(task, OFF_TASK_SIGNAL);

@@ -251,6 +251,8 @@ class Record(NamedTuple):
     ticks: int | None = None  # start ticks from <pid>/stat, None if it could not be read
     state: str | None = None  # the stat state with those ticks
     snap: ProcessSnapshot | None = None  # exec only
+    ppid: int | None = None  # exec of a zombie: from its stat
+    comm: bytes | None = None  # likewise
 
 
 def boottime_offset_ns() -> int:
@@ -286,8 +288,14 @@ class ConnectorSource:
         self._overruns = 0  # ENOBUFS errors seen (each one is at least one lost message)
         self._drops = 0  # sk_drops from SO_MEMINFO: messages lost
         self._meminfo = True
+        self._leaders_gone: dict[int, Record] = {}  # tgid -> its leader's EXIT, group still alive
+        self._thread_exits: OrderedDict[int, ProcExit] = OrderedDict()  # tgid -> latest thread EXIT
+        self._queued_execs: dict[int, int] = {}  # tgid -> EXEC messages in _raw
+        self._queued_forks: dict[int, int] = {}  # child tgid -> FORK messages in _raw
+        self._leaders_checked = 0.0
         self.c = {"messages": 0, "threads_skipped": 0, "exec_read": 0, "exec_cheap": 0,
-                  "exec_gone": 0, "overruns": 0}
+                  "exec_gone": 0, "overruns": 0,
+                  "leader_exits_held": 0, "leader_exits_exec": 0}
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -370,9 +378,7 @@ class ConnectorSource:
         select.select([self.sock], [], [], timeout_ms / 1000)
 
     def _pull(self) -> None:
-        """Move every datagram waiting in the socket into _raw. Threads are dropped here, before
-        they cost a /proc read: FORK fires for a new thread too (child_pid != child_tgid), EXIT
-        for every thread (process_pid != process_tgid), COMM/UID/GID per thread."""
+        """Move every datagram waiting in the socket into _raw (through _accept)."""
         sock = self.sock
         if sock is None:
             return
@@ -394,61 +400,175 @@ class ConnectorSource:
                 self._accept(ev)
 
     def _accept(self, ev: ProcEvent) -> None:
-        """Queue ev unless it is about a thread or is an acknowledgement."""
+        """Queue ev unless it is about a thread or is an acknowledgement. Threads are dropped
+        before they cost a /proc read: FORK fires for a new thread too (child_pid !=
+        child_tgid), EXIT for every thread (process_pid != process_tgid), COMM/UID/GID per
+        thread. A thread's EXIT is remembered, though: it may be its group's last (_read_exit)."""
         c = self.c
         c["messages"] += 1
         if isinstance(ev, ProcFork):
             if ev.child_pid != ev.child_tgid:
                 c["threads_skipped"] += 1
                 return
+            _count(self._queued_forks, ev.child_tgid, 1)
+        elif isinstance(ev, ProcExec):
+            # Always pid == tgid: the exec'ing thread became the leader (de_thread) before
+            # proc_exec_connector runs.
+            _count(self._queued_execs, ev.tgid, 1)
         elif isinstance(ev, ProcAck):
             return
         elif ev.pid != ev.tgid:
-            # ProcExec always has pid == tgid: the exec'ing thread became the leader
-            # (de_thread) before proc_exec_connector runs.
+            if isinstance(ev, ProcExit):
+                te = self._thread_exits
+                te[ev.tgid] = ev
+                te.move_to_end(ev.tgid)
+                if len(te) > 4096:
+                    te.popitem(last=False)
+                if ev.tgid in self._leaders_gone:
+                    self._raw.append(ev)
+                    return
             c["threads_skipped"] += 1
             return
         self._raw.append(ev)
 
-    def drain(self) -> list[tuple[str, Record]]:
+    def drain(self) -> list[tuple[str, Record, int]]:
         self._pull()
-        out: list[tuple[str, Record]] = []
+        out: list[tuple[str, Record, int]] = []
         raw = self._raw
         deadline = time.monotonic() + self.BATCH_S
         n = 0
         while raw:
             ev = raw.popleft()
+            if isinstance(ev, ProcExec):
+                _count(self._queued_execs, ev.tgid, -1)
+            elif isinstance(ev, ProcFork):
+                _count(self._queued_forks, ev.child_tgid, -1)
             rec = self._read(ev)
-            out.append((_KIND[type(ev)], rec))
+            if rec is not None:
+                out.append((_KIND[type(ev)], rec, rec.ts_ns))
             n += 1
             if n % self.PULL_EVERY == 0:
                 self._pull()
                 if time.monotonic() > deadline:
                     break
-        out.sort(key=lambda kr: kr[1].ts_ns)
+        if self._leaders_gone:
+            self._recheck_leaders(out)
+        out.sort(key=lambda kr: kr[2])
         return out
 
-    def _read(self, ev: ProcEvent) -> Record:
-        """What /proc says right now about the process of ev (the reason it is read here)."""
+    def _read(self, ev: ProcEvent) -> Record | None:
+        """What /proc says right now about the process of ev (the reason it is read here).
+        None: nothing to report (yet)."""
         if isinstance(ev, ProcExec):
+            # A leader "exit" followed by an exec of its group was de_thread() replacing the
+            # old leader with the exec'ing thread: the process lives on.
+            self._leaders_gone.pop(ev.tgid, None)
+            self._pull()  # a later exec of the same process already waiting?
             cheap = len(self._raw) > self.backlog
-            snap = (self._enrich_cheap if cheap else self._enrich_exec).read(ev.tgid, None)
-            if snap is None:
+            replaced = ev.tgid in self._queued_execs
+            snap = None
+            if not replaced:
+                snap = (self._enrich_cheap if cheap else self._enrich_exec).read(ev.tgid, None)
+            if snap is not None and _exited(snap):
                 self.c["exec_gone"] += 1
-                return Record(ev.ts_ns, ev)
+                return Record(ev.ts_ns, ev, snap.start_ticks, snap.state, None, snap.ppid, snap.comm)
+            if snap is None:  # gone, or it exec'd again since
+                self.c["exec_gone"] += 1
+                try:
+                    st = read_stat(self.fs, ev.tgid)
+                except ProcFSError:
+                    return Record(ev.ts_ns, ev)
+                if replaced and ev.tgid not in self._queued_forks:
+                    # Same process (exec keeps PID and start time), but /proc shows the next
+                    # image: identity and parent only.
+                    return Record(ev.ts_ns, ev, st.starttime, st.state, None, st.ppid)
+                if st.state not in ("Z", "X"):
+                    return Record(ev.ts_ns, ev)  # not the exec'd process any more
+                return Record(ev.ts_ns, ev, st.starttime, st.state, None, st.ppid, st.comm)
             self.c["exec_cheap" if cheap else "exec_read"] += 1
             if cheap:
                 for f in ("fds", "fd_count", "sockets", "ns", "cgroup", "container_id"):
                     snap.missing[f] = "skipped_backlog"
             return Record(ev.ts_ns, ev, snap.start_ticks, snap.state, snap)
-        if isinstance(ev, (ProcFork, ProcExit)):
-            pid = ev.child_tgid if isinstance(ev, ProcFork) else ev.tgid
+        if isinstance(ev, ProcFork):
             try:
-                st = read_stat(self.fs, pid)
+                st = read_stat(self.fs, ev.child_tgid)
             except ProcFSError:
                 return Record(ev.ts_ns, ev)
             return Record(ev.ts_ns, ev, st.starttime, st.state)
+        if isinstance(ev, ProcExit):
+            return self._read_exit(ev)
         return Record(ev.ts_ns, ev)
+
+    def _read_exit(self, ev: ProcExit) -> Record | None:
+        """The exit of a thread group, from per-thread EXIT messages.
+
+        The connector sends EXIT from do_exit() of every task, after exit_notify(); it does not
+        say whether the group died (signal->live, which BPF reads). The leader's EXIT is the
+        process's exit when nothing else of the group remains: <pid>/stat is gone (reaped), or
+        a zombie counting only itself in num_threads (a non-leader thread leaves the count in
+        exit_notify -> release_task, before its own EXIT is sent). Its status and time are
+        then those of the group's last thread if one exited after the leader: a leader that
+        called pthread_exit has status 0, the group's exit(7) is on another thread.
+
+        Otherwise the leader went first: pthread_exit from main, or de_thread() replacing it
+        with a thread that called exec. The exit is held until the group's last thread's EXIT,
+        or dropped when an EXEC of the group shows it was de_thread().
+        """
+        tgid = ev.tgid
+        held = self._leaders_gone.get(tgid)
+        if ev.pid != tgid:
+            if held is None:
+                return None
+            st = self._stat(tgid)
+            if st is not None and held.ticks is not None and st.starttime != held.ticks:
+                st = None  # reaped, and the PID taken again already
+            if not _group_dead(st):
+                return None
+            del self._leaders_gone[tgid]
+            self._thread_exits.pop(tgid, None)
+            ev = ev._replace(pid=tgid)
+            return Record(ev.ts_ns, ev, held.ticks, st.state if st is not None else None)
+        self._pull()
+        if tgid in self._queued_execs and tgid not in self._queued_forks:
+            self.c["leader_exits_exec"] += 1
+            return None  # de_thread(): the process lives on in the thread that exec'd
+        st = self._stat(tgid)
+        ticks = st.starttime if st is not None and st.state in ("Z", "X") else None
+        if not _group_dead(st):
+            self._leaders_gone[tgid] = Record(ev.ts_ns, ev, ticks, st.state)
+            self.c["leader_exits_held"] += 1
+            return None
+        last = self._thread_exits.pop(tgid, None)
+        if last is not None and last.ts_ns > ev.ts_ns:
+            ev = ev._replace(ts_ns=last.ts_ns, exit_code=last.exit_code, exit_signal=last.exit_signal)
+        return Record(ev.ts_ns, ev, ticks, st.state if st is not None else None)
+
+    def _stat(self, pid: int):
+        try:
+            return read_stat(self.fs, pid)
+        except ProcFSError:
+            return None
+
+    def _recheck_leaders(self, out: list) -> None:
+        """Held leader exits whose group ended without a last EXIT reaching us (lost in an
+        overrun): report them once /proc says the group is gone."""
+        now = time.monotonic()
+        if now - self._leaders_checked < 1.0:
+            return
+        self._leaders_checked = now
+        for tgid, held in list(self._leaders_gone.items()):
+            st = self._stat(tgid)
+            if st is not None and held.ticks is not None and st.starttime != held.ticks:
+                st = None
+            if _group_dead(st):
+                del self._leaders_gone[tgid]
+                ev = held.event
+                last = self._thread_exits.pop(tgid, None)
+                if last is not None and last.ts_ns > ev.ts_ns:
+                    ev = ev._replace(ts_ns=last.ts_ns, exit_code=last.exit_code,
+                                     exit_signal=last.exit_signal)
+                out.append(("cn_exit", held._replace(ts_ns=ev.ts_ns, event=ev), ev.ts_ns))
 
     def pending(self) -> int:
         return len(self._raw)
@@ -493,8 +613,8 @@ class ConnectorSource:
         if len(self._started) > 65536:
             self._started.popitem(last=False)
 
-    def handle(self, pipeline, rec: tuple[str, Record]) -> None:
-        kind, r = rec
+    def handle(self, pipeline, rec: tuple[str, Record, int]) -> None:
+        kind, r = rec[0], rec[1]
         ev = r.event
         me = pipeline.self_pid
         if kind == "cn_fork":
@@ -510,8 +630,8 @@ class ConnectorSource:
         elif kind == "cn_exit":
             if ev.tgid == me:
                 return
-            if r.ticks is not None and r.state in ("Z", "X"):
-                ticks = r.ticks  # its own corpse: certainly this process
+            if r.ticks is not None:
+                ticks = r.ticks  # read from its own corpse (_read_exit): certainly this process
             else:
                 # Reaped already, or the PID reused since: the table knows which one it was
                 # (None: the pipeline records a tombstone for a process it never saw).
@@ -536,42 +656,44 @@ class ConnectorSource:
 
     def _exec(self, pipeline, r: Record) -> None:
         ev = r.event
-        snap = r.snap
-        when = pipeline.clock.from_mono(r.ts_ns)
-        if snap is not None and not snap.zombie:
-            pipeline.on_snapshot(snap, "exec", self.name, when=when)
+        if r.snap is not None:
+            pipeline.on_snapshot(r.snap, "exec", self.name, when=pipeline.clock.from_mono(r.ts_ns))
             return
-        # Gone (or a zombie: exited already) before /proc could be read. The event carries what
-        # the connector and the table know: pid, identity, parent, the comm from the COMM event
-        # that exec sends just before (begin_new_exec -> __set_task_comm).
-        if snap is not None:
-            ticks = snap.start_ticks
+        # Gone (or a zombie: exited already, or exec'd again) before procfs could be read. The
+        # event carries what the connector and the table know: pid, identity and parent; comm
+        # only from a zombie's stat (exec sends no COMM message: __set_task_comm does not call
+        # proc_comm_connector, only prctl(PR_SET_NAME) and writes to comm do).
+        if r.ticks is not None:
+            ticks = r.ticks  # its stat
         else:
             key = pipeline.table.key_for_pid(ev.tgid)
             # Without a key its fork predates us or was lost: the exec time stands in for the
-            # start, which is then too late (documented in _approx_ticks).
+            # start, which is then too late (see _approx_ticks).
             ticks = key[1] if key is not None else self._approx_ticks(r.ts_ns)
         entry = pipeline.table.get((ev.tgid, ticks))
-        ppid = snap.ppid if snap is not None else (entry.ppid if entry is not None else None)
-        pkey = None
-        if ppid:
-            if entry is not None and entry.parent_key is not None and entry.parent_key[0] == ppid:
-                pkey = entry.parent_key
-            else:
-                pkey = pipeline.table.key_for_pid(ppid)
-        comm = snap.comm if snap is not None else (entry.comm if entry is not None else None)
-        uids = snap.uids if snap is not None else None
-        gids = snap.gids if snap is not None else None
-        self.c["exec_gone"] += snap is not None  # zombies were counted as read
-        raw = wire.RawExec(
-            ts_ns=r.ts_ns, tgid=ev.tgid, tid=ev.pid, start_boottime=ticks * NSEC_PER_TICK,
-            old_tid=None, flags=0, ppid=pkey[0] if pkey else 0, argc=None,
-            parent_start_boottime=pkey[1] * NSEC_PER_TICK if pkey else 0, cgroup_id=None,
-            uid=uids[0] if uids else None, gid=gids[0] if gids else None,
-            euid=uids[1] if uids else None, egid=gids[1] if gids else None,
-            loginuid=None, sessionid=None, ns=(None,) * len(wire.NS_NAMES), argv_size=None,
-            comm=comm, filename=None, tty=None, exe=None, cwd=None, argv=None)
-        pipeline.on_exec(raw, self.name)
+        ppid = r.ppid if r.ppid is not None else (entry.ppid if entry is not None else None)
+        pipeline.on_exec_gone(r.ts_ns, ev.tgid, ticks, ppid, r.comm, self.name)
+
+
+def _count(d: dict[int, int], key: int, delta: int) -> None:
+    n = d.get(key, 0) + delta
+    if n > 0:
+        d[key] = n
+    else:
+        d.pop(key, None)
+
+
+def _exited(snap: ProcessSnapshot) -> bool:
+    """Did the process exit before its argv could be read? A zombie; or one caught inside
+    do_exit() after exit_mm() (empty cmdline, no exe link, state not yet Z), which read_process
+    takes for a kernel thread, though a process that just exec'd is none; or one gone between
+    its stat and its cmdline."""
+    return snap.zombie or snap.kernel_thread or snap.missing.get("argv") == "gone"
+
+
+def _group_dead(st) -> bool:
+    """Nothing of the thread group left but (at most) the leader's corpse."""
+    return st is None or (st.state in ("Z", "X") and st.num_threads <= 1)
 
 
 _KIND = {ProcFork: "cn_fork", ProcExec: "cn_exec", ProcExit: "cn_exit", ProcComm: "cn_comm",

@@ -204,7 +204,9 @@ def check_auto_sensor(checks: list[Check]) -> Check:
         failed = [Check("sensor", "FAIL", f"the BPF sensor is disabled by {DISABLE_ENV}=1")]
     if not failed:
         return Check("sensor", "PASS", "auto would choose bpf")
-    name, note = probe_auto(bpf_unavailable=f"{failed[0].name}: {failed[0].detail}")
+    first = failed[0]
+    reason = first.detail if first.name == "sensor" else f"{first.name}: {first.detail}"
+    name, note = probe_auto(bpf_unavailable=reason)
     return Check("sensor", "WARN", f"auto would choose {name} ({note})")
 
 

@@ -9,7 +9,7 @@ import pwd
 import time
 
 from monitor.events import ProcDetails, Socket
-from userspace.procfs import ProcessGone, ProcFS, ProcFSError
+from userspace.procfs import ProcFS, ProcFSError
 from userspace.process import read_process
 from userspace.sockets import SocketTables
 from userspace.types import Depth, ProcessSnapshot
@@ -48,6 +48,11 @@ class Enricher:
         self.environ = environ
         self._sockets: SocketTables | None = None
         self._sockets_at = 0.0
+        # cgroup v2 id -> (path, container id): a cgroup's path does not change, and reading
+        # it once per cgroup instead of once per exec is most of the saving. (cgroup ids <= 1
+        # are the root, or every process on a v1-only host: never cached.)
+        self._containers: dict[int, tuple[bytes | None, str | None]] = {}
+        self._min_cached_id = 1 if _unified_only(fs) else 2
 
     def sockets(self) -> SocketTables:
         now = time.monotonic()
@@ -58,16 +63,48 @@ class Enricher:
 
     def read(self, pid: int, start_ticks: int | None) -> ProcessSnapshot | None:
         """Snapshot of pid if it is still the process identified by start_ticks, else None."""
+        return self._checked(start_ticks, lambda: read_process(
+            self.fs, pid, self.depth, environ=self.environ, sockets=self.sockets()))
+
+    def read_after_exec(self, pid: int, start_ticks: int, netns: int,
+                        cgroup_id: int) -> ProcessSnapshot | None:
+        """What procfs adds to a kernel exec record (Depth.ENRICH): the kernel already has exe,
+        cwd, credentials and namespaces. The cgroup path is read once per cgroup id."""
+        known = self._containers.get(cgroup_id)
+        snap = self._checked(start_ticks, lambda: read_process(
+            self.fs, pid, Depth.ENRICH, environ=self.environ, sockets=self.sockets(),
+            netns=netns, container=known))
+        if snap is not None and snap.zombie:
+            return None  # exited already: nothing but its stat is left to read
+        if snap is not None and known is None and snap.cgroup is not None and cgroup_id >= self._min_cached_id:
+            if len(self._containers) >= 4096:
+                self._containers.clear()
+            self._containers[cgroup_id] = (snap.cgroup, snap.container_id)
+        return snap
+
+    def container_of(self, cgroup_id: int) -> tuple[bytes | None, str | None] | None:
+        return self._containers.get(cgroup_id)
+
+    @staticmethod
+    def _checked(start_ticks, read) -> ProcessSnapshot | None:
         try:
-            snap = read_process(self.fs, pid, self.depth, environ=self.environ,
-                                sockets=self.sockets())
-        except ProcessGone:
-            return None
-        except ProcFSError:
+            snap = read()
+        except ProcFSError:  # gone (or hidden) before even its stat could be read
             return None
         if start_ticks is not None and snap.start_ticks != start_ticks:
             return None  # the PID now belongs to another process
         return snap
+
+
+def _unified_only(fs: ProcFS) -> bool:
+    """Is this a cgroup v2-only host? Then a cgroup id names one cgroup for every process, the
+    root (id 1) included; with v1 hierarchies in use, id 1 is shared by processes whose v1
+    paths differ."""
+    try:
+        lines = [x for x in fs.read_bytes("self", "cgroup").splitlines() if x]
+    except ProcFSError:
+        return False
+    return len(lines) == 1 and lines[0].startswith(b"0::")
 
 
 def details(snap: ProcessSnapshot) -> ProcDetails:

@@ -21,7 +21,8 @@ class Ancestor:
     pid: int
     exec_id: str
     exe: bytes | None
-    argv: tuple[bytes, ...] | None
+    argv: tuple[bytes, ...] | None  # at most 1 KiB of it: the ancestor's own exec has it all
+    argv_truncated: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,11 @@ FILENAME_MAX_BYTES = 4096  # the filename passed to execve, NUL included
 PATH_MAX_BYTES = 4096  # components captured per resolved path (exe, cwd)
 PATH_MAX_DEPTH = 64  # components walked per resolved path
 PERF_PAGES = 256  # perf buffer pages per CPU (1 MiB with 4 KiB pages); --perf-pages
-WAKEUP_EVENTS = 1  # wake userspace every N samples; --wakeup-events
+# Wake userspace every N samples per CPU (--wakeup-events). Batching wakeups cuts the per-event
+# cost of a storm (one poll per N samples instead of per sample); the samples of a quiet CPU are
+# then collected by a poll at least every BATCHED_POLL_MS, which bounds the added latency.
+WAKEUP_EVENTS = 16
+BATCHED_POLL_MS = 10
 
 assert ARGV_MAX_BYTES & (ARGV_MAX_BYTES - 1) == 0
 

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import ctypes as ct
 import inspect
+import json
 import os
+import socket
+import struct
+import subprocess
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from monitor import limits, offsets, wire
+from monitor import limits, offsets, perfbuf, wire
 from userspace.procfs import ProcFS, ProcFSError, default_root
 
 DISABLE_ENV = "PROCSENTRY_DISABLE_BPF"  # set to 1 to make loading fail (tests of the fallbacks)
@@ -89,12 +94,43 @@ class SensorStats:
         return sum(self.lost_per_cpu.values())
 
 
-class Sensor:
-    """The loaded programs and their perf buffer.
+# tracepoint -> handler in bpf/process.bpf.c
+HOOKS = (("sched_process_exec", "on_sched_process_exec"),
+         ("sched_process_fork", "on_sched_process_fork"),
+         ("sched_process_exit", "on_sched_process_exit"))
 
-    Records are appended to ``self.queue`` as (cpu, bytes) by bcc's callbacks during ``poll``;
-    the caller drains it. Capture therefore never waits on enrichment: poll returns as soon as
-    the per-CPU buffers are drained.
+
+def load_programs():
+    """Compile and load (not attach) the sensor in this process: (bcc BPF object, prog fds)."""
+    try:
+        from bcc import BPF  # noqa: PLC0415 - the one bcc import
+    except ImportError:
+        raise SensorUnavailable(
+            "bcc's Python bindings are not importable: install python3-bpfcc "
+            "(Debian/Ubuntu) or python3-bcc (Fedora), and use a venv with "
+            "--system-site-packages (sudo make run does both)") from None
+    b = build()
+    try:
+        bpf = BPF(src_file=str(b.source).encode(), cflags=b.cflags)
+        return bpf, [bpf.load_func(fn.encode(), BPF.RAW_TRACEPOINT).fd for _tp, fn in HOOKS]
+    except Exception as e:  # bcc raises bare Exception for compile and load errors
+        raise SensorUnavailable(
+            f"bcc could not compile or load the sensor ({e}); check kernel headers at "
+            f"/lib/modules/{os.uname().release}/build (sudo make run sets them up)") from None
+
+
+class Sensor:
+    """The loaded programs and their perf buffers.
+
+    Records are appended to ``self.queue`` as (cpu, bytes) during ``poll``; the caller drains
+    it. Capture never waits on enrichment: poll returns as soon as the buffers are read.
+
+    Two ways to run, same interface:
+    - handover (default on x86-64): a child process compiles, loads and attaches the programs
+      with bcc, passes the map and link file descriptors back over a socket (SCM_RIGHTS) and
+      exits; this process reads the perf rings itself (monitor/perfbuf.py). The daemon never
+      maps libbcc/LLVM (~130 MB resident) and pays no ctypes callback per sample.
+    - in-process bcc (other architectures, or PROCSENTRY_BCC_READER=1): bcc's perf reader.
     """
 
     def __init__(self, perf_pages: int = limits.PERF_PAGES,
@@ -103,30 +139,73 @@ class Sensor:
         self.wakeup_events = wakeup_events
         self.queue: deque[tuple[int, bytes]] = deque()
         self.stats = SensorStats()
+        self.helper_pids: set[int] = set()  # the loader child: never reported as activity
         self._bpf = None
-        self._callbacks = []  # keep ctypes callbacks alive
+        self._reader = None
+        self._fds: list[int] = []
+        self._counters_fd = -1
+        self._ncpus = possible_cpus()
 
     def start(self) -> None:
         if os.environ.get(DISABLE_ENV) == "1":
             raise SensorUnavailable(f"the BPF sensor is disabled by {DISABLE_ENV}=1")
         check_privileges()
-        try:
-            from bcc import BPF  # noqa: PLC0415 - the one bcc import
-        except ImportError:
-            raise SensorUnavailable(
-                "bcc's Python bindings are not importable: install python3-bpfcc "
-                "(Debian/Ubuntu) or python3-bcc (Fedora), and use a venv with "
-                "--system-site-packages (sudo make run does both)") from None
-        b = build()
-        try:
-            self._bpf = BPF(src_file=str(b.source).encode(), cflags=b.cflags)
-        except Exception as e:  # bcc raises bare Exception for compile and load errors
-            raise SensorUnavailable(
-                f"bcc could not compile or load the sensor ({e}); check kernel headers at "
-                f"/lib/modules/{os.uname().release}/build (sudo make run sets them up)") from None
-        self._open_buffer()
+        if self.perf_pages & (self.perf_pages - 1):
+            raise SensorUnavailable(f"--perf-pages must be a power of two, not {self.perf_pages}")
+        if perfbuf.supported() and os.environ.get("PROCSENTRY_BCC_READER") != "1":
+            self._start_handover()
+        else:
+            self._bpf, _progs = load_programs()
+            self._open_bcc_buffer()
+            try:
+                for tp, fn in HOOKS:
+                    self._bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+            except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
+                self.close()
+                raise SensorUnavailable(f"cannot attach to the scheduler tracepoints: {e}") from None
 
-    def _open_buffer(self) -> None:
+    # -- handover -------------------------------------------------------------------------------
+    def _start_handover(self) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "monitor.loader", "--handover", str(child.fileno())],
+                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(),
+                cwd=str(Path(__file__).resolve().parent.parent))
+            self.helper_pids.add(proc.pid)
+            child.close()
+            msg, fds, _flags, _addr = socket.recv_fds(parent, 65536, 16)
+            proc.wait()
+        finally:
+            parent.close()
+            if child.fileno() >= 0:
+                child.close()
+        try:
+            reply = json.loads(msg or b"{}")
+        except ValueError:
+            reply = {}
+        if "error" in reply or not fds:
+            for fd in fds:
+                os.close(fd)
+            raise SensorUnavailable(reply.get("error") or
+                                    f"the loader process exited with status {proc.returncode}")
+        self._fds = fds
+        events_fd, self._counters_fd, progs = fds[0], fds[1], fds[2:]
+        try:
+            self._reader = perfbuf.PerfReader(events_fd, self.perf_pages, self.wakeup_events)
+        except OSError as e:
+            self.close()
+            raise SensorUnavailable(f"cannot open the perf buffers: {e.strerror}") from None
+        # Attach last, once every CPU's buffer is registered: nothing is submitted into the void.
+        try:
+            for (tp, _fn), prog in zip(HOOKS, progs):
+                self._fds.append(perfbuf.raw_tracepoint_open(tp, prog))
+        except OSError as e:
+            self.close()
+            raise SensorUnavailable(f"cannot attach to {tp}: {e.strerror}") from None
+
+    # -- bcc's reader ---------------------------------------------------------------------------
+    def _open_bcc_buffer(self) -> None:
         table = self._bpf[b"events"]
         queue = self.queue
         stats = self.stats
@@ -154,18 +233,74 @@ class Sensor:
         else:
             table.open_perf_buffer(on_sample, page_cnt=self.perf_pages, lost_cb=lost_for(-1))
 
+    # -- common ---------------------------------------------------------------------------------
     def poll(self, timeout_ms: int) -> None:
+        if self._reader is not None:
+            out: list = []
+            self._reader.poll(timeout_ms, out)
+            if out:
+                self.queue.extend(out)
+            if self._reader.lost:
+                self.stats.lost_per_cpu.update(self._reader.lost)
+            return
         self._bpf.perf_buffer_poll(timeout=timeout_ms)
+        if self.batching:
+            # With wakeup_events > 1 a CPU's buffer wakes the reader only every N samples;
+            # the remainder is read here, so a quiet CPU's last samples wait at most one
+            # poll timeout (max_block_ms).
+            self._bpf.perf_buffer_consume()
+
+    @property
+    def batching(self) -> bool:
+        if self._reader is not None:
+            return self.wakeup_events > 1
+        return self.wakeup_events > 1 and self._bpf is not None and hasattr(self._bpf, "perf_buffer_consume")
+
+    @property
+    def max_block_ms(self) -> int:
+        """Longest a poll may block without delaying samples (batched wakeups need a bound)."""
+        return limits.BATCHED_POLL_MS if self.batching else 1000
 
     def counters(self) -> dict[str, int]:
         """Kernel-side counters summed over CPUs (events seen, threads skipped, submit errors)."""
-        table = self._bpf[b"counters"]
         out = {}
         for i, name in enumerate(wire.COUNTERS):
-            out[name] = int(sum(v.value if hasattr(v, "value") else v for v in table[ct.c_int(i)]))
+            if self._reader is not None:
+                raw = perfbuf.map_lookup(self._counters_fd, struct.pack("<I", i), 8 * self._ncpus)
+                out[name] = sum(struct.unpack(f"<{self._ncpus}Q", raw))
+            else:
+                table = self._bpf[b"counters"]
+                out[name] = int(sum(v.value if hasattr(v, "value") else v for v in table[ct.c_int(i)]))
         return out
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        for fd in self._fds:  # closing the link fds detaches the programs
+            os.close(fd)
+        self._fds = []
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None
+
+
+def _handover(sock_fd: int) -> int:
+    """Child side: compile and load, pass the map and program fds to the parent, exit."""
+    sock = socket.socket(fileno=sock_fd)
+    try:
+        bpf, progs = load_programs()
+    except SensorUnavailable as e:
+        sock.sendall(json.dumps({"error": str(e)}).encode())
+        return 1
+    fds = [bpf[b"events"].map_fd, bpf[b"counters"].map_fd, *progs]
+    socket.send_fds(sock, [json.dumps({"ok": True}).encode()], fds)
+    sock.close()
+    return 0  # bcc's cleanup closes our copies; the parent's keep the maps and programs
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--handover":
+        sys.exit(_handover(int(sys.argv[2])))
+    print("usage: python -m monitor.loader --handover FD (used by monitor.loader.Sensor)", file=sys.stderr)
+    sys.exit(2)

@@ -13,6 +13,7 @@ table entry gone from procfs without an exit record gets an inferred `exit`.
 """
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import logging
 import os
@@ -86,6 +87,7 @@ class Config:
     count: int | None = None
     ancestry_depth: int = 10
     backlog: int = 1024  # records in one batch past which enrichment is skipped
+    enrich_delay_ns: int = 5_000_000  # hold window: see Pipeline.drain
     environ: bool = False
     poll_timeout_ms: int = 100
     filters: Filters = field(default_factory=Filters)
@@ -106,7 +108,7 @@ class Counters:
 
 class Pipeline:
     def __init__(self, source, sink: Sink, fs: ProcFS, config: Config | None = None,
-                 depth: Depth = Depth.EXEC) -> None:
+                 depth: Depth = Depth.FULL) -> None:
         self.source = source
         self.sink = sink
         self.fs = fs
@@ -121,8 +123,8 @@ class Pipeline:
         self.stop_requested = False
         self.emitted = 0
         self.started = time.monotonic()
-        self._cgroup_containers: dict[int, str | None] = {}  # cgroup id -> container id
         self._lost_seen: dict[int, int] = {}
+        self._window: list[tuple] = []  # (kind, record, ts_ns), in kernel time order
         self._last_reconcile = 0.0
         self._reconcile_due: str | None = None
 
@@ -146,8 +148,13 @@ class Pipeline:
             self.sink.write(rec)
 
     def _ancestry(self, entry: Entry) -> tuple[Ancestor, ...]:
-        return tuple(Ancestor(a.pid, a.exec_id, a.exe, a.argv)
-                     for a in self.table.ancestry(entry, self.cfg.ancestry_depth))
+        out = []
+        for a in self.table.ancestry(entry, self.cfg.ancestry_depth):
+            if a.ancestor is None:  # built once per exec image, shared by every descendant
+                argv, cut = _bounded_argv(a.argv)
+                a.ancestor = Ancestor(a.pid, a.exec_id, a.exe, argv, cut)
+            out.append(a.ancestor)
+        return tuple(out)
 
     def _event_from_entry(self, kind: str, entry: Entry, when: str, source: str, **extra) -> ProcessEvent:
         return ProcessEvent(
@@ -159,7 +166,7 @@ class Pipeline:
             ns=entry.ns, **extra)
 
     # -- kernel records ------------------------------------------------------------------------
-    def on_exec(self, r: wire.RawExec, source: str = "bpf") -> None:
+    def on_exec(self, r: wire.RawExec, source: str = "bpf", exited: bool = False) -> None:
         ticks = r.start_boottime // NSEC_PER_TICK
         key = (r.tgid, ticks)
         pkey = (r.ppid, r.parent_start_boottime // NSEC_PER_TICK) if r.ppid else None
@@ -168,6 +175,7 @@ class Pipeline:
         entry.parent_key = pkey
         entry.parent_exec_id = self.exec_id(pkey) if pkey else None
         entry.comm, entry.exe, entry.argv, entry.cwd = r.comm, r.exe, r.argv, r.cwd
+        entry.ancestor = None
         entry.argv_truncated = bool(r.flags & wire.ARGV_TRUNCATED)
         entry.uid, entry.euid, entry.gid, entry.egid = r.uid, r.euid, r.gid, r.egid
         entry.user = self.users(r.uid)
@@ -175,27 +183,30 @@ class Pipeline:
 
         missing: dict[str, str] = {}
         snap = None
-        if self._backlogged:
+        if exited:
+            enrichment = "gone"  # its exit is already in the hold window: nothing to read
+            self.counters.enrichment["gone"] += 1
+        elif self._backlogged:
             enrichment = "partial"
             missing["proc"] = "skipped_backlog"
             self.counters.enrichment["skipped_backlog"] += 1
         else:
-            snap = self.enricher.read(r.tgid, ticks)
+            snap = self.enricher.read_after_exec(r.tgid, ticks, r.ns[2], r.cgroup_id)
             enrichment = E.outcome(snap)
-        if enrichment != "partial" or snap is not None:
             self.counters.enrichment[enrichment] += 1
         differs = None
         proc = None
         if snap is not None:
             proc = E.details(snap)
             missing.update({k: v for k, v in snap.missing.items() if v != "not_requested"})
-            self._cgroup_containers[r.cgroup_id] = snap.container_id
             entry.container_id = snap.container_id
             differs = self._differences(r, snap)
         else:
-            entry.container_id = self._cgroup_containers.get(r.cgroup_id)
-            if r.cgroup_id not in self._cgroup_containers:
-                missing["container_id"] = "gone" if enrichment == "gone" else missing.get("proc", "gone")
+            known = self.enricher.container_of(r.cgroup_id)
+            if known is not None:
+                entry.container_id = known[1]
+            elif r.cgroup_id > 1:
+                missing["container_id"] = missing.get("proc", "gone")
         capture = tuple(name for bit, name in CAPTURE_FLAG_NAMES if r.flags & bit)
         ev = self._event_from_entry(
             "exec", entry, self.clock.from_mono(r.ts_ns), source,
@@ -241,6 +252,32 @@ class Pipeline:
         missing = {} if parent is not None else {"parent": "unknown"}
         ev = self._event_from_entry("fork", entry, self.clock.from_mono(ts_ns), source,
                                     enrichment=enrichment, missing=missing)
+        self.emit_process(ev)
+
+    def on_exec_gone(self, ts_ns: int, pid: int, ticks: int, ppid: int | None,
+                     comm: bytes | None, source: str) -> None:
+        """An exec that a sensor reports by PID alone (the connector), of a process that was
+        gone before procfs could be read: identity, parent and comm, nothing else to say."""
+        key = (pid, ticks)
+        entry = self.table.get(key) or self.table.add(Entry(pid, ticks, self.exec_id(key)))
+        pkey = self.table.key_for_pid(ppid) if ppid else None
+        if entry.parent_key is not None and entry.parent_key[0] == ppid:
+            pkey = entry.parent_key  # from its fork: exact even if the parent's PID was reused
+        entry.ppid = ppid
+        entry.parent_key = pkey
+        entry.parent_exec_id = self.exec_id(pkey) if pkey else None
+        # What the fork copied from the parent is not this image's: unknown, not inherited.
+        entry.comm = comm
+        entry.exe = entry.argv = entry.cwd = entry.ns = entry.container_id = None
+        entry.uid = entry.euid = entry.gid = entry.egid = entry.user = None
+        entry.argv_truncated = False
+        self.counters.enrichment["gone"] += 1
+        missing = dict.fromkeys(("argv", "exe", "cwd", "uids", "gids", "ns", "container_id"), "gone")
+        if comm is None:
+            missing["comm"] = "gone"
+        ev = self._event_from_entry("exec", entry, self.clock.from_mono(ts_ns), source,
+                                    enrichment="gone", missing=missing,
+                                    ancestry=self._ancestry(entry))
         self.emit_process(ev)
 
     def on_exit(self, ts_ns: int, pid: int, ticks: int | None, status: int | None,
@@ -292,6 +329,7 @@ class Pipeline:
         entry.parent_key = pkey
         entry.parent_exec_id = self.exec_id(pkey) if pkey else None
         entry.comm, entry.exe, entry.argv, entry.cwd = snap.comm, snap.exe, snap.argv, snap.cwd
+        entry.ancestor = None
         if snap.uids is not None:
             entry.uid, entry.euid = snap.uids[0], snap.uids[1]
         if snap.gids is not None:
@@ -342,7 +380,7 @@ class Pipeline:
         started = time.monotonic()
         self._last_reconcile = started
         self._reconcile_due = None
-        self.drain()
+        self.drain(flush=True)
         seen: dict[Key, str] = {}
         for pid in self._pids():
             if pid == self.self_pid:
@@ -352,7 +390,7 @@ class Pipeline:
             except ProcFSError:
                 continue
             seen[(pid, st.starttime)] = st.state
-        self.drain()  # records for processes that started or ended while we listed
+        self.drain(flush=True)  # records for processes that started or ended while we listed
         new = []
         for key, state in seen.items():
             entry = self.table.get(key)
@@ -392,16 +430,50 @@ class Pipeline:
     # -- the loop -------------------------------------------------------------------------------
     _backlogged = False
 
-    def drain(self) -> None:
-        """Apply every record the source has buffered."""
+    def drain(self, flush: bool = False) -> None:
+        """Take what the source has buffered into the hold window, then apply every record
+        older than the enrichment delay (all of them with flush=True).
+
+        The window does two things. Records of different CPUs are merged back into kernel
+        time order even across poll batches. And an exec whose process exits within the delay
+        is not read from procfs at all: the kernel already captured what it ran, and reading
+        a process in its last microseconds is the costliest part of the per-exec work (about
+        0.4 ms against ~0.05 ms for the rest, measured under a /bin/true storm). Enrichment is
+        spent on processes that live long enough for it to pay."""
         records = self.source.drain()
         n = len(records)
         if n > self.counters.queue_peak:
             self.counters.queue_peak = n
+        if records and len(records[0]) == 2:  # a source without timestamps of its own
+            records = [(k, r, getattr(r, "ts_ns", 0)) for k, r in records]
+        window = self._window
+        if records:
+            if window and records[0][2] < window[-1][2]:
+                window.extend(records)
+                window.sort(key=_ts)
+            else:
+                window.extend(records)
+        if not window:
+            self._report_lost()
+            return
+        if flush:
+            cut = len(window)
+        else:
+            limit = time.monotonic_ns() - self.cfg.enrich_delay_ns
+            cut = bisect.bisect_right(window, limit, key=_ts)
+        if cut == 0:
+            self._report_lost()
+            return
+        # Processes that exit anywhere in the window: no procfs read for their execs.
+        exiting = {(rec[1].tgid, rec[1].start_boottime) for rec in window
+                   if type(rec[1]) is wire.RawExit}
+        ready = window[:cut]
+        del window[:cut]
         backlog = self.cfg.backlog
         self_pid = self.self_pid
-        for i, rec in enumerate(records):
-            self._backlogged = n - i - 1 > backlog  # records still waiting behind this one
+        name = self.source.name
+        n = len(ready)
+        for i, rec in enumerate(ready):
             kind = rec[0]
             if kind == "decode_error":
                 self.counters.decode_errors += 1
@@ -409,18 +481,29 @@ class Pipeline:
             r = rec[1]
             if kind == "exec":
                 if r.tgid != self_pid:
-                    self.on_exec(r, self.source.name)
+                    self._backlogged = n - i - 1 > backlog  # records still waiting behind it
+                    self.on_exec(r, name, exited=(r.tgid, r.start_boottime) in exiting)
             elif kind == "fork":
                 if r.parent_tgid != self_pid:
                     self.on_fork(r.ts_ns, r.tgid, r.start_boottime // NSEC_PER_TICK, r.parent_tgid,
-                                 r.parent_start_boottime // NSEC_PER_TICK, self.source.name)
+                                 r.parent_start_boottime // NSEC_PER_TICK, name)
             elif kind == "exit":
                 if r.tgid != self_pid:
                     self.on_exit(r.ts_ns, r.tgid, r.start_boottime // NSEC_PER_TICK, r.exit_code,
-                                 r.start_time, r.comm, self.source.name)
+                                 r.start_time, r.comm, name)
             else:
                 self.source.handle(self, rec)
         self._backlogged = False
+        self._report_lost()
+
+    def next_due_ms(self) -> int:
+        """How long the loop may block in poll before a held record is due."""
+        if not self._window:
+            return self.cfg.poll_timeout_ms
+        due = self._window[0][2] + self.cfg.enrich_delay_ns - time.monotonic_ns()
+        return max(1, min(self.cfg.poll_timeout_ms, due // 1_000_000 + 1))
+
+    def _report_lost(self) -> None:
         for cpu, total in self.source.lost_per_cpu().items():
             delta = total - self._lost_seen.get(cpu, 0)
             if delta:
@@ -459,7 +542,7 @@ class Pipeline:
         next_stats = now + cfg.stats_interval_s
         deadline = now + cfg.duration_s if cfg.duration_s is not None else None
         while not self.stop_requested:
-            self.source.poll(cfg.poll_timeout_ms)
+            self.source.poll(self.next_due_ms())
             self.drain()
             now = time.monotonic()
             if self._reconcile_due and now - self._last_reconcile >= 1.0:
@@ -473,12 +556,31 @@ class Pipeline:
             self.sink.flush()
             if deadline is not None and now >= deadline:
                 break
-        self.drain()
+        self.drain(flush=True)
 
     def finish(self) -> None:
         """Final stats, then flush: called on every orderly exit."""
         self.emit_other(self.stats())
         self.sink.flush()
+
+
+ANCESTOR_ARGV_BYTES = 1024  # an ancestor's own exec event has its whole argv
+
+
+def _bounded_argv(argv: tuple[bytes, ...] | None) -> tuple[tuple[bytes, ...] | None, bool]:
+    if argv is None:
+        return None, False
+    out, used = [], 0
+    for a in argv:
+        if used + len(a) > ANCESTOR_ARGV_BYTES:
+            return tuple(out), True
+        out.append(a)
+        used += len(a) + 1
+    return argv, False
+
+
+def _ts(rec: tuple) -> int:
+    return rec[2]
 
 
 def _is_memfd(r: wire.RawExec) -> bool:

@@ -46,7 +46,7 @@ class PollSource:
         if wait > 0:
             time.sleep(wait)
 
-    def drain(self) -> list[tuple[str, object]]:
+    def drain(self) -> list[tuple[str, object, int]]:
         now = time.monotonic()
         if now < self._next:
             return []
@@ -63,18 +63,18 @@ class PollSource:
         c["sweep_us_max"] = max(c["sweep_us_max"], us)
         ts = time.monotonic_ns()
         # Vanished first: a reused PID's old process ends before its new one is reported.
-        out: list[tuple[str, object]] = [("poll_exit", (ts, key)) for key in vanished]
-        out += [("poll_exec", snap) for snap in sort_parents_first(appeared)]
+        out: list[tuple[str, object, int]] = [("poll_exit", key, ts) for key in vanished]
+        out += [("poll_exec", snap, ts) for snap in sort_parents_first(appeared)]
         return out
 
     def handle(self, pipeline, rec) -> None:
-        kind, r = rec
+        kind, r, ts = rec
         if kind == "poll_exec":
             if r.pid == pipeline.self_pid or (r.pid, r.start_ticks) in pipeline.table:
                 return  # already reported: by the start-up sweep, or as `missed` by a reconcile
             pipeline.on_snapshot(r, "exec", self.name)
         elif kind == "poll_exit":
-            ts, key = r
+            key = r
             if key.pid == pipeline.self_pid:
                 return
             # Not `inferred`: noticing absence is how this sensor sees every exit.

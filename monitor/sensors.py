@@ -1,7 +1,8 @@
 """Sensors as the pipeline sees them: something to poll that yields ordered records.
 
 A source has `name` (the events' `source`), `start()`, `poll(timeout_ms)`, `drain()` returning
-[(kind, record)] sorted by kernel time, `pending()`, `lost_per_cpu()`, `counters()`, `close()`,
+[(kind, record, ts_ns)] sorted by ts_ns (CLOCK_MONOTONIC; the pipeline holds records for a few
+milliseconds in that order before acting on them), `pending()`, `lost_per_cpu()`, `counters()`, `close()`,
 and `handle(pipeline, rec)` for kinds the pipeline does not know itself.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ class BpfSource:
         self.sensor.start()
 
     def poll(self, timeout_ms: int) -> None:
-        self.sensor.poll(timeout_ms)
+        self.sensor.poll(min(timeout_ms, self.sensor.max_block_ms))
 
     def drain(self) -> list[tuple[str, object]]:
         q = self.sensor.queue
@@ -37,11 +38,11 @@ class BpfSource:
             try:
                 r = decode(data)
             except wire.DecodeError:
-                out.append(("decode_error", None))
+                out.append(("decode_error", None, 0))
                 continue
-            out.append((_KIND[type(r)], r))
+            out.append((_KIND[type(r)], r, r.ts_ns))
         # Per-CPU buffers are drained one CPU after another: restore kernel order.
-        out.sort(key=lambda kr: kr[1].ts_ns if kr[1] is not None else 0)
+        out.sort(key=lambda rec: rec[2])
         return out
 
     def pending(self) -> int:

@@ -42,6 +42,7 @@ class Entry:
     exited_at: float | None = None  # monotonic seconds; None while alive
     first_seen: float = 0.0  # monotonic seconds
     exec_start_ns: int | None = None  # CLOCK_MONOTONIC start, for durations
+    ancestor: object | None = None  # cached events.Ancestor view of this entry
 
 
 class ProcessTable:

@@ -203,8 +203,14 @@ def read_process(
     sockets: SocketTables | None = None,
     init_ns: Namespaces | ProcFSError | None = None,
     mounts_cache: dict[int, tuple[bytes, ...]] | None = None,
+    netns: int | None = None,
+    container: tuple[bytes | None, str | None] | None = None,
 ) -> ProcessSnapshot:
     """Snapshot of one process.
+
+    ``depth`` ENRICH skips what the kernel sensor captured at exec; ``netns`` is then the
+    sensor's net namespace inode (used to pick the socket table) and ``container`` an already
+    known (cgroup path, container id) for the process's cgroup, which skips reading it.
 
     ``depth``: CHEAP (stat, status, cmdline, exe, cwd, root, loginuid), EXEC (+ fds, sockets,
     ns, cgroup, container id) or FULL (+ threads, ns comparison, libraries, mounts).
@@ -233,6 +239,8 @@ def read_process(
     # falco scap_proc_add_from_proc: no cmdline and no exe is a kernel thread or a zombie;
     # no cmdline *with* an exe is a (strange) user process and keeps argv == ().
     argv = r.get("argv", lambda: fs.read_parsed(pid, "cmdline", P.parse_cmdline))
+    if depth is Depth.ENRICH:
+        return _enrich(r, v, argv, stat, sockets, netns, container, environ)
     exe_raw = r.get("exe", lambda: fs.readlink(pid, "exe"))
     if argv == () and exe_raw is None and not r.zombie and r.missing.get("exe") == Missing.UNAVAILABLE.value:
         r.kthread = True
@@ -288,6 +296,55 @@ def read_process(
         missing=r.missing,
         **v,  # type: ignore[arg-type]
     )
+
+
+ENRICH_SKIPPED = ("exe", "cwd", "root", "loginuid", "sessionid", "ns", "thread_list",
+                  "ns_differs_from_init", "libraries", "mounts")
+
+
+def _enrich(r: _Reader, v: dict[str, object], argv, stat: P.Stat, sockets: SocketTables | None,
+            netns: int | None, container: tuple[bytes | None, str | None] | None,
+            environ: bool) -> ProcessSnapshot:
+    """Depth.ENRICH: status (already in v), cmdline, fds, sockets, cgroup."""
+    fs, pid = r.fs, r.pid
+    v["argv"] = argv
+    listing = r.get(("fds", "fd_count", "sockets"), lambda: fs.listdir(pid, "fd"))
+    fds = None
+    if listing is not None:
+        fds = r.get(("fds", "sockets"), lambda: _read_fds(r, listing))
+        v["fds"] = fds
+        if fds is not None:
+            v["fd_count"] = len(fds)
+        elif r.missing.get("fds") == Missing.GONE.value:
+            r.missing["fd_count"] = Missing.GONE.value
+        else:
+            v["fd_count"] = sum(1 for n in listing if n.isdigit())
+    if fds is not None:
+        if not any(f.kind == "socket" for f in fds):
+            v["sockets"] = ()
+        else:
+            tables = sockets if sockets is not None else SocketTables(fs)
+            table = r.get("sockets", lambda: tables.for_pid(pid, netns))
+            if table is not None:
+                v["sockets"] = join_sockets(fds, table)
+    if container is not None:
+        v["cgroup"], v["container_id"] = container
+    else:
+        cg = r.get(("cgroup", "container_id"), lambda: fs.read_parsed(pid, "cgroup", P.parse_cgroup))
+        if cg is not None:
+            v["cgroup"] = P.primary_cgroup_path(cg)
+            v["container_id"] = P.container_id_from_cgroup(e.path for e in cg)
+    if environ:
+        v["environ"] = r.get("environ", lambda: fs.read_parsed(pid, "environ", P.parse_environ))
+    else:
+        r.missing["environ"] = Missing.NOT_REQUESTED.value
+    for f in ENRICH_SKIPPED:
+        r.missing[f] = Missing.NOT_REQUESTED.value
+    return ProcessSnapshot(
+        key=ProcKey(fs.boot_id(), pid, stat.starttime), pid=pid, ppid=stat.ppid, comm=stat.comm,
+        state=stat.state, start_ticks=stat.starttime, utime_ticks=stat.utime,
+        stime_ticks=stat.stime, tty_nr=stat.tty_nr, kernel_thread=False, zombie=r.zombie,
+        missing=r.missing, **v)  # type: ignore[arg-type]
 
 
 def _read_exec(r: _Reader, v: dict[str, object], sockets: SocketTables | None) -> Namespaces | None:

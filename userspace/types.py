@@ -42,7 +42,11 @@ class Depth(enum.Enum):
     """How much a sweep reads per process."""
 
     CHEAP = "cheap"  # stat + cmdline + status + exe: enough to identify and describe
-    EXEC = "exec"  # CHEAP + fds, sockets, cgroup/container: what enriching a fresh exec needs
+    EXEC = "exec"  # CHEAP + fds, sockets, namespaces, cgroup/container
+    # What procfs adds to an exec the kernel sensor already described (exe, cwd, credentials,
+    # audit ids and namespaces come from the kernel): stat for identity, status, cmdline (to
+    # notice a rewritten argv), fds and sockets, cgroup/container. Per-exec work, kept lean.
+    ENRICH = "enrich"
     FULL = "full"  # everything below (fds, sockets, namespaces, cgroup, maps, mounts, threads)
 
 

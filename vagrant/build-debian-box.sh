@@ -84,6 +84,18 @@ cat > "$mnt/etc/ssh/sshd_config.d/vagrant.conf" <<'EOF'
 UseDNS no
 PasswordAuthentication yes
 EOF
+# A host behind a TLS-intercepting proxy trusts it through extra CAs in /usr/local/share/ca-certificates;
+# the box is built for this host, so it trusts the same ones (apt uses plain http, pip does not).
+extra_ca=0
+for crt in /usr/local/share/ca-certificates/*.crt; do
+    [ -e "$crt" ] || continue
+    install -m 644 "$crt" "$mnt/usr/local/share/ca-certificates/"; extra_ca=1
+done
+if [ $extra_ca -eq 1 ]; then
+    say "trusting this host's extra CA certificates in the box: $(cd /usr/local/share/ca-certificates && echo *.crt)"
+    # pip in a venv uses its own bundle unless told otherwise.
+    printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$mnt/etc/pip.conf"
+fi
 for d in dev dev/pts proc sys; do mount --bind "/$d" "$mnt/$d"; done
 chroot "$mnt" /bin/sh -ec '
     useradd -m -s /bin/bash vagrant
@@ -92,6 +104,7 @@ chroot "$mnt" /bin/sh -ec '
     echo "vagrant ALL=(ALL) NOPASSWD: ALL" > /etc/sudoers.d/vagrant
     chmod 440 /etc/sudoers.d/vagrant
     systemctl enable ssh >/dev/null 2>&1 || true
+    update-ca-certificates >/dev/null 2>&1 || true
     apt-get clean
 '
 install -m 600 -o 1000 -g 1000 "$pubkey" "$mnt/home/vagrant/.ssh/authorized_keys"
@@ -145,5 +158,12 @@ mkdir -p "$(dirname "$box")"
 tar -C "$work" -cf "$box" metadata.json Vagrantfile box.img
 rm -f "$work/box.img"
 vagrant box add --force --name "$name" "$box" >/dev/null
+# vagrant-libvirt copies a box into the storage pool on first use and keeps that copy: drop copies
+# of an earlier build so the next `vagrant up` uploads this one.
+vol_prefix="${name//\//-VAGRANTSLASH-}_vagrant_box_image_"
+for vol in $(virsh -c qemu:///system vol-list default 2>/dev/null | awk -v p="$vol_prefix" 'index($1, p) == 1 {print $1}'); do
+    say "removing the pool copy of an earlier build: $vol"
+    virsh -c qemu:///system vol-delete --pool default "$vol" >/dev/null || true
+done
 say "built $box ($(du -h "$box" | cut -f1), kernel $kver) in $(( $(date +%s) - t0 )) s and added it as $name"
 say "use it with: PROCSENTRY_BOX=$name make vagrant-test BOX=debian12"

@@ -130,7 +130,7 @@ def test_records_in_a_batch_are_applied_in_kernel_time_order(proc_tree):
              (0, wire.encode(rexec(7200, 1, 1, 2, (b"a",), 2000)))])
     src.sensor = Q()
     src.record_to = None
-    assert [k for k, _ in src.drain()] == ["fork", "exec", "exit"]
+    assert [rec[0] for rec in src.drain()] == ["fork", "exec", "exit"]
 
 
 def test_reconcile_reports_missed_and_infers_exits(proc_tree):
