@@ -73,8 +73,20 @@ def check_btf() -> tuple[Check, BTF | None]:
     return Check("btf", "PASS", f"{path}: every struct offset the sensor needs resolved"), btf
 
 
+def _is_dir(path: Path) -> bool | None:
+    """True/False, or None when we may not look (tracefs is root-only)."""
+    try:
+        return path.is_dir()
+    except PermissionError:
+        return None
+
+
 def check_tracefs() -> Check:
-    if (TRACEFS / "events").is_dir():
+    mounted = _is_dir(TRACEFS / "events")
+    if mounted is None:
+        return Check("tracefs", "FAIL", f"cannot look inside {TRACEFS}: permission denied",
+                     "run procsentry doctor as root")
+    if mounted:
         return Check("tracefs", "PASS", f"mounted at {TRACEFS}")
     return Check("tracefs", "FAIL", f"not mounted at {TRACEFS}",
                  "mount -t tracefs tracefs /sys/kernel/tracing (sudo make run does it)")
@@ -83,10 +95,13 @@ def check_tracefs() -> Check:
 def check_tracepoints() -> list[Check]:
     out = []
     for tp in TRACEPOINTS:
-        fmt = TRACEFS / "events" / "sched" / tp / "format"
-        if fmt.exists():
+        present = _is_dir(TRACEFS / "events" / "sched" / tp)
+        if present is None:
+            out.append(Check(f"tracepoint:{tp}", "FAIL", "cannot tell: tracefs is root-only",
+                             "run procsentry doctor as root"))
+        elif present:
             out.append(Check(f"tracepoint:{tp}", "PASS", "present"))
-        elif not (TRACEFS / "events").is_dir():
+        elif not _is_dir(TRACEFS / "events"):
             out.append(Check(f"tracepoint:{tp}", "FAIL", "cannot tell: tracefs is not mounted",
                              "mount tracefs (sudo make run does it)"))
         else:
@@ -181,12 +196,30 @@ def check_load() -> Check:
     return Check("sensor", "PASS", "the BPF programs compile, load and attach")
 
 
+def _guarded(name: str, check, *args):
+    """A check that crashes is a failed check with the error, never a traceback."""
+    try:
+        return check(*args)
+    except Exception as e:  # noqa: BLE001
+        return Check(name, "FAIL", f"the check itself failed: {type(e).__name__}: {e}",
+                     "run procsentry doctor as root; report this if it persists")
+
+
 def run_checks(load: bool = True) -> list[Check]:
     fs = ProcFS(default_root())
-    checks = [check_privileges_(), check_kernel()]
-    btf_check, btf = check_btf()
-    checks += [btf_check, check_tracefs(), *check_tracepoints(), check_bcc(), check_headers(),
-               check_ringbuf(btf), check_paranoid(fs), check_lockdown()]
+    checks = [_guarded("privileges", check_privileges_), _guarded("kernel", check_kernel)]
+    try:
+        btf_check, btf = check_btf()
+    except Exception as e:  # noqa: BLE001
+        btf_check, btf = Check("btf", "FAIL", f"{type(e).__name__}: {e}", "run as root"), None
+    checks += [btf_check, _guarded("tracefs", check_tracefs)]
+    try:
+        checks += check_tracepoints()
+    except Exception as e:  # noqa: BLE001
+        checks.append(Check("tracepoints", "FAIL", f"{type(e).__name__}: {e}", "run as root"))
+    checks += [_guarded("bcc", check_bcc), _guarded("headers", check_headers),
+               _guarded("ringbuf", check_ringbuf, btf), _guarded("perf_event_paranoid", check_paranoid, fs),
+               _guarded("lockdown", check_lockdown)]
     if load and all(c.status != "FAIL" for c in checks):
         checks.append(check_load())
     checks.append(check_auto_sensor(checks))
