@@ -3,12 +3,12 @@
 For hosts that cannot load BPF (old or locked-down kernels, no bcc, no CAP_BPF in a container).
 The kernel multicasts one small message per fork, exec, exit, uid/gid change and comm change, in
 real time and with the exit status, but nothing else: no argv, no paths, no namespaces, not even
-the start time that procsentry's identity needs. So each message is enriched from /proc at once
+the start time that procsentry's identity needs. So each message is enriched from procfs at once
 (read here, in `drain()`, before the records reach the pipeline), and what could not be read
 because the process had already exited is reported as `enrichment: "gone"`.
 
 What the connector costs in completeness, compared with BPF:
-* argv, exe, cwd, uids and namespaces come from /proc after the fact: a process that exits
+* argv, exe, cwd, uids and namespaces come from procfs after the fact: a process that exits
   within a fraction of a millisecond of its exec (/bin/true) usually has none of them.
 * a setproctitle or chdir right after exec shows the new value, not the one at exec.
 * the receive buffer can overrun (ENOBUFS). The kernel counts each dropped message in the
@@ -48,7 +48,7 @@ DISABLE_ENV = "PROCSENTRY_DISABLE_CONNECTOR"  # set to 1 to make start() fail (t
 RCVBUF_ENV = "PROCSENTRY_CONNECTOR_RCVBUF"  # receive buffer in bytes (tests use a tiny one)
 # Asked of SO_RCVBUFFORCE; the kernel doubles it for bookkeeping. A message costs about 1 KiB of
 # buffer (skb truesize, not its 76 bytes of payload), so this holds ~16k messages: a 4k-process
-# burst (fork + comm + exec + exit each) while the reader is busy with /proc.
+# burst (fork + comm + exec + exit each) while the reader is busy with procfs.
 DEFAULT_RCVBUF = 8 << 20
 
 # --- the wire (uapi headers) ------------------------------------------------------------------
@@ -244,7 +244,7 @@ class ConnectorUnavailable(Exception):
 
 
 class Record(NamedTuple):
-    """A connector event plus what /proc said right after it arrived."""
+    """A connector event plus what procfs said right after it arrived."""
 
     ts_ns: int
     event: ProcEvent
@@ -267,7 +267,7 @@ class ConnectorSource:
 
     name = "connector"
     RECV_SIZE = 1 << 16
-    PULL_EVERY = 32  # empty the socket again after this many /proc reads
+    PULL_EVERY = 32  # empty the socket again after this many procfs reads
     BATCH_S = 0.1  # at most this long enriching per drain(); the rest waits for the next one
     ACK_TIMEOUT_S = 1.0
 
@@ -401,7 +401,7 @@ class ConnectorSource:
 
     def _accept(self, ev: ProcEvent) -> None:
         """Queue ev unless it is about a thread or is an acknowledgement. Threads are dropped
-        before they cost a /proc read: FORK fires for a new thread too (child_pid !=
+        before they cost a procfs read: FORK fires for a new thread too (child_pid !=
         child_tgid), EXIT for every thread (process_pid != process_tgid), COMM/UID/GID per
         thread. A thread's EXIT is remembered, though: it may be its group's last (_read_exit)."""
         c = self.c
@@ -457,7 +457,7 @@ class ConnectorSource:
         return out
 
     def _read(self, ev: ProcEvent) -> Record | None:
-        """What /proc says right now about the process of ev (the reason it is read here).
+        """What procfs says right now about the process of ev (the reason it is read here).
         None: nothing to report (yet)."""
         if isinstance(ev, ProcExec):
             # A leader "exit" followed by an exec of its group was de_thread() replacing the
@@ -479,7 +479,7 @@ class ConnectorSource:
                 except ProcFSError:
                     return Record(ev.ts_ns, ev)
                 if replaced and ev.tgid not in self._queued_forks:
-                    # Same process (exec keeps PID and start time), but /proc shows the next
+                    # Same process (exec keeps PID and start time), but procfs shows the next
                     # image: identity and parent only.
                     return Record(ev.ts_ns, ev, st.starttime, st.state, None, st.ppid)
                 if st.state not in ("Z", "X"):
@@ -552,7 +552,7 @@ class ConnectorSource:
 
     def _recheck_leaders(self, out: list) -> None:
         """Held leader exits whose group ended without a last EXIT reaching us (lost in an
-        overrun): report them once /proc says the group is gone."""
+        overrun): report them once procfs says the group is gone."""
         now = time.monotonic()
         if now - self._leaders_checked < 1.0:
             return
@@ -602,10 +602,10 @@ class ConnectorSource:
         """Start ticks of a process that was gone before its stat could be read and that the
         table never saw, from the connector timestamp. The timestamp is ktime_get_ns(),
         CLOCK_MONOTONIC, while <pid>/stat starttime is task->start_boottime (CLOCK_BOOTTIME,
-        fs/proc/array.c do_task_stat): they differ by the time the host spent suspended, which
-        is measured at start (on a host that never suspended they are equal). The fork message
-        is stamped a few microseconds after copy_process() set start_boottime, so the result
-        can be one tick late when the fork straddled a 10 ms tick boundary."""
+        array.c do_task_stat): they differ by the time the host spent suspended, measured at
+        start (on a host that never suspended they are equal). The fork message is stamped a
+        few microseconds after copy_process() set start_boottime, so the result can be one
+        tick late when the fork straddled a 10 ms tick boundary."""
         return (ts_ns + self._boot_offset) // NSEC_PER_TICK
 
     def _remember_start(self, key: tuple[int, int], ts_ns: int) -> None:
@@ -685,10 +685,12 @@ def _count(d: dict[int, int], key: int, delta: int) -> None:
 
 def _exited(snap: ProcessSnapshot) -> bool:
     """Did the process exit before its argv could be read? A zombie; or one caught inside
-    do_exit() after exit_mm() (empty cmdline, no exe link, state not yet Z), which read_process
-    takes for a kernel thread, though a process that just exec'd is none; or one gone between
-    its stat and its cmdline."""
-    return snap.zombie or snap.kernel_thread or snap.missing.get("argv") == "gone"
+    do_exit() after exit_mm(): empty cmdline and no exe link while its state is not yet Z
+    (read_process takes that for a kernel thread, though a process that just exec'd is none,
+    or, when it was reaped before its exe was read, reports argv () and exe gone); or one gone
+    between its stat and its cmdline. An empty argv with an exe is real: execve(path, {NULL})."""
+    return (snap.zombie or snap.kernel_thread or snap.missing.get("argv") == "gone"
+            or (snap.argv == () and snap.exe is None))
 
 
 def _group_dead(st) -> bool:

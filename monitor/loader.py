@@ -273,6 +273,14 @@ class Sensor:
                 out[name] = int(sum(v.value if hasattr(v, "value") else v for v in table[ct.c_int(i)]))
         return out
 
+    def program_stats(self) -> dict[str, tuple[int, int]]:
+        """tracepoint -> (runs, total ns in the BPF program), from the kernel's own accounting
+        (counted only while sysctl kernel.bpf_stats_enabled=1; bench/bpf_cost.py turns it on)."""
+        if self._reader is None:
+            return {}
+        progs = self._fds[2:2 + len(HOOKS)]
+        return {tp: perfbuf.prog_run_stats(fd) for (tp, _fn), fd in zip(HOOKS, progs)}
+
     def close(self) -> None:
         if self._reader is not None:
             self._reader.close()

@@ -36,7 +36,11 @@ PERF_RECORD_LOST = 2
 PERF_RECORD_SAMPLE = 9
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
+BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_RAW_TRACEPOINT_OPEN = 17
+# struct bpf_prog_info: run_time_ns and run_cnt (5.1+, counted while kernel.bpf_stats_enabled=1)
+_PROG_INFO_SIZE = 256
+_RUN_TIME_OFF, _RUN_CNT_OFF = 192, 200
 
 # struct perf_event_attr, the PERF_ATTR_SIZE_VER0 prefix (64 bytes): type, size, config,
 # sample_period, sample_type, read_format, flag bits, wakeup_events, bp_type, config1.
@@ -91,6 +95,14 @@ def raw_tracepoint_open(name: str, prog_fd: int) -> int:
     detaches)."""
     n = ctypes.create_string_buffer(name.encode())
     return _bpf(BPF_RAW_TRACEPOINT_OPEN, struct.pack("<QI4x", ctypes.addressof(n), prog_fd))
+
+
+def prog_run_stats(prog_fd: int) -> tuple[int, int]:
+    """(run count, total run time in ns) of a loaded program; zeros unless bpf_stats is on."""
+    info = ctypes.create_string_buffer(_PROG_INFO_SIZE)
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, struct.pack("<IIQ", prog_fd, _PROG_INFO_SIZE, ctypes.addressof(info)))
+    run_time, run_cnt = struct.unpack_from("<QQ", info.raw, _RUN_TIME_OFF)
+    return run_cnt, run_time
 
 
 def possible_cpus() -> list[int]:

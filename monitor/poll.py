@@ -1,4 +1,4 @@
-"""The polling sensor: incremental /proc sweeps, for hosts with neither BPF nor the connector.
+"""The polling sensor: incremental procfs sweeps, for hosts with neither BPF nor the connector.
 
 The classic method (ps in a loop) improved: userspace.sweep.IncrementalScanner reads only the
 PIDs it has not seen before in full, and costs one stat read per known PID, enough to notice

@@ -101,8 +101,8 @@ class NoSensor(Exception):
 COST = {
     "bpf": "complete: argv, paths and exit status captured in the kernel",
     "connector": "real-time fork/exec/exit with exit status; argv, paths and namespaces read "
-                 "from /proc afterwards, missing (enrichment: gone) for processes that exit first",
-    "poll": "/proc sweeps every {interval:g} s: processes shorter than that are not seen, "
+                 "from procfs afterwards, missing (enrichment: gone) for processes that exit first",
+    "poll": "procfs sweeps every {interval:g} s: processes shorter than that are not seen, "
             "exec without fork is not seen, no exit status",
 }
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from monitor import limits, wire
+from tests.bpf.conftest import Collector
 from userspace.parsers import parse_stat
 from userspace.types import NSEC_PER_TICK
 
@@ -303,3 +304,48 @@ def test_ten_thousand_execs_none_lost(collector, sensor, progs):
         assert execs[pid].argv == (TRUE.encode(), f"tok-{i}".encode())
     assert set(pids) <= exits
     assert sensor.stats.lost == lost_before
+
+
+def test_controlling_tty(collector):
+    import fcntl  # noqa: PLC0415
+    import termios  # noqa: PLC0415
+    master, slave = os.openpty()
+    name = os.ttyname(slave)  # /dev/pts/N
+
+    def take_tty():  # in the child: new session, then make the pty its controlling terminal
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    try:
+        p = subprocess.run([TRUE, "with-tty"], stdin=slave, start_new_session=True,
+                           preexec_fn=take_tty)
+        assert p.returncode == 0
+    finally:
+        os.close(slave)
+        os.close(master)
+    pid = collector.until(lambda rs: next((r.tgid for r in rs if isinstance(r, wire.RawExec)
+                                           and r.argv == (TRUE.encode(), b"with-tty")), None))
+    assert collector.execs(pid)[0].tty == ("pts" + name.rsplit("/", 1)[1]).encode()
+    # and a process without one
+    subprocess.run([TRUE, "no-tty"], start_new_session=True, stdin=subprocess.DEVNULL)
+    pid = collector.until(lambda rs: next((r.tgid for r in rs if isinstance(r, wire.RawExec)
+                                           and r.argv == (TRUE.encode(), b"no-tty")), None))
+    assert collector.execs(pid)[0].tty is None
+
+
+def test_bcc_reader_path_gives_the_same_records(monkeypatch):
+    """The in-process bcc reader (other architectures) decodes to the same records."""
+    from monitor.loader import Sensor  # noqa: PLC0415
+    monkeypatch.setenv("PROCSENTRY_BCC_READER", "1")
+    s = Sensor(perf_pages=64)
+    s.start()
+    try:
+        assert s._reader is None and s._bpf is not None
+        subprocess.run([TRUE, "via-bcc-reader"])
+        c = Collector(s)
+        pid = c.until(lambda rs: next((r.tgid for r in rs if isinstance(r, wire.RawExec)
+                                       and r.argv == (TRUE.encode(), b"via-bcc-reader")), None))
+        assert c.execs(pid)[0].exe == TRUE.encode()
+        assert c.wait_exit(pid).exit_code == 0
+        assert s.counters()["exec"] >= 1
+    finally:
+        s.close()

@@ -52,7 +52,7 @@ def test_auto_falls_back_to_polling(monitor):
     m = monitor("--poll-interval", "0.05", env={**NO_BPF, **NO_CONNECTOR})
     line = m.sensor_line()
     assert line.startswith(f"procsentry: sensor poll (auto; {BPF_REASON}; {CONNECTOR_REASON}; "
-                           "/proc sweeps every 0.05 s")
+                           "procfs sweeps every 0.05 s")
     m.wait_ready()
     ex = run_one(m)
     assert ex["source"] == "poll"
