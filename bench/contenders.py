@@ -46,6 +46,7 @@ class Contender:
     has_argv = True  # reports the argument vector (or the space-joined command line)
     has_ppid = True
     event_based = True  # False for pollers: no start-to-first-event
+    stop_signal = signal.SIGINT
     note = ""  # shown under the tables
 
     def __init__(self, ctx: Context) -> None:
@@ -90,7 +91,7 @@ class Contender:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(self.stop_signal)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
@@ -371,6 +372,7 @@ def _audit_arg(value: str) -> str:
 class Auditd(Contender):
     name = "auditd"
     label = "auditd (execve rule)"
+    stop_signal = signal.SIGTERM
     note = ("auditd: started by hand (`auditd -n`) with the distribution's auditd.conf writing to a "
             "private log, the Debian default rule settings (-b 8192 --backlog_wait_time 60000 -f 1) "
             "and `-a always,exit -F arch=b64 -S execve`; the log is tailed every 5 ms. Its CPU "
@@ -406,9 +408,9 @@ class Auditd(Contender):
         log.unlink(missing_ok=True)
         conf = Path("/etc/audit/auditd.conf").read_text() if Path("/etc/audit/auditd.conf").exists() else ""
         lines = [ln for ln in conf.splitlines()
-                 if not re.match(r"\s*(log_file|max_log_file_action|space_left|admin_space_left)\s*=", ln)]
-        lines += [f"log_file = {log}", "max_log_file_action = IGNORE",
-                  "space_left = 1", "admin_space_left = 1"]
+                 if not re.match(r"\s*(log_file|max_log_file_action)\s*=", ln)]
+        # A private log that is never rotated mid-run; everything else as the distribution ships it.
+        lines += [f"log_file = {log}", "max_log_file_action = IGNORE"]
         (self.dir / "auditd.conf").write_text("\n".join(lines) + "\n")
         (self.dir / "auditd.conf").chmod(0o640)
         self.started_ns = time.time_ns()

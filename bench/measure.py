@@ -6,8 +6,10 @@ Nothing here knows a particular contender; bench/contenders.py does.
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -257,8 +259,18 @@ def run_generator(binary: Path, program: Path, n: int, rate: float, parallel: in
     return WorkloadRun(t0, t1, wall_ns / 1e9, truth, failed=failed, host_forks=forks - n - 1)
 
 
-def run_stress_ng(ops: int, workers: int, tmpdir: Path) -> WorkloadRun:
-    """stress-ng refuses to run its exec stressor as root: run it as nobody."""
+def run_stress_ng(ops: int, workers: int) -> WorkloadRun:
+    """stress-ng refuses to run its exec stressor as root: run it as nobody, in a scratch
+    directory nobody can write."""
+    tmpdir = Path(tempfile.mkdtemp(prefix="psbench-stress-"))
+    tmpdir.chmod(0o1777)
+    try:
+        return _run_stress_ng(ops, workers, tmpdir)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _run_stress_ng(ops: int, workers: int, tmpdir: Path) -> WorkloadRun:
     forks0 = host_forks()
     t0 = time.time_ns()
     p = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",

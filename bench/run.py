@@ -114,7 +114,7 @@ def run_level(c: C.Contender, lv: Level, tag: str, args, sampler: M.TreeSampler 
         c.collector.take()  # idle lines between levels are not this level's
     cpu0 = M.tree_cpu_ticks(c.roots())
     if lv.is_stress:
-        wl = M.run_stress_ng(lv.stress_ops, 2, c.ctx.workdir)
+        wl = M.run_stress_ng(lv.stress_ops, 2)
     else:
         wl = M.run_generator(args.bin_dir / "workload", program, lv.n, lv.rate, lv.parallel, prefix,
                              c.ctx.workdir / f"truth-{tag}.tsv")
@@ -149,7 +149,7 @@ def run_level(c: C.Contender, lv: Level, tag: str, args, sampler: M.TreeSampler 
 
 
 def run_session(c: C.Contender, levels: list[Level], rep: int, ci: int, args, log) -> dict:
-    out: dict = {"levels": {}}
+    out: dict = {"rep": rep, "levels": {}}
     sampler = None
     try:
         c.start()

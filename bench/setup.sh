@@ -1,8 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark setup: the contenders' packages (only when missing), py-spy, and the workload binaries.
-#
-#   bench/setup.sh           everything `make bench` needs
-#   bench/setup.sh --smoke   only the workload binaries (what `make bench-smoke` and the test need)
+# Benchmark setup: the contenders' packages (only when missing) and py-spy for the profile.
 #
 # Idempotent: a second run does no package-manager work. A package that cannot be installed is
 # not fatal: the harness then lists that contender as "not available" with the reason.
@@ -10,29 +7,13 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv="${PROCSENTRY_VENV:-$here/.venv}"
-bin="${BENCH_BIN:-$here/bench/bin}"
-smoke=0
-[ "${1:-}" = "--smoke" ] && smoke=1
 
 say() { printf 'bench-setup: %s\n' "$*" >&2; }
 
 [ "$(id -u)" -eq 0 ] || { say "error: the benchmark loads BPF programs and audit rules, so it must run as root (sudo make bench)."; exit 1; }
 
-# ---------------------------------------------------------------- workload binaries
-command -v cc >/dev/null || { say "error: no C compiler (cc); install gcc."; exit 1; }
-mkdir -p "$bin"
-build() {  # build NAME [extra cc flags...]: recompile only when the source is newer
-    local name=$1; shift
-    if [ ! -x "$bin/$name" ] || [ "$here/bench/$name.c" -nt "$bin/$name" ]; then
-        cc -O2 -Wall -Wextra -o "$bin/$name" "$here/bench/$name.c" "$@"
-    fi
-}
-build workload
-# The sub-millisecond child: static, so exec costs no dynamic loading. Fall back to a dynamic
-# build where libc.a is missing (it then lives a little longer, which the results show).
-build nop -static 2>/dev/null || build nop
-
-[ $smoke -eq 1 ] && exit 0
+# The workload binaries are compiled by bench/run.py itself (into bench/bin, gitignored).
+command -v cc >/dev/null || { say "error: no C compiler (cc) for the workload; install gcc."; exit 1; }
 
 # ---------------------------------------------------------------- contenders (only when missing)
 missing=()

@@ -123,6 +123,20 @@ static __always_inline void write_path(struct exec_buf *buf, __u64 dentry, __u64
     buf->ev.flags |= truncated;
 }
 
+/* The common header: what happened, when, and to which process. */
+static __always_inline void fill_header(struct event_header *h, __u8 type, __u32 size,
+                                        __u32 tgid, __u32 tid, __u64 start_boottime)
+{
+    h->type = type;
+    h->version = WIRE_VERSION;
+    h->reserved = 0;
+    h->size = size;
+    h->ts_ns = bpf_ktime_get_ns();
+    h->tgid = tgid;
+    h->tid = tid;
+    h->start_boottime = start_boottime;
+}
+
 static __always_inline __u64 leader_start_boottime(__u64 task)
 {
     __u64 leader = read_u64(task, OFF_TASK_GROUP_LEADER);
@@ -150,13 +164,9 @@ int on_sched_process_exec(struct bpf_raw_tracepoint_args *ctx)
     long n;
 
     count(COUNTER_EXEC);
-    ev->h.type = EVENT_EXEC;
-    ev->h.version = WIRE_VERSION;
-    ev->h.reserved = 0;
-    ev->h.ts_ns = bpf_ktime_get_ns();
-    ev->h.tgid = read_u32(task, OFF_TASK_TGID);
-    ev->h.tid = read_u32(task, OFF_TASK_PID);
-    ev->h.start_boottime = read_u64(task, OFF_TASK_START_BOOTTIME);
+    /* size is set once the variable part is known */
+    fill_header(&ev->h, EVENT_EXEC, 0, read_u32(task, OFF_TASK_TGID), read_u32(task, OFF_TASK_PID),
+                read_u64(task, OFF_TASK_START_BOOTTIME));
     ev->old_tid = old_tid;
     ev->flags = 0;
 
@@ -303,13 +313,8 @@ int on_sched_process_fork(struct bpf_raw_tracepoint_args *ctx)
     }
     count(COUNTER_FORK);
     struct fork_event ev = {};
-    ev.h.type = EVENT_FORK;
-    ev.h.version = WIRE_VERSION;
-    ev.h.size = sizeof(ev);
-    ev.h.ts_ns = bpf_ktime_get_ns();
-    ev.h.tgid = child_tgid;
-    ev.h.tid = child_pid;
-    ev.h.start_boottime = read_u64(child, OFF_TASK_START_BOOTTIME);
+    fill_header(&ev.h, EVENT_FORK, sizeof(ev), child_tgid, child_pid,
+                read_u64(child, OFF_TASK_START_BOOTTIME));
     ev.parent_tgid = read_u32(parent, OFF_TASK_TGID);
     ev.parent_tid = read_u32(parent, OFF_TASK_PID);
     ev.parent_start_boottime = leader_start_boottime(parent);
@@ -335,16 +340,11 @@ int on_sched_process_exit(struct bpf_raw_tracepoint_args *ctx)
     }
     count(COUNTER_EXIT);
     struct exit_event ev = {};
-    ev.h.type = EVENT_EXIT;
-    ev.h.version = WIRE_VERSION;
-    ev.h.size = sizeof(ev);
-    ev.h.ts_ns = bpf_ktime_get_ns();
-    ev.h.tgid = read_u32(task, OFF_TASK_TGID);
-    ev.h.tid = read_u32(task, OFF_TASK_PID);
     __u64 leader = read_u64(task, OFF_TASK_GROUP_LEADER);
     if (!leader)
         leader = task;
-    ev.h.start_boottime = read_u64(leader, OFF_TASK_START_BOOTTIME);
+    fill_header(&ev.h, EVENT_EXIT, sizeof(ev), read_u32(task, OFF_TASK_TGID),
+                read_u32(task, OFF_TASK_PID), read_u64(leader, OFF_TASK_START_BOOTTIME));
     ev.start_time = read_u64(leader, OFF_TASK_START_TIME);
     __u32 code = read_u32(task, OFF_TASK_EXIT_CODE);
     if (signal && (read_u32(signal, OFF_SIGNAL_FLAGS) & SIGNAL_GROUP_EXIT))

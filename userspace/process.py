@@ -240,7 +240,14 @@ def read_process(
     # no cmdline *with* an exe is a (strange) user process and keeps argv == ().
     argv = r.get("argv", lambda: fs.read_parsed(pid, "cmdline", P.parse_cmdline))
     if depth is Depth.ENRICH:
-        return _enrich(r, v, argv, stat, sockets, netns, container, environ)
+        v["argv"] = argv
+        fds = _read_fd_fields(r, v)
+        _read_sockets(r, v, fds, netns, sockets)
+        if container is not None:
+            v["cgroup"], v["container_id"] = container
+        else:
+            _read_cgroup(r, v)
+        return _finish(r, v, stat, ENRICH_SKIPPED, environ)
     exe_raw = r.get("exe", lambda: fs.readlink(pid, "exe"))
     if argv == () and exe_raw is None and not r.zombie and r.missing.get("exe") == Missing.UNAVAILABLE.value:
         r.kthread = True
@@ -267,6 +274,12 @@ def read_process(
             not_read = ()
         else:
             not_read = FULL_ONLY_FIELDS
+    return _finish(r, v, stat, not_read, environ)
+
+
+def _finish(r: _Reader, v: dict[str, object], stat: P.Stat, not_read: tuple[str, ...],
+            environ: bool) -> ProcessSnapshot:
+    fs, pid = r.fs, r.pid
     for f in not_read:
         r.missing[f] = Missing.NOT_REQUESTED.value
 
@@ -302,53 +315,8 @@ ENRICH_SKIPPED = ("exe", "cwd", "root", "loginuid", "sessionid", "ns", "thread_l
                   "ns_differs_from_init", "libraries", "mounts")
 
 
-def _enrich(r: _Reader, v: dict[str, object], argv, stat: P.Stat, sockets: SocketTables | None,
-            netns: int | None, container: tuple[bytes | None, str | None] | None,
-            environ: bool) -> ProcessSnapshot:
-    """Depth.ENRICH: status (already in v), cmdline, fds, sockets, cgroup."""
-    fs, pid = r.fs, r.pid
-    v["argv"] = argv
-    listing = r.get(("fds", "fd_count", "sockets"), lambda: fs.listdir(pid, "fd"))
-    fds = None
-    if listing is not None:
-        fds = r.get(("fds", "sockets"), lambda: _read_fds(r, listing))
-        v["fds"] = fds
-        if fds is not None:
-            v["fd_count"] = len(fds)
-        elif r.missing.get("fds") == Missing.GONE.value:
-            r.missing["fd_count"] = Missing.GONE.value
-        else:
-            v["fd_count"] = sum(1 for n in listing if n.isdigit())
-    if fds is not None:
-        if not any(f.kind == "socket" for f in fds):
-            v["sockets"] = ()
-        else:
-            tables = sockets if sockets is not None else SocketTables(fs)
-            table = r.get("sockets", lambda: tables.for_pid(pid, netns))
-            if table is not None:
-                v["sockets"] = join_sockets(fds, table)
-    if container is not None:
-        v["cgroup"], v["container_id"] = container
-    else:
-        cg = r.get(("cgroup", "container_id"), lambda: fs.read_parsed(pid, "cgroup", P.parse_cgroup))
-        if cg is not None:
-            v["cgroup"] = P.primary_cgroup_path(cg)
-            v["container_id"] = P.container_id_from_cgroup(e.path for e in cg)
-    if environ:
-        v["environ"] = r.get("environ", lambda: fs.read_parsed(pid, "environ", P.parse_environ))
-    else:
-        r.missing["environ"] = Missing.NOT_REQUESTED.value
-    for f in ENRICH_SKIPPED:
-        r.missing[f] = Missing.NOT_REQUESTED.value
-    return ProcessSnapshot(
-        key=ProcKey(fs.boot_id(), pid, stat.starttime), pid=pid, ppid=stat.ppid, comm=stat.comm,
-        state=stat.state, start_ticks=stat.starttime, utime_ticks=stat.utime,
-        stime_ticks=stat.stime, tty_nr=stat.tty_nr, kernel_thread=False, zombie=r.zombie,
-        missing=r.missing, **v)  # type: ignore[arg-type]
-
-
-def _read_exec(r: _Reader, v: dict[str, object], sockets: SocketTables | None) -> Namespaces | None:
-    """fds, sockets, namespaces, cgroup and container id (Depth.EXEC and FULL)."""
+def _read_fd_fields(r: _Reader, v: dict[str, object]) -> tuple[FdInfo, ...] | None:
+    """fds and fd_count."""
     fs, pid = r.fs, r.pid
     # Listing fd/ and reading its links are separate permission checks: a process may let us
     # count its fds (proc_fd_permission) yet deny the links (proc_fd_access_allowed, ptrace).
@@ -363,31 +331,43 @@ def _read_exec(r: _Reader, v: dict[str, object], sockets: SocketTables | None) -
             r.missing["fd_count"] = Missing.GONE.value
         else:
             v["fd_count"] = sum(1 for n in listing if n.isdigit())
+    return fds
 
-    ns = r.get("ns", lambda: read_namespaces(fs, pid))
-    v["ns"] = ns
 
-    # --- sockets: join socket fds with the table of this process's netns --------------------
-    if fds is not None:
-        if not any(f.kind == "socket" for f in fds):
-            v["sockets"] = ()
-        elif ns is None or ns.net is None:
-            r.absent("sockets", None, r.missing.get("ns", Missing.UNAVAILABLE.value))
-        else:
-            tables = sockets if sockets is not None else SocketTables(fs)
-            netns = ns.net
-            table = r.get("sockets", lambda: tables.for_pid(pid, netns))
-            if table is not None:
-                v["sockets"] = join_sockets(fds, table)
+def _read_sockets(r: _Reader, v: dict[str, object], fds: tuple[FdInfo, ...] | None,
+                  netns: int | None, sockets: SocketTables | None) -> None:
+    """Join socket fds with the socket table of the process's net namespace."""
+    if fds is None:
+        return
+    if not any(f.kind == "socket" for f in fds):
+        v["sockets"] = ()
+        return
+    tables = sockets if sockets is not None else SocketTables(r.fs)
+    table = r.get("sockets", lambda: tables.for_pid(r.pid, netns))
+    if table is not None:
+        v["sockets"] = join_sockets(fds, table)
 
-    # --- cgroup and container ---------------------------------------------------------------
-    cg = r.get(("cgroup", "container_id"), lambda: fs.read_parsed(pid, "cgroup", P.parse_cgroup))
+
+def _read_cgroup(r: _Reader, v: dict[str, object]) -> None:
+    cg = r.get(("cgroup", "container_id"), lambda: r.fs.read_parsed(r.pid, "cgroup", P.parse_cgroup))
     if cg is not None:
         path = P.primary_cgroup_path(cg)
         v["cgroup"] = path
         if path is None:  # a zombie's cgroup file can be empty
             r.absent("cgroup", None, Missing.ZOMBIE.value if r.zombie else Missing.UNAVAILABLE.value)
         v["container_id"] = P.container_id_from_cgroup(e.path for e in cg)
+
+
+def _read_exec(r: _Reader, v: dict[str, object], sockets: SocketTables | None) -> Namespaces | None:
+    """fds, sockets, namespaces, cgroup and container id (Depth.EXEC and FULL)."""
+    fds = _read_fd_fields(r, v)
+    ns = r.get("ns", lambda: read_namespaces(r.fs, r.pid))
+    v["ns"] = ns
+    if fds is not None and any(f.kind == "socket" for f in fds) and (ns is None or ns.net is None):
+        r.absent("sockets", None, r.missing.get("ns", Missing.UNAVAILABLE.value))
+    else:
+        _read_sockets(r, v, fds, ns.net if ns is not None else None, sockets)
+    _read_cgroup(r, v)
     return ns
 
 

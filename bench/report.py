@@ -1,0 +1,447 @@
+"""Summaries and the bench/RESULTS.md rendering (pure functions over the run's JSON data)."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+from measure import median
+
+PROCSENTRY = "procsentry-bpf"
+
+# How much slower the workload ran, per level: the per-child fork-to-reap time where the
+# generator is paced (its wall time is fixed by the pace), wall time where it runs flat out, and
+# stress-ng's own bogo-ops rate.
+SLOWDOWN_METRIC = {"moderate": "mean_life_ms", "sub-ms": "wall_s", "storm": "wall_s"}
+
+TARGETS_TEXT = """Targets for procsentry `--sensor bpf` (from the issue; a benchmark, not a timed test)."""
+
+
+def brief(res: dict) -> str:
+    """One progress line for a level."""
+    parts = [f"n={res.get('n')}", f"wall={res.get('wall_s', 0):.2f}s"]
+    if "captured" in res:
+        parts.append(f"seen={res['seen']} cap={res['captured']} exact={res['exact']}")
+    if "stress_seen" in res:
+        parts.append(f"stress_seen={res['stress_seen']}")
+    if "cpu_s" in res:
+        parts.append(f"cpu={res['cpu_s']:.2f}s")
+    if res.get("lat_p99") is not None:
+        parts.append(f"p50={res['lat_p50']:.1f}ms p99={res['lat_p99']:.1f}ms")
+    if "lost" in res:
+        parts.append(f"lost={res['lost']}")
+    if res.get("drain_s"):
+        parts.append(f"drain={res['drain_s']:.1f}s")
+    if res.get("error"):
+        parts.append(f"ERROR {res['error']}")
+    return " ".join(parts)
+
+
+def tool_versions() -> dict[str, str]:
+    out = {}
+    for tool, args in (("bpftrace", ["--version"]), ("forkstat", ["-h"]), ("auditctl", ["-v"]),
+                       ("stress-ng", ["--version"]), ("ps", ["--version"])):
+        if not shutil.which(tool):
+            continue
+        try:
+            p = subprocess.run([tool, *args], capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        text = (p.stdout + p.stderr).strip().splitlines()
+        if text:
+            out[tool] = text[0].strip()[:80]
+    return out
+
+
+# ------------------------------------------------------------------------------ summary
+
+def _pct(num, den):
+    return None if num is None or not den else 100.0 * num / den
+
+
+def summarise(data: dict) -> dict:
+    sessions = data["sessions"]
+    base = {s["rep"]: s for s in sessions.get("baseline", [])}
+    out: dict = {}
+    for name, runs in sessions.items():
+        if not runs:
+            continue
+        summ: dict = {"reps": len(runs), "levels": {}}
+        summ["start_s"] = median([r.get("start_s") for r in runs])
+        rss = median([r.get("peak_rss") for r in runs])
+        summ["peak_rss_mb"] = rss / 2 ** 20 if rss else None
+        level_names = [lv["name"] for lv in data["meta"]["levels"]]
+        for lv in level_names:
+            rows = [(r["rep"], r["levels"][lv]) for r in runs if lv in r["levels"]]
+            if not rows:
+                continue
+            s: dict = {"reps": len(rows)}
+            for key in ("seen", "captured", "exact", "ppid_ok"):
+                vals = [_pct(x.get(key), x.get("n")) for _, x in rows]
+                s[f"{key}_pct"] = median(vals)
+                s[f"{key}_min_pct"] = min((v for v in vals if v is not None), default=None)
+            for key in ("lat_p50", "lat_p99", "drain_s", "other_forks", "wall_s"):
+                s[key] = median([x.get(key) for _, x in rows])
+            for key in ("lost", "dropped"):
+                vals = [x.get(key) for _, x in rows if x.get(key) is not None]
+                s[key] = median(vals) if vals else None
+                s[f"{key}_max"] = max(vals) if vals else None
+            s["cpu_per_1k"] = median([x["cpu_s"] / x["n"] * 1000 if x.get("cpu_s") is not None and x.get("n")
+                                      else None for _, x in rows])
+            if lv == "stress-ng":
+                s["stress_seen_per_op"] = median([x["stress_seen"] / x["n"] if "stress_seen" in x and x.get("n")
+                                                  else None for _, x in rows])
+                s["stress_rate"] = median([x.get("stress_rate") for _, x in rows])
+            ratios = []
+            for rep, x in rows:
+                b = base.get(rep, {}).get("levels", {}).get(lv)
+                if not b:
+                    continue
+                if lv == "stress-ng":
+                    if x.get("stress_rate") and b.get("stress_rate"):
+                        ratios.append(b["stress_rate"] / x["stress_rate"])
+                else:
+                    key = SLOWDOWN_METRIC.get(lv, "wall_s")
+                    if x.get(key) and b.get(key):
+                        ratios.append(x[key] / b[key])
+            s["slowdown"] = median(ratios)
+            s["errors"] = [x["error"] for _, x in rows if x.get("error")]
+            summ["levels"][lv] = s
+        out[name] = summ
+    out["_targets"] = targets(out)
+    return out
+
+
+def targets(summ: dict) -> list[dict]:
+    """The issue's targets for procsentry --sensor bpf: value, target, met, by how much."""
+    ps = summ.get(PROCSENTRY)
+    if not ps:
+        return []
+    L = ps["levels"]
+    rows = []
+
+    def add(what, value, target, met, miss, unit=""):
+        rows.append({"what": what, "value": value, "target": target, "met": met, "miss": miss, "unit": unit})
+
+    st = L.get("storm")
+    if st:
+        worst = min(v for v in (st["captured_min_pct"], st["exact_min_pct"], st["ppid_ok_min_pct"])
+                    if v is not None) if st["captured_min_pct"] is not None else None
+        lost = (st.get("lost_max") or 0) + (st.get("dropped_max") or 0)
+        val = (f"captured {_f(st['captured_min_pct'], '.2f')}%, exact argv {_f(st['exact_min_pct'], '.2f')}%, "
+               f"ppid {_f(st['ppid_ok_min_pct'], '.2f')}%, lost {_f(st.get('lost_max'))}, "
+               f"dropped {_f(st.get('dropped_max'))} (worst repetition)")
+        met = worst is not None and worst >= 100.0 and lost == 0
+        miss = "" if met else (f"{100 - worst:.2f} points short" if worst is not None and worst < 100 else "") + \
+            (f"; {lost} lost/dropped" if lost else "")
+        add("storm completeness: 100.00% captured, exact argv, correct ppid, 0 lost", val,
+            "100.00%, 0 lost", met, miss.strip("; "))
+        cpu = st.get("cpu_per_1k")
+        aud = summ.get("auditd", {}).get("levels", {}).get("storm", {}).get("cpu_per_1k")
+        bt = summ.get("bpftrace", {}).get("levels", {}).get("storm", {}).get("cpu_per_1k")
+        if cpu is not None and aud is not None:
+            add("storm CPU per 1,000 execs below auditd's (same run)", f"{cpu:.3f} vs auditd {aud:.3f} CPU-s",
+                f"< {aud:.3f}", cpu < aud, "" if cpu < aud else f"{cpu / aud:.2f}x auditd's")
+        elif cpu is not None:
+            add("storm CPU per 1,000 execs below auditd's (same run)", f"{cpu:.3f} CPU-s", "auditd not measured",
+                None, "auditd not available")
+        if cpu is not None and bt:
+            add("(aim) storm CPU per 1,000 execs within 2x bpftrace's", f"{cpu:.3f} vs bpftrace {bt:.3f} CPU-s",
+                f"<= {2 * bt:.3f}", cpu <= 2 * bt, "" if cpu <= 2 * bt else f"{cpu / bt:.1f}x bpftrace's")
+    for lv, lim in (("moderate", 1.05), ("sub-ms", 1.15)):
+        sd = L.get(lv, {}).get("slowdown")
+        if sd is not None:
+            add(f"slowdown at the {lv} level", f"{sd:.3f}x", f"<= {lim:.2f}x", sd <= lim,
+                "" if sd <= lim else f"{sd - lim:+.3f}x over ({(sd - 1) * 100:.1f}% vs {(lim - 1) * 100:.0f}% allowed)")
+    rss = ps.get("peak_rss_mb")
+    if rss is not None:
+        add("monitor peak RSS", f"{rss:.0f} MB", "< 80 MB", rss < 80, "" if rss < 80 else f"{rss - 80:.0f} MB over ({rss / 80:.2f}x)")
+    p99 = L.get("moderate", {}).get("lat_p99")
+    if p99 is not None:
+        add("exec-to-event latency p99 at the moderate level", f"{p99:.1f} ms", "< 20 ms", p99 < 20,
+            "" if p99 < 20 else f"{p99 - 20:.1f} ms over ({p99 / 20:.1f}x)")
+    s0 = ps.get("start_s")
+    if s0 is not None:
+        add("start to first event", f"{s0:.2f} s", "< 2 s", s0 < 2, "" if s0 < 2 else f"{s0 - 2:.2f} s over")
+    return rows
+
+
+# ------------------------------------------------------------------------------ rendering
+
+def _f(v, fmt="", suffix=""):
+    if v is None:
+        return "—"
+    if fmt:
+        return f"{v:{fmt}}{suffix}"
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return f"{v}{suffix}"
+
+
+def _pctcell(s: dict, key: str, applicable: bool = True) -> str:
+    if not applicable:
+        return "n/a"
+    v, lo = s.get(f"{key}_pct"), s.get(f"{key}_min_pct")
+    if v is None:
+        return "—"
+    cell = f"{v:.2f}%"
+    if lo is not None and lo < v - 0.005:
+        cell += f" (min {lo:.2f}%)"
+    return cell
+
+
+def _lost(s: dict, applicable: bool) -> str:
+    if not applicable:
+        return "n/r"
+    if s.get("lost") is None:
+        return "—"
+    cell = _f(s["lost"])
+    if s.get("dropped"):
+        cell += f" / {_f(s['dropped'])} dropped"
+    return cell
+
+
+def _sd(v):
+    return _f(v, ".2f", "x")
+
+
+def render(data: dict) -> str:
+    meta, summ, labels, caps = data["meta"], data["summary"], data["labels"], data["caps"]
+    order = [n for n in labels if n in summ]
+    lv_names = [lv["name"] for lv in meta["levels"]]
+    has_counters = {"procsentry-poll", "procsentry-connector", "procsentry-bpf", "auditd", "bpftrace"}
+    out: list[str] = []
+    w = out.append
+    w("# procsentry benchmark results" + (" (smoke run)" if meta.get("smoke") else ""))
+    w("")
+    w(f"Measured {meta['date']} on `{meta['host']}`, Linux {meta['kernel']} ({meta['machine']}, "
+      f"{meta['cpus']} CPUs), by `sudo make bench` (bench/run.py) in {meta['duration_s'] / 60:.1f} minutes. "
+      f"{meta['reps']} repetition(s), contenders interleaved in a shuffled order per repetition "
+      f"(seed {meta['seed']}); every figure is the median over the repetitions.")
+    w("")
+    w(f"**Other load may have been present**: this machine was shared with builds and QEMU guests "
+      f"during the run (load average at the end: {', '.join(f'{x:.2f}' for x in meta['loadavg'])}; "
+      f"the 'other forks' column counts forks on the host during each window that were not the "
+      f"workload's). Absolute timings are noisy; compare the ratios, which were measured side by "
+      f"side in the same run.")
+    w("")
+    if meta.get("tools"):
+        w("Tool versions: " + "; ".join(f"{k}: {v}" for k, v in meta["tools"].items()) + ".")
+        w("")
+
+    # -- headline
+    w("## Summary")
+    w("")
+    head = ["contender"]
+    if "storm" in lv_names:
+        head += ["storm: captured", "storm: exact argv", "storm: lost", "storm: CPU-s / 1k execs"]
+    for lv in ("moderate", "sub-ms", "storm"):
+        if lv in lv_names:
+            head.append(f"slowdown {lv}")
+    if "moderate" in lv_names:
+        head.append("latency p50 / p99 (moderate)")
+    head += ["peak RSS", "start → first event"]
+    w("| " + " | ".join(head) + " |")
+    w("|" + "---|" * len(head))
+    for name in order:
+        s, cap = summ[name], caps[name]
+        L = s["levels"]
+        row = [labels[name]]
+        if "storm" in lv_names:
+            st = L.get("storm", {})
+            if name == "baseline":
+                row += ["", "", "", ""]
+            else:
+                row += [_pctcell(st, "captured", cap["argv"]) if cap["argv"] else f"{_pctcell(st, 'seen')} (PID only)",
+                        _pctcell(st, "exact", cap["argv"]), _lost(st, name in has_counters),
+                        _f(st.get("cpu_per_1k"), ".3f")]
+        for lv in ("moderate", "sub-ms", "storm"):
+            if lv in lv_names:
+                row.append("1 (reference)" if name == "baseline" else _sd(L.get(lv, {}).get("slowdown")))
+        if "moderate" in lv_names:
+            md = L.get("moderate", {})
+            row.append("" if name == "baseline" else
+                       f"{_f(md.get('lat_p50'), '.1f')} / {_f(md.get('lat_p99'), '.1f')} ms")
+        row.append("" if name == "baseline" else _f(s.get("peak_rss_mb"), ".0f", " MB"))
+        row.append("" if not cap["event_based"] else _f(s.get("start_s"), ".2f", " s"))
+        w("| " + " | ".join(row) + " |")
+    w("")
+    if data["unavailable"]:
+        w("Not available on this host:")
+        w("")
+        for name, reason in data["unavailable"].items():
+            w(f"- {labels.get(name, name)}: {reason}")
+        w("")
+
+    # -- targets
+    rows = summ.get("_targets") or []
+    if rows:
+        w("## Targets for procsentry `--sensor bpf`")
+        w("")
+        w("| target | measured | limit | met | missed by |")
+        w("|---|---|---|---|---|")
+        for r in rows:
+            met = "—" if r["met"] is None else ("yes" if r["met"] else "**no**")
+            w(f"| {r['what']} | {r['value']} | {r['target']} | {met} | {r['miss']} |")
+        w("")
+
+    # -- per level
+    w("## Per level")
+    for lvm in meta["levels"]:
+        lv = lvm["name"]
+        w("")
+        w(f"### {lvm['title']}")
+        w("")
+        if lv == "stress-ng":
+            w("No ground truth here (stress-ng is someone else's workload): 'execs reported per bogo-op' "
+              "counts distinct PIDs reported with `stress-ng` in their command line; compare it across "
+              "contenders rather than with 1.0 (stress-ng counts some failed exec attempts as ops).")
+            w("")
+            w("| contender | execs reported per bogo-op | lost | slowdown (bogo-ops/s) | CPU-s / 1k bogo-ops | bogo-ops/s | other forks |")
+            w("|---|---|---|---|---|---|---|")
+            for name in order:
+                s = summ[name]["levels"].get(lv)
+                if not s:
+                    continue
+                w(f"| {labels[name]} | {'' if name == 'baseline' else _f(s.get('stress_seen_per_op'), '.3f')} | "
+                  f"{'' if name == 'baseline' else _lost(s, name in has_counters)} | {_sd(s.get('slowdown')) if name != 'baseline' else '1'} | "
+                  f"{'' if name == 'baseline' else _f(s.get('cpu_per_1k'), '.3f')} | {_f(s.get('stress_rate'), '.0f')} | {_f(s.get('other_forks'), '.0f')} |")
+            continue
+        w("| contender | seen (PID) | captured (PID + token) | exact argv | right ppid | lost | slowdown | "
+          "CPU-s / 1k execs | latency p50 / p99 | caught up after | workload wall | other forks |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for name in order:
+            s = summ[name]["levels"].get(lv)
+            if not s:
+                continue
+            cap = caps[name]
+            if name == "baseline":
+                w(f"| {labels[name]} | | | | | | 1 | | | | {_f(s.get('wall_s'), '.2f', ' s')} | {_f(s.get('other_forks'), '.0f')} |")
+                continue
+            w(f"| {labels[name]} | {_pctcell(s, 'seen')} | {_pctcell(s, 'captured', cap['argv'])} | "
+              f"{_pctcell(s, 'exact', cap['argv'])} | {_pctcell(s, 'ppid_ok', cap['ppid'])} | "
+              f"{_lost(s, name in has_counters)} | {_sd(s.get('slowdown'))} | {_f(s.get('cpu_per_1k'), '.3f')} | "
+              f"{_f(s.get('lat_p50'), '.1f')} / {_f(s.get('lat_p99'), '.1f')} ms | {_f(s.get('drain_s'), '.1f', ' s')} | "
+              f"{_f(s.get('wall_s'), '.2f', ' s')} | {_f(s.get('other_forks'), '.0f')} |")
+        errs = [(name, e) for name in order for e in summ[name]["levels"].get(lv, {}).get("errors", [])]
+        for name, e in errs:
+            w(f"\n{labels[name]}: {e}")
+
+    # -- profile
+    prof = data.get("profile")
+    if prof:
+        w("")
+        w("## Profile: procsentry `--sensor bpf` under the storm")
+        w("")
+        if prof.get("error"):
+            w(f"No profile: {prof['error']}")
+        else:
+            w(f"py-spy {prof.get('how', '')}: {prof['samples']} samples of the active threads "
+              f"(raw collapsed stacks in bench/out/profile.txt, loadable in speedscope or flamegraph.pl).")
+            w("")
+            w("| self time | function | file |")
+            w("|---|---|---|")
+            for share, func, file in prof["self"][:15]:
+                w(f"| {share:.1f}% | `{func}` | {file} |")
+            w("")
+            w("Inclusive time (the function or something it called):")
+            w("")
+            w("| total time | function | file |")
+            w("|---|---|---|")
+            for share, func, file in prof["total"][:15]:
+                w(f"| {share:.1f}% | `{func}` | {file} |")
+            w("")
+            w("Self time by file: " + ", ".join(f"{f} {v:.1f}%" for v, f in prof["files"][:10]) + ".")
+
+    # -- method
+    w("")
+    w("## How it was measured")
+    w("")
+    w("- **Workload**: bench/workload.c fork()s and execve()s each child with argv "
+      "`PROGRAM --token <unique> \"x y\"` and records its PID, its parent and a CLOCK_REALTIME "
+      "timestamp taken in the child just before execve. Levels: `moderate` paces /bin/true (a copy "
+      "in bench/bin, so its path is unique to the benchmark) at 200 execs/s; `sub-ms` runs a static "
+      "no-op child one at a time; `storm` runs the no-op with 2 per CPU in flight; `stress-ng --exec` "
+      "is run as nobody (it refuses root).")
+    w("- **Captured** = an exec event with the child's PID *and* its unique token; **exact argv** = "
+      "the reported argv equals the real one (for tools that print one space-joined command line, "
+      "that string equals argv joined by spaces); **right ppid** = the reported parent is the "
+      "generator; **seen** = an exec event with the PID at all.")
+    w("- **Lost**: the tool's own counter over the level (procsentry: perf-buffer samples lost, "
+      "with dropped = failed submits + dropped writes + decode errors from its `stats` records; "
+      "auditd: the kernel's `lost` from `auditctl -s`; bpftrace: its 'Lost N events' lines). "
+      "n/r = the tool reports none.")
+    w("- **Slowdown**: against the baseline of the same repetition; `moderate` compares the mean "
+      "fork-to-reap time of a child (the pace fixes its wall time), `sub-ms` and `storm` the wall "
+      "time, stress-ng its bogo-ops/s.")
+    w("- **CPU-s / 1k execs**: utime+stime (+cutime+cstime of reaped children) of the monitor's "
+      "process tree from /proc/<pid>/stat, from the workload's start until the tool has caught up "
+      "(its last report of the level; startup excluded), per 1,000 workload execs. Monitors see "
+      "the whole host, so other load adds to it. In-kernel costs (BPF programs, audit) show in "
+      "the slowdown, not here, except auditd's kauditd thread which is counted.")
+    w("- **Latency**: time the harness read the event line from the tool's stdout pipe (auditd: "
+      "its log file, tailed every 5 ms) minus the exec timestamp. Lines are read in a thread as "
+      "they arrive. **Start → first event**: from launching the tool to reading its report of a "
+      "probe exec run every 50 ms.")
+    w("- **Peak RSS**: the larger of the tree's sampled RSS (every 100 ms) and the root's VmHWM.")
+    w("- procsentry runs with its defaults (every event type, default enrichment); only "
+      "`--stats-interval 1` is added so that lost counts can be read per level.")
+    for name, note in data.get("notes", {}).items():
+        w(f"- {note}")
+    w("")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------ profile summary
+
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::\d+)?\)$")
+
+
+def _frame(frame: str) -> tuple[str, str]:
+    m = _FRAME.match(frame.strip())
+    if not m:
+        return frame.strip(), ""
+    f = m.group("file")
+    for marker in ("/site-packages/", "/dist-packages/"):
+        if marker in f:
+            return m.group("func"), f.split(marker, 1)[1]
+    std = re.search(r"/lib/python3[.0-9]*/(.*)$", f)
+    if std:
+        return m.group("func"), "stdlib " + std.group(1)
+    if f.startswith("/"):
+        f = "/".join(Path(f).parts[-2:])
+    return m.group("func"), f
+
+
+def summarise_profile(raw: Path) -> dict:
+    """py-spy's raw format: one 'frame;frame;...;frame COUNT' line per distinct stack."""
+    self_c: Counter = Counter()
+    total_c: Counter = Counter()
+    files: Counter = Counter()
+    n = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        c = int(count)
+        n += c
+        frames = [_frame(f) for f in stack.split(";") if f and not f.startswith("process ")
+                  and not f.startswith("thread ")]
+        if not frames:
+            continue
+        self_c[frames[-1]] += c
+        files[frames[-1][1]] += c
+        for fr in set(frames):
+            total_c[fr] += c
+    if not n:
+        return {"error": "the profile is empty"}
+    return {
+        "how": "record --rate 100 --nonblocking",
+        "samples": n,
+        "self": [(100.0 * c / n, f, file) for (f, file), c in self_c.most_common(25)],
+        # Frames on every stack (the interpreter's entry down to the main loop) say nothing.
+        "total": [(100.0 * c / n, f, file) for (f, file), c in total_c.most_common(40) if c < n][:25],
+        "files": [(100.0 * c / n, f) for f, c in files.most_common(15)],
+    }
