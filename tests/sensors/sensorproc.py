@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import jsonschema
@@ -41,6 +42,8 @@ class Monitor:
 
     def _read_out(self) -> None:
         for line in self.proc.stdout:
+            if not line.endswith(b"\n"):
+                break  # the monitor was killed mid-line (fixture teardown)
             ev = json.loads(line)
             err = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(ev))
             with self._lock:
@@ -75,7 +78,9 @@ class Monitor:
                     return value
                 pytest.fail(f"monitor exited {self.proc.returncode}; stderr: {self.stderr}")
             if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout}s; stderr: {self.stderr}")
+                kinds = Counter(e["event"] for e in self.snapshot())
+                pytest.fail(f"timed out after {timeout}s; events so far: {dict(kinds)}; "
+                            f"stderr: {self.stderr}")
             time.sleep(0.05)
 
     def sensor_line(self, timeout: float = 30.0) -> str:
