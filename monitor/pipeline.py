@@ -88,6 +88,7 @@ class Config:
     ancestry_depth: int = 10
     backlog: int = 1024  # records in one batch past which enrichment is skipped
     enrich_delay_ns: int = 5_000_000  # hold window: see Pipeline.drain
+    max_held: int = 65536  # records the window may hold before it is released regardless
     environ: bool = False
     poll_timeout_ms: int = 100
     filters: Filters = field(default_factory=Filters)
@@ -456,8 +457,8 @@ class Pipeline:
         if not window:
             self._report_lost()
             return
-        if flush:
-            cut = len(window)
+        if flush or len(window) > self.cfg.max_held:
+            cut = len(window)  # a full window is released at once (enrichment then mostly skipped)
         else:
             limit = time.monotonic_ns() - self.cfg.enrich_delay_ns
             cut = bisect.bisect_right(window, limit, key=_ts)
@@ -525,7 +526,7 @@ class Pipeline:
             events=dict(self.counters.events), lost=sum(lost.values()),
             lost_per_cpu={str(k): v for k, v in lost.items()},
             missed=self.counters.missed, inferred_exits=self.counters.inferred_exits,
-            enrichment=dict(self.counters.enrichment), queue_depth=self.source.pending(),
+            enrichment=dict(self.counters.enrichment), queue_depth=self.source.pending() + len(self._window),
             queue_peak=self.counters.queue_peak, table_size=len(self.table),
             table_evictions=self.table.evictions, kernel=self.source.counters(),
             dropped_writes=self.sink.dropped_writes, decode_errors=self.counters.decode_errors,
