@@ -14,9 +14,12 @@ What the connector costs in completeness, compared with BPF:
 * the receive buffer can overrun (ENOBUFS). The kernel counts each dropped message in the
   socket's sk_drops, which SO_MEMINFO reports: that count becomes `lost` (cpu -1), and the
   pipeline answers with a recovery sweep.
-* a group leader that leaves early (pthread_exit from main) is reported as the process's exit
-  then, with the leader's status: the connector's EXIT is per thread and says nothing about the
-  thread group (BPF checks signal->live for this).
+* EXIT is per thread and says nothing about the thread group (BPF checks signal->live): the
+  group's end is inferred from procfs (_read_exit), which a lost message or a late read can
+  blur. Identity is checked against the message time, so a reused PID is not taken for the
+  process a message is about, except within the same 10 ms tick.
+* with more than `backlog` messages waiting, an exec is read at Depth.CHEAP (argv, exe, cwd,
+  ids; fds, sockets, namespaces and container marked `skipped_backlog`).
 
 Wire layouts: include/uapi/linux/connector.h (struct cn_msg) and include/uapi/linux/cn_proc.h
 (struct proc_event). pyroute2 ships both (pyroute2.netlink.connector.cn_proc), but in 0.9.7 its
@@ -27,7 +30,6 @@ below is small, so it is done here with socket + struct.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import select
 import socket
@@ -37,12 +39,10 @@ from collections import OrderedDict, deque
 from typing import NamedTuple
 
 from monitor import enrich as E
-from monitor import wire
+from userspace.parsers import parse_cmdline
 from userspace.procfs import ProcFS, ProcFSError
 from userspace.process import read_stat
-from userspace.types import NSEC_PER_TICK, Depth, ProcessSnapshot
-
-log = logging.getLogger("procsentry.connector")
+from userspace.types import NSEC_PER_TICK, Depth, ProcessSnapshot, ProcKey
 
 DISABLE_ENV = "PROCSENTRY_DISABLE_CONNECTOR"  # set to 1 to make start() fail (tests of the fallbacks)
 RCVBUF_ENV = "PROCSENTRY_CONNECTOR_RCVBUF"  # receive buffer in bytes (tests use a tiny one)
@@ -87,6 +87,10 @@ EV_EXIT = struct.Struct("=iiII")
 EV_EXIT_PARENT = struct.Struct("=ii")
 DATA_OFFSET = NLMSGHDR.size + CN_MSG.size  # 36: struct proc_event within a datagram
 EVENT_DATA = PROC_EVENT.size  # 16: event_data within struct proc_event
+
+# What an exec read early only (argv and stat) lacks when the process is gone by the full read.
+EARLY_MISSING = ("exe", "cwd", "root", "uids", "gids", "loginuid", "sessionid", "fds", "fd_count",
+                 "sockets", "ns", "cgroup", "container_id")
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # asm-generic/socket.h
 SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)  # since 4.12: u32[SK_MEMINFO_VARS]
@@ -196,7 +200,7 @@ def decode_proc_event(buf: bytes, off: int, end: int) -> ProcEvent | None:
         return ProcId(ts, pid, tgid, "uid" if what == PROC_EVENT_UID else "gid", real, eff)
     if what == PROC_EVENT_COMM and fits(EV_COMM):
         pid, tgid, comm = EV_COMM.unpack_from(buf, d)
-        return ProcComm(ts, pid, tgid, wire._cstr(comm))
+        return ProcComm(ts, pid, tgid, comm.split(b"\0", 1)[0])
     if what == PROC_EVENT_NONE and fits(EV_ACK):
         return ProcAck(seq, ack, EV_ACK.unpack_from(buf, d)[0])
     return None
@@ -251,8 +255,8 @@ class Record(NamedTuple):
     ticks: int | None = None  # start ticks from <pid>/stat, None if it could not be read
     state: str | None = None  # the stat state with those ticks
     snap: ProcessSnapshot | None = None  # exec only
-    ppid: int | None = None  # exec of a zombie: from its stat
-    comm: bytes | None = None  # likewise
+    ppid: int | None = None  # exec of a process that exited first: from its stat
+    comm: bytes | None = None  # likewise (a zombie's)
 
 
 def boottime_offset_ns() -> int:
@@ -267,9 +271,11 @@ class ConnectorSource:
 
     name = "connector"
     RECV_SIZE = 1 << 16
-    PULL_EVERY = 32  # empty the socket again after this many procfs reads
     BATCH_S = 0.1  # at most this long enriching per drain(); the rest waits for the next one
     ACK_TIMEOUT_S = 1.0
+    # Messages taken out of the socket but not yet read from procfs. Past this, they stay in
+    # the kernel's buffer, which is bounded and counts what it drops: memory stays bounded too.
+    MAX_QUEUED = 65536
 
     def __init__(self, fs: ProcFS, rcvbuf: int | None = None, backlog: int = 1024) -> None:
         self.fs = fs
@@ -292,9 +298,10 @@ class ConnectorSource:
         self._thread_exits: OrderedDict[int, ProcExit] = OrderedDict()  # tgid -> latest thread EXIT
         self._queued_execs: dict[int, int] = {}  # tgid -> EXEC messages in _raw
         self._queued_forks: dict[int, int] = {}  # child tgid -> FORK messages in _raw
+        self._early: dict[int, tuple] = {}  # tgid -> (read at, exec ts, Stat, argv): _read_early
         self._leaders_checked = 0.0
         self.c = {"messages": 0, "threads_skipped": 0, "exec_read": 0, "exec_cheap": 0,
-                  "exec_gone": 0, "overruns": 0,
+                  "exec_early": 0, "exec_gone": 0, "overruns": 0,
                   "leader_exits_held": 0, "leader_exits_exec": 0}
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -384,7 +391,8 @@ class ConnectorSource:
             return
         buf = self._buf
         c = self.c
-        while True:
+        raw = self._raw
+        while len(raw) < self.MAX_QUEUED:
             try:
                 n = sock.recv_into(buf)
             except BlockingIOError:
@@ -415,6 +423,11 @@ class ConnectorSource:
             # Always pid == tgid: the exec'ing thread became the leader (de_thread) before
             # proc_exec_connector runs.
             _count(self._queued_execs, ev.tgid, 1)
+            early = self._early.get(ev.tgid)
+            if early is not None and early[0] > ev.ts_ns:
+                del self._early[ev.tgid]  # read after this exec: may show this image, not its own
+            if len(self._raw) < self.backlog:
+                self._read_early(ev)
         elif isinstance(ev, ProcAck):
             return
         elif ev.pid != ev.tgid:
@@ -432,11 +445,11 @@ class ConnectorSource:
         self._raw.append(ev)
 
     def drain(self) -> list[tuple[str, Record, int]]:
+        self._boot_offset = boottime_offset_ns()  # grows when the host suspends
         self._pull()
         out: list[tuple[str, Record, int]] = []
         raw = self._raw
         deadline = time.monotonic() + self.BATCH_S
-        n = 0
         while raw:
             ev = raw.popleft()
             if isinstance(ev, ProcExec):
@@ -446,11 +459,11 @@ class ConnectorSource:
             rec = self._read(ev)
             if rec is not None:
                 out.append((_KIND[type(ev)], rec, rec.ts_ns))
-            n += 1
-            if n % self.PULL_EVERY == 0:
-                self._pull()
-                if time.monotonic() > deadline:
-                    break
+            # Between two procfs reads, take what arrived meanwhile (a recv that finds nothing
+            # costs microseconds): its early argv read (_accept) is then as early as it can be.
+            self._pull()
+            if time.monotonic() > deadline:
+                break
         if self._leaders_gone:
             self._recheck_leaders(out)
         out.sort(key=lambda kr: kr[2])
@@ -460,45 +473,93 @@ class ConnectorSource:
         """What procfs says right now about the process of ev (the reason it is read here).
         None: nothing to report (yet)."""
         if isinstance(ev, ProcExec):
-            # A leader "exit" followed by an exec of its group was de_thread() replacing the
-            # old leader with the exec'ing thread: the process lives on.
-            self._leaders_gone.pop(ev.tgid, None)
-            self._pull()  # a later exec of the same process already waiting?
-            cheap = len(self._raw) > self.backlog
-            replaced = ev.tgid in self._queued_execs
-            snap = None
-            if not replaced:
-                snap = (self._enrich_cheap if cheap else self._enrich_exec).read(ev.tgid, None)
-            if snap is not None and _exited(snap):
-                self.c["exec_gone"] += 1
-                return Record(ev.ts_ns, ev, snap.start_ticks, snap.state, None, snap.ppid, snap.comm)
-            if snap is None:  # gone, or it exec'd again since
-                self.c["exec_gone"] += 1
-                try:
-                    st = read_stat(self.fs, ev.tgid)
-                except ProcFSError:
-                    return Record(ev.ts_ns, ev)
-                if replaced and ev.tgid not in self._queued_forks:
-                    # Same process (exec keeps PID and start time), but procfs shows the next
-                    # image: identity and parent only.
-                    return Record(ev.ts_ns, ev, st.starttime, st.state, None, st.ppid)
-                if st.state not in ("Z", "X"):
-                    return Record(ev.ts_ns, ev)  # not the exec'd process any more
-                return Record(ev.ts_ns, ev, st.starttime, st.state, None, st.ppid, st.comm)
-            self.c["exec_cheap" if cheap else "exec_read"] += 1
-            if cheap:
-                for f in ("fds", "fd_count", "sockets", "ns", "cgroup", "container_id"):
-                    snap.missing[f] = "skipped_backlog"
-            return Record(ev.ts_ns, ev, snap.start_ticks, snap.state, snap)
+            return self._read_exec(ev)
         if isinstance(ev, ProcFork):
-            try:
-                st = read_stat(self.fs, ev.child_tgid)
-            except ProcFSError:
+            st = self._stat(ev.child_tgid, ev.ts_ns)
+            if st is None:
                 return Record(ev.ts_ns, ev)
             return Record(ev.ts_ns, ev, st.starttime, st.state)
         if isinstance(ev, ProcExit):
             return self._read_exit(ev)
         return Record(ev.ts_ns, ev)
+
+    def _read_early(self, ev: ProcExec) -> None:
+        """At receipt, before anything else: the argv (with the stat for identity). A short-lived
+        process is often gone by the time its turn for the full read comes, and argv is what
+        an exec event is most about."""
+        try:
+            st = read_stat(self.fs, ev.tgid)
+            if st.state in ("Z", "X") or st.starttime > self._tick_at(ev.ts_ns):
+                return
+            argv = self.fs.read_parsed(ev.tgid, "cmdline", parse_cmdline)
+        except ProcFSError:
+            return
+        if argv:
+            if len(self._early) >= 65536:
+                self._early.clear()
+            self._early[ev.tgid] = (time.monotonic_ns(), ev.ts_ns, st, argv)
+
+    def _early_snapshot(self, early) -> ProcessSnapshot:
+        """The early read as a snapshot: identity, parent, comm, argv; the rest gone."""
+        _read_ns, _ts, st, argv = early
+        return ProcessSnapshot(
+            key=ProcKey(self.fs.boot_id(), st.pid, st.starttime), pid=st.pid, ppid=st.ppid,
+            comm=st.comm, state=st.state, start_ticks=st.starttime, argv=argv,
+            threads=st.num_threads, tty_nr=st.tty_nr, missing=dict.fromkeys(EARLY_MISSING, "gone"))
+
+    def _read_exec(self, ev: ProcExec) -> Record:
+        tgid = ev.tgid
+        early = self._early.pop(tgid, None)
+        if early is not None and early[1] != ev.ts_ns:
+            early = None  # of another exec of this PID
+        # A leader "exit" followed by an exec of its group was de_thread() replacing the old
+        # leader with the exec'ing thread: the process lives on.
+        self._leaders_gone.pop(tgid, None)
+        self._pull()  # a later exec of the same process already waiting?
+        cheap = len(self._raw) > self.backlog
+        replaced = tgid in self._queued_execs and tgid not in self._queued_forks
+        snap = None
+        if not replaced:
+            snap = (self._enrich_cheap if cheap else self._enrich_exec).read(tgid, None)
+            if snap is not None and snap.start_ticks > self._tick_at(ev.ts_ns):
+                snap = None  # started after this exec: the PID was reused since
+        if snap is not None and not _exited(snap):
+            self.c["exec_cheap" if cheap else "exec_read"] += 1
+            if cheap:
+                for f in ("fds", "fd_count", "sockets", "ns", "cgroup", "container_id"):
+                    snap.missing[f] = "skipped_backlog"
+            return Record(ev.ts_ns, ev, snap.start_ticks, snap.state, snap)
+        if early is not None:
+            self.c["exec_early"] += 1
+            st = early[2]
+            return Record(ev.ts_ns, ev, st.starttime, st.state, self._early_snapshot(early))
+        self.c["exec_gone"] += 1
+        if snap is not None:  # exited, its stat read: identity, parent and comm
+            return Record(ev.ts_ns, ev, snap.start_ticks, snap.state, None, snap.ppid, snap.comm)
+        st = self._stat(tgid, ev.ts_ns)
+        if st is None:
+            return Record(ev.ts_ns, ev)
+        if replaced:
+            # The same process (exec keeps PID and start time), but procfs shows its next
+            # image: identity and parent only.
+            return Record(ev.ts_ns, ev, st.starttime, st.state, None, st.ppid)
+        if st.state not in ("Z", "X"):
+            return Record(ev.ts_ns, ev)  # alive, yet unreadable a moment ago: do not guess
+        return Record(ev.ts_ns, ev, st.starttime, st.state, None, st.ppid, st.comm)
+
+    def _tick_at(self, ts_ns: int) -> int:
+        """The start tick of a process started at connector time ts_ns (see _approx_ticks).
+        A process whose stat shows a later start is not the one the message is about: its
+        PID was reused. (Reuse within the same 10 ms tick goes unnoticed.)"""
+        return (ts_ns + self._boot_offset) // NSEC_PER_TICK
+
+    def _stat(self, pid: int, ts_ns: int):
+        """<pid>/stat, if it is of a process that already existed at ts_ns."""
+        try:
+            st = read_stat(self.fs, pid)
+        except ProcFSError:
+            return None
+        return st if st.starttime <= self._tick_at(ts_ns) else None
 
     def _read_exit(self, ev: ProcExit) -> Record | None:
         """The exit of a thread group, from per-thread EXIT messages.
@@ -520,7 +581,7 @@ class ConnectorSource:
         if ev.pid != tgid:
             if held is None:
                 return None
-            st = self._stat(tgid)
+            st = self._stat(tgid, held.ts_ns)
             if st is not None and held.ticks is not None and st.starttime != held.ticks:
                 st = None  # reaped, and the PID taken again already
             if not _group_dead(st):
@@ -533,7 +594,7 @@ class ConnectorSource:
         if tgid in self._queued_execs and tgid not in self._queued_forks:
             self.c["leader_exits_exec"] += 1
             return None  # de_thread(): the process lives on in the thread that exec'd
-        st = self._stat(tgid)
+        st = self._stat(tgid, ev.ts_ns)
         ticks = st.starttime if st is not None and st.state in ("Z", "X") else None
         if not _group_dead(st):
             self._leaders_gone[tgid] = Record(ev.ts_ns, ev, ticks, st.state)
@@ -544,12 +605,6 @@ class ConnectorSource:
             ev = ev._replace(ts_ns=last.ts_ns, exit_code=last.exit_code, exit_signal=last.exit_signal)
         return Record(ev.ts_ns, ev, ticks, st.state if st is not None else None)
 
-    def _stat(self, pid: int):
-        try:
-            return read_stat(self.fs, pid)
-        except ProcFSError:
-            return None
-
     def _recheck_leaders(self, out: list) -> None:
         """Held leader exits whose group ended without a last EXIT reaching us (lost in an
         overrun): report them once procfs says the group is gone."""
@@ -558,7 +613,7 @@ class ConnectorSource:
             return
         self._leaders_checked = now
         for tgid, held in list(self._leaders_gone.items()):
-            st = self._stat(tgid)
+            st = self._stat(tgid, held.ts_ns)
             if st is not None and held.ticks is not None and st.starttime != held.ticks:
                 st = None
             if _group_dead(st):
@@ -606,7 +661,7 @@ class ConnectorSource:
         start (on a host that never suspended they are equal). The fork message is stamped a
         few microseconds after copy_process() set start_boottime, so the result can be one
         tick late when the fork straddled a 10 ms tick boundary."""
-        return (ts_ns + self._boot_offset) // NSEC_PER_TICK
+        return self._tick_at(ts_ns)
 
     def _remember_start(self, key: tuple[int, int], ts_ns: int) -> None:
         self._started[key] = ts_ns

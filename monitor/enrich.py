@@ -9,6 +9,7 @@ import pwd
 import time
 
 from monitor.events import ProcDetails, Socket
+from monitor.output import text, text_or_none
 from userspace.procfs import ProcFS, ProcFSError
 from userspace.process import read_process
 from userspace.sockets import SocketTables
@@ -112,8 +113,7 @@ def details(snap: ProcessSnapshot) -> ProcDetails:
     uids = snap.uids
     fds = None
     if snap.fds is not None:
-        fds = tuple(f"{f.fd}:{f.target.decode('utf-8', 'backslashreplace')}"
-                    for f in snap.fds[:MAX_FDS_LISTED])
+        fds = tuple(f"{f.fd}:{text(f.target)}" for f in snap.fds[:MAX_FDS_LISTED])
     sockets = None
     if snap.sockets is not None and snap.fds is not None:
         by_inode = {s.inode: s for s in snap.sockets}
@@ -125,7 +125,7 @@ def details(snap: ProcessSnapshot) -> ProcDetails:
         )
     env = None
     if snap.environ is not None:
-        env = {k.decode("utf-8", "backslashreplace"): v for k, v in snap.environ}
+        env = {text(k): text(v) for k, v in snap.environ}
     return ProcDetails(
         state=snap.state,
         threads=snap.threads,
@@ -137,8 +137,8 @@ def details(snap: ProcessSnapshot) -> ProcDetails:
         fd_count=snap.fd_count,
         fds=fds,
         sockets=sockets,
-        cgroup=snap.cgroup,
-        root=snap.root,
+        cgroup=text_or_none(snap.cgroup),
+        root=text_or_none(snap.root),
         environ=env,
     )
 

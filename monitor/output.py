@@ -1,6 +1,10 @@
-"""Where records become bytes on a stream: the one bytes-to-text boundary.
+"""Where records become bytes on a stream, and the one policy for turning a process's bytes
+into text.
 
-Text policy: byte strings a process chose (comm, argv, paths) are decoded as UTF-8 with
+Records carry text: the pipeline decodes comm, exe, argv and paths once, with text() below,
+when a process enters the process table (so fork and exit events, and every descendant's
+ancestry, reuse the decoded strings and orjson serialises them natively, without a Python
+callback per byte string). Text policy: byte strings a process chose (comm, argv, paths) are decoded as UTF-8 with
 ``backslashreplace``: valid UTF-8 (newlines and escape sequences included) is kept exactly, and
 JSON escapes control characters, so a hostile argv cannot break a line or the JSON. An invalid
 byte becomes the four characters ``\\xNN``; because that is ambiguous with a literal backslash,
@@ -24,6 +28,19 @@ from monitor.events import ExitEvent, LostEvent, ProcessEvent, StatsEvent
 
 def text(b: bytes) -> str:
     return b.decode("utf-8", "backslashreplace")
+
+
+def text_or_none(b: bytes | str | None) -> str | None:
+    """text() for optional values; str passes through (already decoded by this policy)."""
+    if b is None or isinstance(b, str):
+        return b
+    return b.decode("utf-8", "backslashreplace")
+
+
+def texts(seq: tuple[bytes, ...] | None) -> tuple[str, ...] | None:
+    if seq is None:
+        return None
+    return tuple(b.decode("utf-8", "backslashreplace") for b in seq)
 
 
 def argv_raw(argv: tuple[bytes, ...] | None) -> str | None:

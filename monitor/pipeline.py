@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from monitor import enrich as E
 from monitor.clock import Clock
 from monitor.events import Ancestor, ExitEvent, LostEvent, ProcessEvent, StatsEvent, split_wait_status
-from monitor.output import Sink, argv_raw
+from monitor.output import Sink, argv_raw, text, text_or_none, texts
 from monitor.table import Entry, Key, ProcessTable
 from monitor import wire
 from userspace.procfs import ProcessGone, ProcFS, ProcFSError
@@ -66,10 +66,9 @@ class Filters:
             return False
         if self.uid is not None and self.uid not in (ev.uid, ev.euid):
             return False
-        if self.comm is not None and (ev.comm or b"").decode("utf-8", "backslashreplace") != self.comm:
+        if self.comm is not None and ev.comm != self.comm:
             return False
-        if self.exe is not None and not fnmatch.fnmatchcase(
-                (ev.exe or b"").decode("utf-8", "backslashreplace"), self.exe):
+        if self.exe is not None and not fnmatch.fnmatchcase(ev.exe or "", self.exe):
             return False
         if self.container is not None and not (ev.container_id or "").startswith(self.container):
             return False
@@ -175,7 +174,8 @@ class Pipeline:
         entry.ppid = r.ppid
         entry.parent_key = pkey
         entry.parent_exec_id = self.exec_id(pkey) if pkey else None
-        entry.comm, entry.exe, entry.argv, entry.cwd = r.comm, r.exe, r.argv, r.cwd
+        entry.comm, entry.exe, entry.cwd = text(r.comm), text_or_none(r.exe), text_or_none(r.cwd)
+        entry.argv = texts(r.argv)
         entry.ancestor = None
         entry.argv_truncated = bool(r.flags & wire.ARGV_TRUNCATED)
         entry.uid, entry.euid, entry.gid, entry.egid = r.uid, r.euid, r.gid, r.egid
@@ -211,10 +211,10 @@ class Pipeline:
         capture = tuple(name for bit, name in CAPTURE_FLAG_NAMES if r.flags & bit)
         ev = self._event_from_entry(
             "exec", entry, self.clock.from_mono(r.ts_ns), source,
-            enrichment=enrichment, tid=r.old_tid, filename=r.filename, argc=r.argc,
+            enrichment=enrichment, tid=r.old_tid, filename=text(r.filename), argc=r.argc,
             argv_size=r.argv_size, argv_raw=argv_raw(r.argv),
             exe_deleted=bool(r.flags & wire.EXE_UNLINKED) and not _is_memfd(r),
-            exe_fileless=_is_memfd(r), tty=r.tty,
+            exe_fileless=_is_memfd(r), tty=text_or_none(r.tty),
             loginuid=None if r.loginuid == wire.UNSET_ID else r.loginuid,
             sessionid=None if r.sessionid == wire.UNSET_ID else r.sessionid,
             cgroup_id=r.cgroup_id, capture=capture, missing=missing, differs=differs,
@@ -226,9 +226,9 @@ class Pipeline:
         """What procfs says now where it disagrees with what the kernel captured at exec."""
         out: dict[str, object] = {}
         if snap.argv is not None and not (r.flags & wire.ARGV_TRUNCATED) and snap.argv != r.argv:
-            out["argv"] = snap.argv
+            out["argv"] = texts(snap.argv)
         if snap.cwd is not None and r.cwd is not None and snap.cwd != r.cwd:
-            out["cwd"] = snap.cwd
+            out["cwd"] = text(snap.cwd)
         if snap.uids is not None and snap.uids[1] != r.euid:
             out["euid"] = snap.uids[1]
         return out or None
@@ -268,7 +268,7 @@ class Pipeline:
         entry.parent_key = pkey
         entry.parent_exec_id = self.exec_id(pkey) if pkey else None
         # What the fork copied from the parent is not this image's: unknown, not inherited.
-        entry.comm = comm
+        entry.comm = text_or_none(comm)
         entry.exe = entry.argv = entry.cwd = entry.ns = entry.container_id = None
         entry.uid = entry.euid = entry.gid = entry.egid = entry.user = None
         entry.argv_truncated = False
@@ -290,11 +290,11 @@ class Pipeline:
             # Exit of a process we never saw start (lost, or it predates a gap): a tombstone.
             if key is None:
                 key = (pid, 0)
-            entry = self.table.add(Entry(pid, key[1], self.exec_id(key), comm=comm))
+            entry = self.table.add(Entry(pid, key[1], self.exec_id(key), comm=text_or_none(comm)))
         if entry.exited_at is not None:
             return  # already reported (a sweep inferred it, then the record arrived)
         if comm and entry.comm is None:
-            entry.comm = comm
+            entry.comm = text_or_none(comm)
         code, sig, core = split_wait_status(status) if status is not None else (None, None, False)
         duration = None
         if start_mono_ns is not None:
@@ -329,7 +329,8 @@ class Pipeline:
         entry.ppid = snap.ppid
         entry.parent_key = pkey
         entry.parent_exec_id = self.exec_id(pkey) if pkey else None
-        entry.comm, entry.exe, entry.argv, entry.cwd = snap.comm, snap.exe, snap.argv, snap.cwd
+        entry.comm, entry.exe, entry.cwd = text(snap.comm), text_or_none(snap.exe), text_or_none(snap.cwd)
+        entry.argv = texts(snap.argv)
         entry.ancestor = None
         if snap.uids is not None:
             entry.uid, entry.euid = snap.uids[0], snap.uids[1]
@@ -568,7 +569,7 @@ class Pipeline:
 ANCESTOR_ARGV_BYTES = 1024  # an ancestor's own exec event has its whole argv
 
 
-def _bounded_argv(argv: tuple[bytes, ...] | None) -> tuple[tuple[bytes, ...] | None, bool]:
+def _bounded_argv(argv: tuple[str, ...] | None) -> tuple[tuple[str, ...] | None, bool]:
     if argv is None:
         return None, False
     out, used = [], 0

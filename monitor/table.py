@@ -27,11 +27,11 @@ class Entry:
     ppid: int | None = None
     parent_key: Key | None = None
     parent_exec_id: str | None = None
-    comm: bytes | None = None
-    exe: bytes | None = None
-    argv: tuple[bytes, ...] | None = None
+    comm: str | None = None  # text: decoded once when the process enters the table
+    exe: str | None = None
+    argv: tuple[str, ...] | None = None
     argv_truncated: bool = False
-    cwd: bytes | None = None
+    cwd: str | None = None
     uid: int | None = None
     euid: int | None = None
     gid: int | None = None
@@ -46,7 +46,7 @@ class Entry:
 
 
 class ProcessTable:
-    def __init__(self, max_entries: int = 65536, grace_s: float = 10.0) -> None:
+    def __init__(self, max_entries: int = 65536, grace_s: float = 2.0) -> None:
         self.max_entries = max_entries
         self.grace_s = grace_s
         self._entries: OrderedDict[Key, Entry] = OrderedDict()

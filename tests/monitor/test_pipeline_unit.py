@@ -80,7 +80,7 @@ def test_startup_sweep_emits_existing_parents_first(proc_tree):
     order = [r.pid for r in existing]
     assert order.index(1) < order.index(100)
     agentd = next(r for r in existing if r.pid == 100)
-    assert agentd.argv == (b"/usr/sbin/agentd", b"--listen", b"0.0.0.0:22")
+    assert agentd.argv == ("/usr/sbin/agentd", "--listen", "0.0.0.0:22")
     assert agentd.exec_id == ProcKey(BOOT, 100, 5000).exec_id
     assert agentd.parent_exec_id == ProcKey(BOOT, 1, 2).exec_id
     assert agentd.source == "sweep"
@@ -96,13 +96,13 @@ def test_fork_child_inherits_the_parent_until_exec_and_links_by_key(proc_tree):
                     ("exit", rexit(7000, 9000, 1 << 8, 30))]]
     p.drain()
     fork, exec_, exit_ = [r for r in sink.records if r.pid == 7000]
-    assert fork.event == "fork" and fork.exe == b"/usr/sbin/agentd" and fork.enrichment == "full"
-    assert exec_.event == "exec" and exec_.argv == (b"/bin/sh", b"-c", b"id")
+    assert fork.event == "fork" and fork.exe == "/usr/sbin/agentd" and fork.enrichment == "full"
+    assert exec_.event == "exec" and exec_.argv == ("/bin/sh", "-c", "id")
     assert exec_.parent_exec_id == ProcKey(BOOT, 100, 5000).exec_id
     assert [a.pid for a in exec_.ancestry] == [100, 1]
     assert exec_.enrichment == "gone"  # pid 7000 is not in the fixture tree
     assert exit_.exit_code == 1 and exit_.signal is None and exit_.duration_ns == 1000
-    assert exit_.argv == (b"/bin/sh", b"-c", b"id")
+    assert exit_.argv == ("/bin/sh", "-c", "id")
 
 
 def test_exit_before_exec_is_kept_and_not_resurrected(proc_tree):
@@ -146,7 +146,7 @@ def test_reconcile_reports_missed_and_infers_exits(proc_tree):
     assert 7300 in {r.pid for r in inferred}
     assert 200 in {r.pid for r in inferred}  # the zombie was never seen exiting
     ex = next(r for r in inferred if r.pid == 7300)
-    assert ex.source == "sweep" and ex.exit_code is None and ex.argv == (b"/bin/sleep", b"9")
+    assert ex.source == "sweep" and ex.exit_code is None and ex.argv == ("/bin/sleep", "9")
     assert p.counters.missed == len(missed)
     before = len(sink.records)
     p.reconcile()

@@ -64,7 +64,7 @@ class Watch:
         with self._lock:
             return list(self.events)
 
-    def until(self, predicate, timeout: float = 15.0, on_timeout=None):
+    def until(self, predicate, timeout: float = 30.0, on_timeout=None):
         deadline = time.monotonic() + timeout
         while True:
             value = predicate(self.snapshot())
@@ -88,7 +88,7 @@ class Watch:
     def find(self, **match) -> list[dict]:
         return [e for e in self.snapshot() if all(e.get(k) == v for k, v in match.items())]
 
-    def stop(self, sig=signal.SIGTERM, timeout: float = 15.0) -> int:
+    def stop(self, sig=signal.SIGTERM, timeout: float = 60.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         rc = self.proc.wait(timeout)
