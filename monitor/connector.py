@@ -39,6 +39,7 @@ from collections import OrderedDict, deque
 from typing import NamedTuple
 
 from monitor import enrich as E
+from monitor.output import text
 from userspace.parsers import parse_cmdline
 from userspace.procfs import ProcFS, ProcFSError
 from userspace.process import read_stat
@@ -697,7 +698,7 @@ class ConnectorSource:
         elif kind == "cn_comm":
             entry = _entry(pipeline, ev.tgid)
             if entry is not None:
-                entry.comm = ev.comm
+                entry.comm = text(ev.comm)  # prctl(PR_SET_NAME) or a write to comm
         elif kind == "cn_id":
             entry = _entry(pipeline, ev.tgid)
             if entry is not None:

@@ -27,4 +27,5 @@ def monitor():
             m.proc.send_signal(signal.SIGCONT)
             m.proc.kill()
             m.proc.wait()
-        assert not m.invalid, f"{len(m.invalid)} events violate the schema, first: {m.invalid[0]}"
+        invalid = m.invalid()
+        assert not invalid, f"{len(invalid)} events violate the schema, first: {invalid[0]}"

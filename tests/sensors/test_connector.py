@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -13,6 +13,7 @@ pytestmark = pytest.mark.root
 
 TRUE = os.path.realpath("/bin/true")
 SLEEP = os.path.realpath("/bin/sleep")
+SURVIVOR = ["/bin/sh", "-c", "echo ready; read line"]
 
 
 def spawn_and_reap(argv: list[str]) -> tuple[int, int]:
@@ -32,11 +33,11 @@ def test_a_process_gone_before_it_is_read_is_marked_gone(monitor):
     m.wait_ready()
     # trigger: the monitor is stopped while /bin/true runs and is reaped, so when it reads the
     # queued connector messages, nothing of the process is left in /proc.
-    m.proc.send_signal(signal.SIGSTOP)
+    m.pause()
     try:
         pid, ticks = spawn_and_reap([TRUE])
     finally:
-        m.proc.send_signal(signal.SIGCONT)
+        m.resume()
     (ex,) = m.until(lambda evs: [e for e in evs if e["event"] == "exit" and e["pid"] == pid])
     assert m.stop() == 0
     # assertions
@@ -58,19 +59,26 @@ def test_a_process_alive_when_read_has_argv(monitor, tmp_path):
     m = monitor("--sensor", "connector")
     m.sensor_line()
     m.wait_ready()
-    p = subprocess.Popen([SLEEP, "0.3"], cwd=tmp_path)
+    p = subprocess.Popen([SLEEP, "30"], cwd=tmp_path)
     ticks = start_ticks(p.pid)
-    assert p.wait() == 0
+    try:
+        (exe,) = m.until(lambda evs: [e for e in evs if e["event"] == "exec" and e["pid"] == p.pid])
+    finally:
+        p.kill()
+    assert p.wait() == -9
     (ex,) = m.until(lambda evs: [e for e in evs if e["event"] == "exit" and e["pid"] == p.pid])
     assert m.stop() == 0
-    (exe,) = m.find(event="exec", pid=p.pid)
-    assert exe["enrichment"] == "full"
-    assert exe["argv"] == [SLEEP, "0.3"]
+    assert exe["argv"] == [SLEEP, "30"]
     assert exe["exe"] == SLEEP
     assert exe["cwd"] == str(tmp_path.resolve())
     assert (exe["uid"], exe["euid"]) == (os.getuid(), os.geteuid())
     assert exe["start_time"] == ticks and ex["exec_id"] == exe["exec_id"]
-    assert exe["ns"]["pid"] == os.stat(f"/proc/{os.getpid()}/ns/pid").st_ino
+    if exe["enrichment"] == "partial":  # over 1024 messages waiting (a busy host): the cheap read
+        assert set(exe["missing"].values()) == {"skipped_backlog"}
+    else:
+        assert exe["enrichment"] == "full", exe["missing"]
+        assert exe["ns"]["pid"] == os.stat(f"/proc/{os.getpid()}/ns/pid").st_ino
+    assert (ex["exit_code"], ex["signal"]) == (None, 9)
 
 
 def test_threads_are_not_processes(monitor, progs):
@@ -79,7 +87,7 @@ def test_threads_are_not_processes(monitor, progs):
     m.wait_ready()
     # trigger: three threads, then a non-leader thread execs (de_thread kills the others and
     # the old leader, whose EXIT must not end the process)
-    p = subprocess.Popen([str(progs / "threads_then_exec"), SLEEP, "0.3"])
+    p = subprocess.Popen([str(progs / "threads_then_exec"), SLEEP, "2"])
     assert p.wait() == 0
     (ex,) = m.until(lambda evs: [e for e in evs if e["event"] == "exit" and e["pid"] == p.pid])
     assert m.stop() == 0
@@ -90,8 +98,8 @@ def test_threads_are_not_processes(monitor, progs):
     if first["argv"] is None:
         assert (first["enrichment"], first["missing"]["argv"]) == ("gone", "gone")
     else:
-        assert first["argv"] == [str(progs / "threads_then_exec"), SLEEP, "0.3"]
-    assert second["argv"] == [SLEEP, "0.3"]
+        assert first["argv"] == [str(progs / "threads_then_exec"), SLEEP, "2"]
+    assert second["argv"] == [SLEEP, "2"]
     assert first["exec_id"] == second["exec_id"] == ex["exec_id"]  # one process, two images
     assert len(m.find(event="exit", pid=p.pid)) == 1
     assert (ex["exit_code"], ex["comm"]) == (0, "sleep")
@@ -119,13 +127,16 @@ def test_receive_buffer_overrun_is_counted_as_lost(monitor):
     m = monitor("--sensor", "connector", env={"PROCSENTRY_CONNECTOR_RCVBUF": "4096"})
     m.sensor_line()
     m.wait_ready()
-    m.proc.send_signal(signal.SIGSTOP)
+    m.pause()
     try:
         storm = subprocess.run(["/bin/sh", "-c", f"i=0; while [ $i -lt 3000 ]; do {TRUE}; i=$((i+1)); done"])
-        # started while the buffer is full: its fork and exec messages are dropped too
-        survivor = subprocess.Popen([SLEEP, "30"])
+        # Started while the buffer is full: its fork and exec messages are dropped too. (Popen
+        # returns once exec has released the parent, a moment before the kernel sends EXEC:
+        # the line it prints proves the message is gone, dropped, before the monitor resumes.)
+        survivor = subprocess.Popen(SURVIVOR, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert survivor.stdout.readline() == b"ready\n"
     finally:
-        m.proc.send_signal(signal.SIGCONT)
+        m.resume()
     assert storm.returncode == 0
     try:
         lost = m.until(lambda evs: [e for e in evs if e["event"] == "lost"])
@@ -137,7 +148,7 @@ def test_receive_buffer_overrun_is_counted_as_lost(monitor):
         survivor.kill()
         survivor.wait()
     assert m.stop() == 0
-    assert missed["argv"] == [SLEEP, "30"] and missed["source"] == "sweep"
+    assert missed["argv"] == SURVIVOR and missed["source"] == "sweep"
     assert all(e["source"] == "connector" and e["cpu"] == -1 and e["count"] > 0 for e in lost)
     total = sum(e["count"] for e in m.find(event="lost"))
     # 3000 processes send ~12000 messages (fork, comm, exec, exit); a 4 KiB buffer holds a few.
@@ -147,3 +158,23 @@ def test_receive_buffer_overrun_is_counted_as_lost(monitor):
     assert stats["lost_per_cpu"] == {"-1": total}
     assert stats["events"]["lost"] == len(m.find(event="lost"))
     assert stats["kernel"]["overruns"] >= 1
+
+
+CHANGES = ("import ctypes, os, time; "
+           "ctypes.CDLL(None).prctl(15, b'renamed', 0, 0, 0); "  # PR_SET_NAME
+           "os.setgid(65534); os.setuid(65534); time.sleep(0.5)")
+
+
+def test_comm_and_id_changes_reach_the_exit_event(monitor):
+    m = monitor("--sensor", "connector")
+    m.sensor_line()
+    m.wait_ready()
+    # trigger: a process that renames itself, then drops to nobody (COMM, GID, UID messages)
+    p = subprocess.Popen([sys.executable, "-c", CHANGES])
+    assert p.wait() == 0
+    (ex,) = m.until(lambda evs: [e for e in evs if e["event"] == "exit" and e["pid"] == p.pid])
+    assert m.stop() == 0
+    (exe,) = m.find(event="exec", pid=p.pid)
+    assert ex["exec_id"] == exe["exec_id"]
+    assert (ex["comm"], ex["uid"], ex["euid"], ex["gid"], ex["egid"]) == ("renamed", 65534, 65534, 65534, 65534)
+    assert ex["user"] == "nobody" and ex["exit_code"] == 0

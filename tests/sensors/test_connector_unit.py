@@ -57,6 +57,9 @@ def test_truncated_and_foreign_messages_are_skipped():
 
 # --- the source, fed through a socketpair ------------------------------------------------------
 
+T = 20_000_000_000  # connector timestamps: 20 s after boot, tick 2000; fixture starts are earlier
+
+
 def render_stat(pid: int, comm: str, state: str, ppid: int, threads: int, start: int) -> bytes:
     fields = ["0"] * 50
     fields[0], fields[1] = state, str(ppid)  # proc(5) fields 3 and 4
@@ -98,54 +101,63 @@ def feed(tmp_path):
 
 
 def test_threads_are_dropped_before_any_read(feed):
-    assert feed.send(C.ProcFork(1, 300, 300, 301, 300),  # a thread of 300
-                     C.ProcComm(2, 301, 300, b"worker"),
-                     C.ProcExit(3, 301, 300, 0, 0, 300, 300)) == []
+    assert feed.send(C.ProcFork(T + 1, 300, 300, 301, 300),  # a thread of 300
+                     C.ProcComm(T + 2, 301, 300, b"worker"),
+                     C.ProcExit(T + 3, 301, 300, 0, 0, 300, 300)) == []
     assert feed.src.c["threads_skipped"] == 3
     # a process fork is kept; its child is gone (no stat): no ticks
-    fork = C.ProcFork(4, 300, 300, 400, 400)
+    fork = C.ProcFork(T + 4, 300, 300, 400, 400)
     assert feed.send(fork) == [("cn_fork", fork, None)]
 
 
 def test_exit_of_a_single_threaded_process(feed):
     feed.stat(500, "Z", threads=1, start=777)
-    ex = C.ProcExit(10, 500, 500, 3 << 8, 17, 1, 1)
+    ex = C.ProcExit(T + 10, 500, 500, 3 << 8, 17, 1, 1)
     assert feed.send(ex) == [("cn_exit", ex, 777)]
 
 
 def test_a_leader_that_leaves_first_is_held_until_the_last_thread(feed):
     # main() called pthread_exit: the leader is a zombie, one thread still counted
     feed.stat(500, "Z", threads=2, start=777)
-    assert feed.send(C.ProcExit(10, 500, 500, 0, 17, 1, 1)) == []
+    assert feed.send(C.ProcExit(T + 10, 500, 500, 0, 17, 1, 1)) == []
     assert feed.src.c["leader_exits_held"] == 1
     # the worker ends the group with exit(7): released before its EXIT is sent
     feed.stat(500, "Z", threads=1, start=777)
-    [(kind, ev, ticks)] = feed.send(C.ProcExit(20, 501, 500, 7 << 8, 0, 1, 1))
-    assert (kind, ev, ticks) == ("cn_exit", C.ProcExit(20, 500, 500, 7 << 8, 0, 1, 1), 777)
+    [(kind, ev, ticks)] = feed.send(C.ProcExit(T + 20, 501, 500, 7 << 8, 0, 1, 1))
+    assert (kind, ev, ticks) == ("cn_exit", C.ProcExit(T + 20, 500, 500, 7 << 8, 0, 1, 1), 777)
 
 
 def test_a_leader_read_late_takes_the_status_of_the_last_thread(feed):
     # Both EXITs are queued before the monitor gets to them, and the process is reaped.
-    [(kind, ev, ticks)] = feed.send(C.ProcExit(10, 500, 500, 0, 17, 1, 1),
-                                    C.ProcExit(20, 501, 500, 7 << 8, 0, 1, 1))
-    assert (kind, ev.ts_ns, ev.exit_code, ticks) == ("cn_exit", 20, 7 << 8, None)
+    [(kind, ev, ticks)] = feed.send(C.ProcExit(T + 10, 500, 500, 0, 17, 1, 1),
+                                    C.ProcExit(T + 20, 501, 500, 7 << 8, 0, 1, 1))
+    assert (kind, ev.ts_ns, ev.exit_code, ticks) == ("cn_exit", T + 20, 7 << 8, None)
 
 
 def test_the_old_leader_replaced_at_exec_is_not_an_exit(feed):
     # A non-leader thread called exec: de_thread() kills the old leader (its EXIT has pid ==
     # tgid), then the exec'ing thread carries on as the process.
     feed.stat(600, "S", threads=1, start=888)
-    out = feed.send(C.ProcExit(10, 600, 600, 9, 17, 1, 1), C.ProcExec(11, 600, 600))
+    out = feed.send(C.ProcExit(T + 10, 600, 600, 9, 17, 1, 1), C.ProcExec(T + 11, 600, 600))
     assert [k for k, _e, _t in out] == ["cn_exec"]
     assert feed.src.c["leader_exits_exec"] == 1
 
 
 def test_an_exec_replaced_before_it_was_read_keeps_identity_only(feed):
     feed.stat(700, "S", threads=1, start=999, ppid=42)
-    for ev in (C.ProcExec(10, 700, 700), C.ProcExec(11, 700, 700)):
+    for ev in (C.ProcExec(T + 10, 700, 700), C.ProcExec(T + 11, 700, 700)):
         feed.peer.send(C.encode_event(ev))
     out = feed.src.drain()
     first, second = out[0][1], out[1][1]
     assert first.snap is None and (first.ticks, first.ppid) == (999, 42)
     # the second one is read (here: the fixture has no cmdline, so the read is partial)
     assert second.ticks == 999
+
+
+def test_a_reused_pid_is_not_taken_for_the_process_of_a_message(feed):
+    # The exec is from t = 20 s; what procfs shows under its PID started at 30 s (tick 3000).
+    feed.stat(800, "S", threads=1, start=3000)
+    [(kind, ev, ticks)] = feed.send(C.ProcExec(T + 1, 800, 800))
+    assert (kind, ticks) == ("cn_exec", None)
+    fork = C.ProcFork(T + 2, 1, 1, 800, 800)
+    assert feed.send(fork) == [("cn_fork", fork, None)]

@@ -20,13 +20,16 @@ CONNECTOR_REASON = "connector unavailable: the connector is disabled by PROCSENT
 
 
 def run_one(m) -> dict:
-    """A known process under the monitor: its exec event."""
-    p = subprocess.Popen([SLEEP, "0.4"])
-    assert p.wait() == 0
+    """A known process under the monitor, alive until its exec is reported: that exec event."""
+    p = subprocess.Popen([SLEEP, "30"])
+    try:
+        (ex,) = m.until(lambda evs: [e for e in evs if e["event"] == "exec" and e["pid"] == p.pid])
+    finally:
+        p.kill()
+        p.wait()
     m.until(lambda evs: [e for e in evs if e["event"] == "exit" and e["pid"] == p.pid])
     assert m.stop() == 0
-    (ex,) = m.find(event="exec", pid=p.pid)
-    assert ex["argv"] == [SLEEP, "0.4"] and ex["ppid"] == os.getpid()
+    assert ex["argv"] == [SLEEP, "30"] and ex["ppid"] == os.getpid()
     return ex
 
 
