@@ -236,11 +236,11 @@ def check_auto_sensor(checks: list[Check]) -> Check:
     if os.environ.get(DISABLE_ENV) == "1" and not failed:
         failed = [Check("sensor", "FAIL", f"the BPF sensor is disabled by {DISABLE_ENV}=1")]
     if not failed:
-        return Check("sensor", "PASS", "auto would choose bpf")
+        return Check("auto_sensor", "PASS", "auto would choose bpf")
     first = failed[0]
     reason = first.detail if first.name == "sensor" else f"{first.name}: {first.detail}"
     name, note = probe_auto(bpf_unavailable=reason)
-    return Check("sensor", "WARN", f"auto would choose {name} ({note})")
+    return Check("auto_sensor", "WARN", f"auto would choose {name} ({note})")
 
 
 def main(fmt: str = "text", load: bool = True) -> int:

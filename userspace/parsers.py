@@ -12,6 +12,7 @@ from typing import Iterable, Sequence
 from .procfs import ParseError
 
 # include/linux/sched.h: "I am a kernel thread". Set by copy_process for kthreadd's children.
+PF_EXITING = 0x00000004  # include/linux/sched.h: in do_exit, past exit_signals()
 PF_KTHREAD = 0x00200000
 
 # include/linux/audit.h AUDIT_UID_UNSET / AUDIT_SID_UNSET: (unsigned int)-1 means "never set".

@@ -250,11 +250,18 @@ def read_process(
         return _finish(r, v, stat, ENRICH_SKIPPED, environ)
     exe_raw = r.get("exe", lambda: fs.readlink(pid, "exe"))
     if argv == () and exe_raw is None and not r.zombie and r.missing.get("exe") == Missing.UNAVAILABLE.value:
-        r.kthread = True
-        r.missing["exe"] = Missing.KERNEL_THREAD.value
-    if argv == () and (r.zombie or r.kthread):
+        # No mm: a kernel thread (PF_KTHREAD, set in stat flags), or a user process inside
+        # do_exit after exit_mm (PF_EXITING) that is not a zombie yet: that one is going.
+        if stat.flags & P.PF_EXITING and not r.kthread:
+            r.missing["exe"] = Missing.GONE.value
+            r.gone = True
+        else:  # PF_KTHREAD, or falco's rule (no cmdline and no exe) when the flags are absent
+            r.kthread = True
+            r.missing["exe"] = Missing.KERNEL_THREAD.value
+    if argv == () and (r.zombie or r.kthread or r.gone):
         argv = None  # the empty cmdline is the absence of an mm, not an empty argv
-        r.missing["argv"] = Missing.ZOMBIE.value if r.zombie else Missing.KERNEL_THREAD.value
+        r.missing["argv"] = (Missing.ZOMBIE.value if r.zombie else
+                             Missing.KERNEL_THREAD.value if r.kthread else Missing.GONE.value)
     v["argv"] = argv
     if exe_raw is not None:
         v.update(_exe_fields(exe_raw))

@@ -40,7 +40,13 @@ class Collector:
                 pytest.fail(f"timed out after {timeout}s waiting for sensor records")
 
     def of(self, pid: int, kind=None) -> list:
-        return [r for r in self.records if r.tgid == pid and (kind is None or isinstance(r, kind))]
+        """Records of the process with this PID: the first one seen with it, so that a PID
+        reused by some other process on a busy host (pid_max may be 32768) is not mixed in."""
+        mine = [r for r in self.records if r.tgid == pid]
+        if mine:
+            start = mine[0].start_boottime
+            mine = [r for r in mine if r.start_boottime == start]
+        return [r for r in mine if kind is None or isinstance(r, kind)]
 
     def execs(self, pid: int) -> list[wire.RawExec]:
         return self.of(pid, wire.RawExec)

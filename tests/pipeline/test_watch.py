@@ -126,10 +126,11 @@ def test_pid_reuse_never_merges_two_processes(watch):
         candidate.wait()
     assert second is not None, "could not get the PID reused"
     second.wait()
+    ours = ([SLEEP, "0.2"], [SLEEP, "0.21"])  # on a busy host others may get the PID too
     execs = w.until(lambda evs: (lambda xs: xs if len(xs) == 2 else None)(
-        [e for e in evs if e["event"] == "exec" and e["pid"] == pid]))
+        [e for e in evs if e["event"] == "exec" and e["pid"] == pid and e["argv"] in ours]))
     exits = w.until(lambda evs: (lambda xs: xs if len(xs) == 2 else None)(
-        [e for e in evs if e["event"] == "exit" and e["pid"] == pid]))
+        [e for e in evs if e["event"] == "exit" and e["pid"] == pid and e["argv"] in ours]))
     assert execs[0]["argv"] == [SLEEP, "0.2"] and execs[1]["argv"] == [SLEEP, "0.21"]
     assert execs[0]["exec_id"] != execs[1]["exec_id"]
     assert execs[0]["start_time"] < execs[1]["start_time"]

@@ -154,6 +154,14 @@ class TestReadProcess:
         s = read_process(fs, 2, Depth.CHEAP)
         assert s.kernel_thread and s.missing["exe"] == KTHREAD and s.missing["argv"] == KTHREAD
 
+    def test_exiting_user_process_is_gone_not_a_kernel_thread(self, fs: ProcFS, root: str) -> None:
+        # A user process inside do_exit after exit_mm: no cmdline, no exe, PF_EXITING, not Z yet.
+        stat = Path(root, "2", "stat")
+        stat.write_bytes(stat.read_bytes().replace(b" 2129984 ", b" 4 "))
+        s = read_process(fs, 2, Depth.CHEAP)
+        assert not s.kernel_thread and s.argv is None
+        assert s.missing["exe"] == "gone" and s.missing["argv"] == "gone"
+
     def test_zombie(self, fs: ProcFS) -> None:
         s = read_process(fs, 200, environ=True)
         assert s.zombie and s.state == "Z" and not s.kernel_thread
