@@ -53,7 +53,7 @@ DOCS: dict[str, str] = {
     "capture": "Kernel capture flags: argv_truncated, argv_read_error, filename_truncated, exe_unlinked, exe_detached, exe_truncated, exe_read_error, cwd_detached, cwd_truncated, cwd_read_error, no_mm.",
     "missing": "Why a field is absent: field name -> gone | denied | kernel_thread | zombie | parse_error | unavailable | skipped_backlog | unknown.",
     "differs": "Values procfs reported at enrichment that disagree with what the kernel captured at exec (argv rewritten by the process, cwd changed, euid changed); the kernel values stay in the main fields.",
-    "ancestry": "Ancestors, nearest first (pid, exec_id, exe, argv up to 1 KiB with argv_truncated), as far as the process table knows them (default depth 10).",
+    "ancestry": "Ancestors, nearest first (pid, exec_id, exe, argv up to 256 bytes with argv_truncated), as far as the process table knows them (default depth 10).",
     "proc": "What procfs added: state, threads, memory, capabilities, saved/fs uid, fds, sockets, cgroup path, root, environment (opt-in, secrets redacted).",
     "schema": "Schema version of this record.",
     "exit_code": "Exit status passed to exit(), when the process exited normally.",
