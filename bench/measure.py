@@ -224,14 +224,15 @@ class WorkloadRun:
     stress_rate: float | None = None  # stress-ng: bogo ops/s (real time)
     failed: int = 0
     host_forks: int = 0
+    cpu_s: float = 0.0  # user+system time of the workload and all its children
 
     @property
     def n(self) -> int:
         return len(self.truth) if self.truth else int(self.stress_ops or 0)
 
     @property
-    def mean_life_ms(self) -> float:
-        return statistics.fmean(t.life_ns for t in self.truth) / 1e6 if self.truth else float("nan")
+    def median_life_ms(self) -> float:
+        return statistics.median(t.life_ns for t in self.truth) / 1e6 if self.truth else float("nan")
 
 
 def read_truth(path: Path) -> list[Truth]:
@@ -242,21 +243,32 @@ def read_truth(path: Path) -> list[Truth]:
     return out
 
 
+def _run_timed(cmd: list[str], cwd: Path | None = None) -> tuple[int, str, float, int, int]:
+    """Run cmd; return (status, output, CPU seconds of it and every child it reaped, start and
+    end CLOCK_REALTIME ns). wait4 reports the child's own time plus its reaped children's."""
+    t0 = time.time_ns()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd)
+    out = p.stdout.read().decode("utf-8", "replace")
+    _, status, ru = os.wait4(p.pid, 0)
+    t1 = time.time_ns()
+    p.returncode = os.waitstatus_to_exitcode(status)
+    p.stdout.close()
+    return p.returncode, out, ru.ru_utime + ru.ru_stime, t0, t1
+
+
 def run_generator(binary: Path, program: Path, n: int, rate: float, parallel: int, prefix: str,
                   truth_path: Path) -> WorkloadRun:
     forks0 = host_forks()
-    t0 = time.time_ns()
-    p = subprocess.run([str(binary), "-n", str(n), "-r", str(rate), "-j", str(parallel), "-t", prefix,
-                        "-o", str(truth_path), str(program)], capture_output=True, text=True)
-    t1 = time.time_ns()
+    code, out, cpu, t0, t1 = _run_timed([str(binary), "-n", str(n), "-r", str(rate), "-j", str(parallel),
+                                         "-t", prefix, "-o", str(truth_path), str(program)])
     forks = host_forks() - forks0
-    fields = p.stdout.split()
-    if p.returncode not in (0, 1) or "wall_ns" not in fields:
-        raise RuntimeError(f"workload failed ({p.returncode}): {p.stderr.strip()}")
+    fields = out.split()
+    if code not in (0, 1) or "wall_ns" not in fields:
+        raise RuntimeError(f"workload failed ({code}): {out.strip()[-300:]}")
     wall_ns = int(fields[fields.index("wall_ns") + 1])
     failed = int(fields[fields.index("failed") + 1])
     truth = read_truth(truth_path)
-    return WorkloadRun(t0, t1, wall_ns / 1e9, truth, failed=failed, host_forks=forks - n - 1)
+    return WorkloadRun(t0, t1, wall_ns / 1e9, truth, failed=failed, host_forks=forks - n - 1, cpu_s=cpu)
 
 
 def run_stress_ng(ops: int, workers: int) -> WorkloadRun:
@@ -272,23 +284,21 @@ def run_stress_ng(ops: int, workers: int) -> WorkloadRun:
 
 def _run_stress_ng(ops: int, workers: int, tmpdir: Path) -> WorkloadRun:
     forks0 = host_forks()
-    t0 = time.time_ns()
-    p = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                        "stress-ng", "--exec", str(workers), "--exec-ops", str(ops),
-                        "--exec-max", "16", "--metrics-brief", "--temp-path", str(tmpdir),
-                        "--timeout", "120"], capture_output=True, text=True, cwd=tmpdir)
-    t1 = time.time_ns()
+    code, out, cpu, t0, t1 = _run_timed(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+         "stress-ng", "--exec", str(workers), "--exec-ops", str(ops), "--exec-max", "16",
+         "--metrics-brief", "--temp-path", str(tmpdir), "--timeout", "120"], cwd=tmpdir)
     ops_done = rate = None
-    for line in (p.stdout + p.stderr).splitlines():
+    for line in out.splitlines():
         parts = line.split()
         # "stress-ng: metrc: [pid] exec  BOGO_OPS REAL USR SYS RATE_REAL RATE_CPU"
         if "exec" in parts and len(parts) >= 10 and parts[parts.index("exec") + 1].isdigit():
             i = parts.index("exec")
             ops_done, rate = float(parts[i + 1]), float(parts[i + 5])
-    if p.returncode != 0 or ops_done is None:
-        raise RuntimeError(f"stress-ng failed ({p.returncode}): {(p.stderr or p.stdout).strip()[-300:]}")
+    if code != 0 or ops_done is None:
+        raise RuntimeError(f"stress-ng failed ({code}): {out.strip()[-300:]}")
     return WorkloadRun(t0, t1, (t1 - t0) / 1e9, stress_ops=ops_done, stress_rate=rate,
-                       host_forks=host_forks() - forks0)
+                       host_forks=host_forks() - forks0, cpu_s=cpu)
 
 
 # ------------------------------------------------------------------------------ matching

@@ -9,8 +9,8 @@ auditd, bpftrace) is started in turn, in a shuffled order per repetition, and wa
 workloads: a ground-truth generator (bench/workload.c) at three levels and `stress-ng --exec`.
 The generator records every PID it forked, its unique argv token and the CLOCK_REALTIME of each
 exec; each tool's output is read as it arrives and matched by PID and token afterwards.
-Slowdowns are ratios to the baseline of the same repetition; every figure is a median over the
-repetitions. See bench/RESULTS.md for the definitions.
+Slowdowns are ratios to the no-monitor runs of the same benchmark run (two per repetition,
+interleaved with the rest); every figure is a median over the repetitions. See bench/RESULTS.md for the definitions.
 """
 from __future__ import annotations
 
@@ -118,11 +118,12 @@ def run_level(c: C.Contender, lv: Level, tag: str, args, sampler: M.TreeSampler 
     else:
         wl = M.run_generator(args.bin_dir / "workload", program, lv.n, lv.rate, lv.parallel, prefix,
                              c.ctx.workdir / f"truth-{tag}.tsv")
-    res: dict = {"n": wl.n, "wall_s": wl.wall_s, "other_forks": wl.host_forks, "failed": wl.failed}
+    res: dict = {"n": wl.n, "wall_s": wl.wall_s, "workload_cpu_s": wl.cpu_s, "other_forks": wl.host_forks,
+                 "failed": wl.failed}
     if lv.is_stress:
         res.update(stress_ops=wl.stress_ops, stress_rate=wl.stress_rate)
     else:
-        res["mean_life_ms"] = wl.mean_life_ms
+        res["median_life_ms"] = wl.median_life_ms
     if isinstance(c, C.Baseline):
         return res, None
     quiet = max(0.6, 1.5 * getattr(c, "interval", 0))
@@ -227,6 +228,7 @@ def parse_args(argv):
     ap.add_argument("--subms-n", type=int, default=2000)
     ap.add_argument("--storm-n", type=int, default=20000)
     ap.add_argument("--stress-ops", type=int, default=320)
+    ap.add_argument("--baseline-runs", type=int, default=2, help="no-monitor runs per repetition")
     ap.add_argument("--gap", type=float, default=0.5, help="idle seconds before each level")
     ap.add_argument("--max-drain", type=float, default=60.0, help="longest wait for a tool to catch up")
     ap.add_argument("--ready-timeout", type=float, default=60.0)
@@ -286,6 +288,9 @@ def main(argv=None) -> int:
     try:
         for rep in range(args.reps):
             cs = [c for c in fresh() if c.name not in unavailable]
+            # The baseline runs twice per repetition: every slowdown divides by it, so its noise
+            # counts twice as much as any contender's.
+            cs += [C.Baseline(ctx) for _ in range(args.baseline_runs - 1) if any(c.name == "baseline" for c in cs)]
             rng.shuffle(cs)
             orders.append([c.name for c in cs])
             log(f"repetition {rep + 1}/{args.reps}: {', '.join(c.name for c in cs)}")
@@ -296,6 +301,9 @@ def main(argv=None) -> int:
                 except C.NotAvailable as e:
                     unavailable[c.name] = str(e)
                     log(f"    not available: {e}")
+                except (OSError, RuntimeError, ValueError) as e:  # one broken session is data too
+                    sessions[c.name].append({"rep": rep, "levels": {}, "error": f"{type(e).__name__}: {e}"})
+                    log(f"    session failed: {type(e).__name__}: {e}")
         prof = None if args.no_profile else profile(ctx, args, lambda m: log(m))
     except KeyboardInterrupt:
         log("interrupted: writing what was measured")

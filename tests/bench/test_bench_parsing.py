@@ -78,14 +78,22 @@ def test_ps_forkstat_bpftrace_lines(tmp_path):
 
 
 def test_profile_summary(tmp_path):
+    src = tmp_path / "monitor"
+    src.mkdir()
+    (src / "perfbuf.py").write_text("def poll(self):\n    self.epoll.poll(0.01)\n")
     raw = tmp_path / "p.txt"
     raw.write_text("<module> (monitor/__main__.py:1);run (monitor/pipeline.py:470);drain (monitor/pipeline.py:90) 2\n"
                    "<module> (monitor/__main__.py:1);run (monitor/pipeline.py:470);drain (monitor/pipeline.py:91);"
                    "to_json (monitor/output.py:5) 1\n"
-                   "<module> (monitor/__main__.py:1);poll (/usr/lib/python3/dist-packages/bcc/__init__.py:12) 1\n")
-    p = report.summarise_profile(raw)
-    assert p["samples"] == 4
-    assert p["self"][0] == (50.0, "drain", "monitor/pipeline.py")  # line numbers merged
-    assert (25.0, "poll", "bcc/__init__.py") in p["self"]
-    assert sorted(p["total"][:2]) == [(75.0, "drain", "monitor/pipeline.py"), (75.0, "run", "monitor/pipeline.py")]
+                   "<module> (monitor/__main__.py:1);poll (/usr/lib/python3/dist-packages/bcc/__init__.py:12) 1\n"
+                   "<module> (monitor/__main__.py:1);run (monitor/pipeline.py:470);poll (monitor/perfbuf.py:2) 4\n"
+                   "<module> (monitor/__main__.py:1);__create_fn__.<locals>.__init__ (<string>:3) 1\n")
+    p = report.summarise_profile(raw, root=tmp_path)
+    # the sample waiting in epoll is counted apart, not as work
+    assert (p["samples"], p["waiting"], p["work"]) == (9, 4, 5)
+    assert p["waits"][0][1:3] == ("poll", "monitor/perfbuf.py")
+    assert p["self"][0] == (40.0, "drain", "monitor/pipeline.py")  # line numbers merged
+    assert (20.0, "poll", "bcc/__init__.py") in p["self"]
+    assert (20.0, "__init__ of a dataclass (generated)", "<string>") in p["self"]
+    assert sorted(p["total"][:2]) == [(60.0, "drain", "monitor/pipeline.py"), (60.0, "run", "monitor/pipeline.py")]
     assert all(f != "<module>" for _, f, _ in p["total"])  # on every stack: left out

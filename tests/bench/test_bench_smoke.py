@@ -32,12 +32,14 @@ def smoke(tmp_path_factory):
 def test_every_exec_captured_with_exact_argv(smoke):
     data, _ = smoke
     assert data["unavailable"] == {}
-    (base,) = data["sessions"]["baseline"]
+    bases = data["sessions"]["baseline"]
     (ps,) = data["sessions"]["procsentry-bpf"]
-    assert set(ps["levels"]) == set(base["levels"]) == {"moderate", "storm"}
+    assert len(bases) == 2  # the no-monitor run is repeated: every slowdown divides by it
+    assert set(ps["levels"]) == {"moderate", "storm"}
     for level, r in ps["levels"].items():
         assert r["n"] == 200 and r["failed"] == 0, level
-        assert base["levels"][level]["n"] == 200 and base["levels"][level]["failed"] == 0
+        for base in bases:
+            assert base["levels"][level]["n"] == 200 and base["levels"][level]["failed"] == 0
         assert (r["seen"], r["captured"], r["exact"], r["ppid_ok"]) == (200, 200, 200, 200), level
         assert (r["lost"], r["dropped"]) == (0, 0), level
         assert "error" not in r, r.get("error")
