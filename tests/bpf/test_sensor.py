@@ -285,9 +285,10 @@ def test_wire_sizes(collector):
 
 
 def test_ten_thousand_execs_none_lost(collector, sensor, progs):
-    """10,000 fork+exec of /bin/true in a tight loop, at the default buffer size."""
+    """10,000 fork+exec of /bin/true in a tight loop, at the default buffer size (1,000 in the
+    emulated kernel matrix, PROCSENTRY_VM=1, where each exec is ~50x slower)."""
     lost_before = sensor.stats.lost
-    n = 10_000
+    n = 1_000 if os.environ.get("PROCSENTRY_VM") == "1" else 10_000
     storm = subprocess.Popen([str(progs / "fork_storm"), str(n), TRUE], stdout=subprocess.PIPE)
     while storm.poll() is None:
         collector.poll(20)
