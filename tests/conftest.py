@@ -18,10 +18,13 @@ REPO = Path(__file__).resolve().parent.parent
 REQUIRE_BPF = os.environ.get("PROCSENTRY_REQUIRE_BPF") == "1"
 
 _bpf_reason: list[str | None] = []
+_shared_sensor: list = []  # the sensor the check loaded, kept for the bpf tests (one compile)
 
 
 def bpf_unavailable_reason() -> str | None:
-    """Why the BPF tests cannot run here (None when they can). Computed once."""
+    """Why the BPF tests cannot run here (None when they can). Computed once: the sensor it
+    loads to find out is kept and reused by the `sensor` fixture, so a session compiles the
+    programs once (a compile is 0.5 s here but ~20 s in the emulated kernel matrix)."""
     if _bpf_reason:
         return _bpf_reason[0]
     reason = None
@@ -36,15 +39,32 @@ def bpf_unavailable_reason() -> str | None:
         reason = "no BTF at /sys/kernel/btf/vmlinux"
     if reason is None:
         from monitor.loader import Sensor, SensorUnavailable  # noqa: PLC0415
-        s = Sensor(perf_pages=1)
+        s = Sensor()  # the default perf buffer size: the completeness test relies on it
         try:
             s.start()
+            _shared_sensor.append(s)
         except SensorUnavailable as e:
             reason = f"the sensor does not load: {e}"
-        finally:
             s.close()
     _bpf_reason.append(reason)
     return reason
+
+
+@pytest.fixture(scope="session")
+def shared_sensor():
+    """The session's loaded sensor (skips or fails like any bpf test when there is none)."""
+    reason = bpf_unavailable_reason()
+    if reason is not None:
+        if REQUIRE_BPF:
+            pytest.fail(f"BPF is required (PROCSENTRY_REQUIRE_BPF=1) but unavailable: {reason}")
+        pytest.skip(f"BPF unavailable: {reason}")
+    return _shared_sensor[0]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for s in _shared_sensor:
+        s.close()
+    _shared_sensor.clear()
 
 
 def pytest_runtest_setup(item):

@@ -61,13 +61,9 @@ class Collector:
 
 
 @pytest.fixture(scope="session")
-def sensor():
-    from monitor.loader import Sensor  # noqa: PLC0415
-
-    s = Sensor()  # default perf buffer size: the completeness test relies on it
-    s.start()
-    yield s
-    s.close()
+def sensor(shared_sensor):
+    """The sensor tests/conftest.py loaded to check BPF works: one compile per session."""
+    return shared_sensor
 
 
 @pytest.fixture
