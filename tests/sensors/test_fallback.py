@@ -78,7 +78,7 @@ def doctor_line(env: dict) -> str:
                        capture_output=True, text=True, env={**os.environ, **env})
     (line,) = [x for x in p.stdout.splitlines() if "auto would choose" in x]
     status, name, detail = line.split(None, 2)
-    assert name == "sensor" and status == ("PASS" if detail == "auto would choose bpf" else "WARN")
+    assert name == "auto_sensor" and status == ("PASS" if detail == "auto would choose bpf" else "WARN")
     return detail
 
 
