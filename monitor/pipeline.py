@@ -132,6 +132,23 @@ class Pipeline:
     def exec_id(self, key: Key) -> str:
         return ProcKey(self.boot_id, key[0], key[1]).exec_id
 
+    def _entry(self, key: Key) -> Entry:
+        """The table entry for key, created if new."""
+        return self.table.get(key) or self.table.add(Entry(key[0], key[1], self.exec_id(key)))
+
+    def _link_parent(self, entry: Entry, ppid: int | None, pkey: Key | None) -> None:
+        entry.ppid = ppid
+        entry.parent_key = pkey
+        entry.parent_exec_id = self.exec_id(pkey) if pkey else None
+
+    @staticmethod
+    def _set_image(entry: Entry, comm: bytes | None, exe: bytes | None, cwd: bytes | None,
+                   argv: tuple[bytes, ...] | None) -> None:
+        """A new program image: its text, decoded once here (see monitor/output.py)."""
+        entry.comm, entry.exe, entry.cwd = text_or_none(comm), text_or_none(exe), text_or_none(cwd)
+        entry.argv = texts(argv)
+        entry.ancestor = None
+
     # -- emit ------------------------------------------------------------------------------
     def emit_process(self, ev: ProcessEvent) -> None:
         self.counters.event(ev.event)
@@ -170,13 +187,9 @@ class Pipeline:
         ticks = r.start_boottime // NSEC_PER_TICK
         key = (r.tgid, ticks)
         pkey = (r.ppid, r.parent_start_boottime // NSEC_PER_TICK) if r.ppid else None
-        entry = self.table.get(key) or self.table.add(Entry(r.tgid, ticks, self.exec_id(key)))
-        entry.ppid = r.ppid
-        entry.parent_key = pkey
-        entry.parent_exec_id = self.exec_id(pkey) if pkey else None
-        entry.comm, entry.exe, entry.cwd = text(r.comm), text_or_none(r.exe), text_or_none(r.cwd)
-        entry.argv = texts(r.argv)
-        entry.ancestor = None
+        entry = self._entry(key)
+        self._link_parent(entry, r.ppid, pkey)
+        self._set_image(entry, r.comm, r.exe, r.cwd, r.argv)
         entry.argv_truncated = bool(r.flags & wire.ARGV_TRUNCATED)
         entry.uid, entry.euid, entry.gid, entry.egid = r.uid, r.euid, r.gid, r.egid
         entry.user = self.users(r.uid)
@@ -246,9 +259,7 @@ class Pipeline:
                              "egid", "user", "container_id", "ns"):
                     setattr(entry, name, getattr(parent, name))
             self.table.add(entry)
-        entry.ppid = ppid
-        entry.parent_key = pkey
-        entry.parent_exec_id = self.exec_id(pkey) if pkey else None
+        self._link_parent(entry, ppid, pkey)
         enrichment = "full" if parent is not None else "partial"
         missing = {} if parent is not None else {"parent": "unknown"}
         ev = self._event_from_entry("fork", entry, self.clock.from_mono(ts_ns), source,
@@ -259,17 +270,14 @@ class Pipeline:
                      comm: bytes | None, source: str) -> None:
         """An exec that a sensor reports by PID alone (the connector), of a process that was
         gone before procfs could be read: identity, parent and comm, nothing else to say."""
-        key = (pid, ticks)
-        entry = self.table.get(key) or self.table.add(Entry(pid, ticks, self.exec_id(key)))
+        entry = self._entry((pid, ticks))
         pkey = self.table.key_for_pid(ppid) if ppid else None
         if entry.parent_key is not None and entry.parent_key[0] == ppid:
             pkey = entry.parent_key  # from its fork: exact even if the parent's PID was reused
-        entry.ppid = ppid
-        entry.parent_key = pkey
-        entry.parent_exec_id = self.exec_id(pkey) if pkey else None
+        self._link_parent(entry, ppid, pkey)
         # What the fork copied from the parent is not this image's: unknown, not inherited.
-        entry.comm = text_or_none(comm)
-        entry.exe = entry.argv = entry.cwd = entry.ns = entry.container_id = None
+        self._set_image(entry, comm, None, None, None)
+        entry.ns = entry.container_id = None
         entry.uid = entry.euid = entry.gid = entry.egid = entry.user = None
         entry.argv_truncated = False
         self.counters.enrichment["gone"] += 1
@@ -324,14 +332,9 @@ class Pipeline:
                     when: str | None = None) -> Entry:
         """existing / missed (sweeps), and exec for sensors that only give PIDs."""
         key = (snap.pid, snap.start_ticks)
-        entry = self.table.get(key) or self.table.add(Entry(snap.pid, snap.start_ticks, self.exec_id(key)))
-        pkey = self.table.key_for_pid(snap.ppid) if snap.ppid else None
-        entry.ppid = snap.ppid
-        entry.parent_key = pkey
-        entry.parent_exec_id = self.exec_id(pkey) if pkey else None
-        entry.comm, entry.exe, entry.cwd = text(snap.comm), text_or_none(snap.exe), text_or_none(snap.cwd)
-        entry.argv = texts(snap.argv)
-        entry.ancestor = None
+        entry = self._entry(key)
+        self._link_parent(entry, snap.ppid, self.table.key_for_pid(snap.ppid) if snap.ppid else None)
+        self._set_image(entry, snap.comm, snap.exe, snap.cwd, snap.argv)
         if snap.uids is not None:
             entry.uid, entry.euid = snap.uids[0], snap.uids[1]
         if snap.gids is not None:

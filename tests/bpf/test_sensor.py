@@ -109,8 +109,8 @@ def test_exec_from_a_thread(collector, progs):
     assert p.returncode == 0
     pid = collector.until(lambda rs: next((r.tgid for r in rs if isinstance(r, wire.RawExec)
                                            and r.argv == (TRUE.encode(), b"after-thread-exec")), None))
-    execs = collector.execs(pid)
-    ex = execs[-1]
+    # records of different CPUs arrive in any order: pick the exec by what it ran
+    (ex,) = [r for r in collector.execs(pid) if r.argv == (TRUE.encode(), b"after-thread-exec")]
     assert ex.tid == pid  # de_thread made the execing thread the leader
     assert ex.old_tid != pid  # ... but it was another thread that called execve
     assert collector.wait_exit(pid).exit_code == 0
@@ -215,7 +215,7 @@ def test_memfd_exec_is_marked_fileless(collector):
     assert p.returncode == 0
     pid = collector.until(lambda rs: next((r.tgid for r in rs if isinstance(r, wire.RawExec)
                                            and r.argv == (b"payload", b"from-memfd")), None))
-    ex = collector.execs(pid)[-1]
+    (ex,) = [r for r in collector.execs(pid) if r.argv == (b"payload", b"from-memfd")]
     assert ex.exe == b"/memfd:procsentry-payload"
     assert ex.flags & wire.EXE_UNLINKED
     assert ex.flags & wire.EXE_DETACHED
@@ -236,7 +236,7 @@ def test_deleted_executable_is_flagged(collector, tmp_path):
     assert p.returncode == 0
     pid = collector.until(lambda rs: next((r.tgid for r in rs if isinstance(r, wire.RawExec)
                                            and r.argv == (b"vanishing", b"gone")), None))
-    ex = collector.execs(pid)[-1]
+    (ex,) = [r for r in collector.execs(pid) if r.argv == (b"vanishing", b"gone")]
     assert ex.flags & wire.EXE_UNLINKED
     assert not ex.flags & wire.EXE_DETACHED
     assert ex.exe == str(exe.resolve()).encode()
