@@ -13,6 +13,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,8 @@ from pathlib import Path
 from monitor import limits, offsets, perfbuf, wire
 from userspace.procfs import ProcFS, ProcFSError, default_root
 
-DISABLE_ENV = "PROCSENTRY_DISABLE_BPF"  # set to 1 to make loading fail (tests of the fallbacks)
+DISABLE_ENV = "PROCSENTRY_DISABLE_BPF"
+LOSS_CHECK_S = 0.1  # set to 1 to make loading fail (tests of the fallbacks)
 
 
 class SensorUnavailable(Exception):
@@ -145,6 +147,9 @@ class Sensor:
         self._fds: list[int] = []
         self._counters_fd = -1
         self._ncpus = possible_cpus()
+        self._perf_lost: dict[int, int] = {}  # from PERF_RECORD_LOST
+        self._submit_failed: dict[int, int] = {}  # from the BPF side's counter
+        self._loss_checked = 0.0
 
     def start(self) -> None:
         if os.environ.get(DISABLE_ENV) == "1":
@@ -208,7 +213,7 @@ class Sensor:
     def _open_bcc_buffer(self) -> None:
         table = self._bpf[b"events"]
         queue = self.queue
-        stats = self.stats
+        perf_lost = self._perf_lost
         string_at = ct.string_at
 
         def on_sample(cpu, data, size):
@@ -216,7 +221,7 @@ class Sensor:
 
         def lost_for(cpu):
             def on_lost(count):
-                stats.lost_per_cpu[cpu] = stats.lost_per_cpu.get(cpu, 0) + count
+                perf_lost[cpu] = perf_lost.get(cpu, 0) + count
             return on_lost
 
         # bcc's public open_perf_buffer gives the lost callback no CPU; opening each CPU's
@@ -241,14 +246,46 @@ class Sensor:
             if out:
                 self.queue.extend(out)
             if self._reader.lost:
-                self.stats.lost_per_cpu.update(self._reader.lost)
-            return
-        self._bpf.perf_buffer_poll(timeout=timeout_ms)
-        if self.batching:
-            # With wakeup_events > 1 a CPU's buffer wakes the reader only every N samples;
-            # the remainder is read here, so a quiet CPU's last samples wait at most one
-            # poll timeout (max_block_ms).
-            self._bpf.perf_buffer_consume()
+                self._perf_lost.update(self._reader.lost)
+        else:
+            self._bpf.perf_buffer_poll(timeout=timeout_ms)
+            if self.batching:
+                # With wakeup_events > 1 a CPU's buffer wakes the reader only every N samples;
+                # the remainder is read here, so a quiet CPU's last samples wait at most one
+                # poll timeout (max_block_ms).
+                self._bpf.perf_buffer_consume()
+        self.account_losses()
+
+    def account_losses(self, force: bool = False) -> None:
+        """Lost samples per CPU, as soon as they happen.
+
+        The kernel reports a full ring's losses in a PERF_RECORD_LOST written only when the
+        next sample on that CPU finds room again: on a CPU that falls quiet after a burst the
+        report can wait indefinitely (seen: a stalled reader, 400 execs, then no loss reported
+        at all). The BPF side counts every failed bpf_perf_event_output per CPU at the moment
+        it happens (COUNTER_SUBMIT_FAILED); both count the same samples, so the larger wins.
+        Read at most every LOSS_CHECK_S."""
+        now = time.monotonic()
+        if force or now - self._loss_checked >= LOSS_CHECK_S:
+            self._loss_checked = now
+            try:
+                self._submit_failed = self._per_cpu_counter(wire.COUNTERS.index("submit_failed"))
+            except (OSError, KeyError, ValueError):
+                pass
+        merged = dict(self._perf_lost)
+        for cpu, n in self._submit_failed.items():
+            if n > merged.get(cpu, 0):
+                merged[cpu] = n
+        self.stats.lost_per_cpu = merged
+
+    def _per_cpu_counter(self, index: int) -> dict[int, int]:
+        if self._reader is not None:
+            raw = perfbuf.map_lookup(self._counters_fd, struct.pack("<I", index), 8 * self._ncpus)
+            values = struct.unpack(f"<{self._ncpus}Q", raw)
+        else:
+            values = [v.value if hasattr(v, "value") else v
+                      for v in self._bpf[b"counters"][ct.c_int(index)]]
+        return {cpu: int(v) for cpu, v in enumerate(values) if v}
 
     @property
     def batching(self) -> bool:

@@ -386,7 +386,7 @@ class Pipeline:
         self._last_reconcile = started
         self._reconcile_due = None
         self.drain(flush=True)
-        seen: dict[Key, str] = {}
+        seen: dict[Key, tuple[str, bytes]] = {}
         for pid in self._pids():
             if pid == self.self_pid:
                 continue
@@ -394,10 +394,10 @@ class Pipeline:
                 st = read_stat(self.fs, pid)
             except ProcFSError:
                 continue
-            seen[(pid, st.starttime)] = st.state
+            seen[(pid, st.starttime)] = (st.state, st.comm)
         self.drain(flush=True)  # records for processes that started or ended while we listed
         new = []
-        for key, state in seen.items():
+        for key, (state, comm) in seen.items():
             entry = self.table.get(key)
             if entry is None:
                 snap = self.enricher.read(key[0], key[1])
@@ -406,6 +406,14 @@ class Pipeline:
             elif state == "Z" and entry.exited_at is None:
                 self.on_exit(time.monotonic_ns(), key[0], key[1], None, None, None,
                              source="sweep", inferred=True)
+            elif entry.exited_at is None and entry.comm is not None and text(comm) != entry.comm:
+                # Known from its fork, but running another program: its exec record was lost
+                # (the entry still shows the parent's image). A comm changed by prctl alone
+                # is told apart by exe and argv, which only an exec replaces.
+                snap = self.enricher.read(key[0], key[1])
+                if snap is not None and (text_or_none(snap.exe) != entry.exe
+                                         or texts(snap.argv) != entry.argv):
+                    new.append(snap)
         for snap in sort_parents_first(new):
             self.counters.missed += 1
             self.on_snapshot(snap, "missed", "sweep")

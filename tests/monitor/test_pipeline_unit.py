@@ -189,3 +189,19 @@ def test_count_stops_the_run(proc_tree):
     src.batches = [[("exec", rexec(7500 + i, 1, 1, 2, (b"x",), i)) for i in range(5)]]
     p.drain()
     assert p.stop_requested
+
+
+def test_reconcile_reports_an_exec_whose_record_was_lost(proc_tree):
+    p, src, sink = make(proc_tree)
+    p.sweep_existing(pids=[1, 100])
+    # pid 304 (nginx in the fixture, start 7400) was seen forking from agentd, its exec lost:
+    # the table still shows agentd's image
+    src.batches = [[("fork", rfork(304, 7400, 100, 5000, 10))]]
+    p.drain()
+    assert p.table.get((304, 7400)).exe == "/usr/sbin/agentd"
+    p.reconcile()
+    (missed,) = [r for r in sink.records if r.event == "missed" and r.pid == 304]
+    assert missed.argv == ("nginx: worker process",) and missed.comm == "nginx"
+    assert missed.ppid == 1  # procfs's parent now (the fixture's nginx was reparented)
+    assert missed.parent_exec_id == ProcKey(BOOT, 1, 2).exec_id
+    assert p.table.get((304, 7400)).comm == "nginx"
