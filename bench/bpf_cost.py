@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from monitor.loader import Sensor  # noqa: E402
+from monitor.sensors.bpf.loader import Sensor  # noqa: E402
 
 STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 

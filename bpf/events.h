@@ -1,10 +1,10 @@
-/* The wire contract between bpf/process.bpf.c and monitor/wire.py.
+/* The wire contract between bpf/process.bpf.c and monitor/sensors/bpf/wire.py.
  *
- * monitor/wire.py mirrors these layouts with struct.Struct; a root-only test
+ * monitor/sensors/bpf/wire.py mirrors these layouts with struct.Struct; a root-only test
  * (tests/bpf/test_sensor.py::test_wire_sizes) checks the sizes the kernel submits
  * against it. Change both together and bump WIRE_VERSION.
  *
- * Limits arrive as -D flags from monitor/limits.py (one Python constants block);
+ * Limits arrive as -D flags from monitor/sensors/bpf/limits.py (one Python constants block);
  * the defaults below only keep the header self-contained.
  */
 #ifndef PROCSENTRY_EVENTS_H

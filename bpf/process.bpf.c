@@ -1,9 +1,9 @@
 /* procsentry kernel sensor: process exec, fork and exit from the scheduler tracepoints.
  *
- * Loaded by monitor/loader.py with bcc. Rules this file keeps:
+ * Loaded by monitor/sensors/bpf/loader.py with bcc. Rules this file keeps:
  *  - Capture, do not interpret: raw values and flags go to userspace, which decides.
  *  - Kernel structs are read only as base + OFF_* (byte offsets resolved from the running
- *    kernel's BTF by monitor/offsets.py). The headers bcc compiles against may belong to
+ *    kernel's BTF by monitor/sensors/bpf/offsets.py). The headers bcc compiles against may belong to
  *    another kernel, so no header struct layout is ever used.
  *  - Raw tracepoints: their arguments are the kernel's TP_PROTO (task pointers), identical
  *    from 4.17 to today, while the classic tracepoint record layouts change between kernels

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import orjson
 
-from monitor import offsets
-from monitor.btf import BTF, BTFError
-from monitor.loader import SensorUnavailable, check_privileges, effective_caps
+from monitor.sensors.bpf import offsets
+from monitor.sensors.bpf.btf import BTF, BTFError
+from monitor.sensors.bpf.loader import SensorUnavailable, check_privileges, effective_caps
 from userspace.procfs import ProcFS, ProcFSError, default_root
 
 TRACEFS = Path("/sys/kernel/tracing")
@@ -185,7 +185,7 @@ def check_lockdown() -> Check:
 
 
 def check_load() -> Check:
-    from monitor.loader import Sensor  # noqa: PLC0415
+    from monitor.sensors.bpf.loader import Sensor  # noqa: PLC0415
     sensor = Sensor(perf_pages=1)
     try:
         sensor.start()
@@ -229,7 +229,7 @@ def run_checks(load: bool = True) -> list[Check]:
 def check_auto_sensor(checks: list[Check]) -> Check:
     """What `watch --sensor auto` would choose: BPF when nothing above failed, else the first
     fallback that starts here (the connector, else polling), and what it costs."""
-    from monitor.loader import DISABLE_ENV  # noqa: PLC0415
+    from monitor.sensors.bpf.loader import DISABLE_ENV  # noqa: PLC0415
     from monitor.sensors import probe_auto  # noqa: PLC0415
 
     failed = [c for c in checks if c.status == "FAIL"]

@@ -26,7 +26,7 @@ from monitor.clock import Clock
 from monitor.events import Ancestor, ExitEvent, LostEvent, ProcessEvent, StatsEvent, split_wait_status
 from monitor.output import Sink, argv_raw, text, text_or_none, texts
 from monitor.table import Entry, Key, ProcessTable
-from monitor import wire
+from monitor.sensors.bpf import wire
 from userspace.procfs import ProcessGone, ProcFS, ProcFSError
 from userspace.process import read_stat
 from userspace.sweep import sort_parents_first

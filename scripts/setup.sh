@@ -74,7 +74,7 @@ install_system_apt() {
     fi
     # No headers for this exact kernel (custom, cloud or CI kernels). bcc refuses to compile
     # without some, so take the distro's generic ones; procsentry never trusts their struct
-    # layouts (every offset comes from the running kernel's BTF, see monitor/offsets.py).
+    # layouts (every offset comes from the running kernel's BTF, see monitor/sensors/bpf/offsets.py).
     local arch generic
     arch=$(dpkg --print-architecture)
     for generic in "linux-headers-$arch" linux-headers-generic; do

@@ -38,7 +38,7 @@ def bpf_unavailable_reason() -> str | None:
     if reason is None and not Path("/sys/kernel/btf/vmlinux").exists():
         reason = "no BTF at /sys/kernel/btf/vmlinux"
     if reason is None:
-        from monitor.loader import Sensor, SensorUnavailable  # noqa: PLC0415
+        from monitor.sensors.bpf.loader import Sensor, SensorUnavailable  # noqa: PLC0415
         s = Sensor()  # the default perf buffer size: the completeness test relies on it
         try:
             s.start()

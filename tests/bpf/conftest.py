@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from monitor import wire
+from monitor.sensors.bpf import wire
 
 
 class Collector:

@@ -2,7 +2,7 @@
 
 The sensor never trusts header layouts (they are usually another kernel's). In the kernel
 matrix (`make test-kernels`), each guest has exactly matching headers: there the two sources
-must agree member for member, which checks monitor/btf.py and monitor/offsets.py against the
+must agree member for member, which checks monitor/sensors/bpf/btf.py and monitor/sensors/bpf/offsets.py against the
 compiler. On a host whose headers do not match the running kernel the comparison is
 meaningless and the test skips, except under PROCSENTRY_VM=1, where it must run.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor import offsets
-from monitor.btf import BTF
+from monitor.sensors.bpf import offsets
+from monitor.sensors.bpf.btf import BTF
 from monitor.doctor import headers_release
 
 pytestmark = [pytest.mark.bpf, pytest.mark.vm]

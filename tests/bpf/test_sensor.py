@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor import limits, wire
+from monitor.sensors.bpf import limits, wire
 from tests.bpf.conftest import Collector
 from userspace.parsers import parse_stat
 from userspace.types import NSEC_PER_TICK
@@ -338,7 +338,7 @@ def test_controlling_tty(collector):
 
 def test_bcc_reader_path_gives_the_same_records(monkeypatch):
     """The in-process bcc reader (other architectures) decodes to the same records."""
-    from monitor.loader import Sensor  # noqa: PLC0415
+    from monitor.sensors.bpf.loader import Sensor  # noqa: PLC0415
     monkeypatch.setenv("PROCSENTRY_BCC_READER", "1")
     s = Sensor(perf_pages=64)
     s.start()

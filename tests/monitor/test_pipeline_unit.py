@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 
-from monitor import wire
+from monitor.sensors.bpf import wire
 from monitor.output import Sink
 from monitor.pipeline import Config, Filters, Pipeline
 from userspace.procfs import ProcFS

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor import wire
+from monitor.sensors.bpf import wire
 
 DUMPS = sorted((Path(__file__).resolve().parents[1] / "data" / "events").glob("*.dump"))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor import connector as C
+from monitor.sensors import connector as C
 from userspace.procfs import ProcFS
 
 # Recorded on 6.18 (a subscription ack, a thread created by pid 1083): nlmsghdr + cn_msg + proc_event.

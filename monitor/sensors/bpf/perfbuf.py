@@ -3,7 +3,7 @@
 Why not bcc's own reader: it calls back into Python through ctypes once per sample, which is
 most of the per-event cost of a storm, and keeping libbcc (with LLVM inside) mapped in the
 daemon costs ~130 MB of resident memory for the whole life of the monitor. Here the programs
-are compiled and attached by a short-lived child (monitor/loader.py), which hands over the map
+are compiled and attached by a short-lived child (monitor/sensors/bpf/loader.py), which hands over the map
 file descriptors; the daemon only needs the perf ring ABI, which is stable (see
 include/uapi/linux/perf_event.h and tools/lib/bpf/libbpf.c perf_buffer__new).
 

@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from monitor.btf import BTF, BTFError
+from monitor.sensors.bpf.btf import BTF, BTFError
 
 BTF_PATH = "/sys/kernel/btf/vmlinux"
 CACHE_DIR = os.environ.get("PROCSENTRY_CACHE_DIR", "/var/cache/procsentry")

@@ -7,7 +7,7 @@ and `handle(pipeline, rec)` for kinds the pipeline does not know itself.
 """
 from __future__ import annotations
 
-from monitor import limits, wire
+from monitor.sensors.bpf import limits, wire
 
 _KIND = {wire.RawExec: "exec", wire.RawFork: "fork", wire.RawExit: "exit"}
 
@@ -17,7 +17,7 @@ class BpfSource:
 
     def __init__(self, perf_pages: int = limits.PERF_PAGES,
                  wakeup_events: int = limits.WAKEUP_EVENTS, record_to=None) -> None:
-        from monitor.loader import Sensor  # noqa: PLC0415 - keeps bcc out of non-BPF paths
+        from monitor.sensors.bpf.loader import Sensor  # noqa: PLC0415 - keeps bcc out of non-BPF paths
         self.sensor = Sensor(perf_pages=perf_pages, wakeup_events=wakeup_events)
         self.record_to = record_to  # file object: raw records as hex lines (monitor --record)
 
@@ -112,7 +112,7 @@ def choose(args, bpf_unavailable: str | None = None):
     connector, else polling. Returns (source, note): the note says why this one and what it
     costs in completeness, for the start-up line "procsentry: sensor X (note)".
     bpf_unavailable: the reason BPF is already known not to load here (doctor), so not tried."""
-    from monitor.loader import SensorUnavailable, check_privileges  # noqa: PLC0415
+    from monitor.sensors.bpf.loader import SensorUnavailable, check_privileges  # noqa: PLC0415
 
     wanted = args.sensor
     interval = getattr(args, "poll_interval", None) or 0.1
@@ -139,7 +139,7 @@ def choose(args, bpf_unavailable: str | None = None):
             why.append(f"BPF unavailable: {e}")
     fs = _procfs(args)
     if wanted in ("auto", "connector"):
-        from monitor.connector import ConnectorSource, ConnectorUnavailable  # noqa: PLC0415
+        from monitor.sensors.connector import ConnectorSource, ConnectorUnavailable  # noqa: PLC0415
         src = ConnectorSource(fs, backlog=getattr(args, "backlog", None) or 1024)
         try:
             src.start()
@@ -150,7 +150,7 @@ def choose(args, bpf_unavailable: str | None = None):
                 raise NoSensor(str(e), permission=e.permission) from None
             why.append(f"connector unavailable: {e}")
     if wanted in ("auto", "poll"):
-        from monitor.poll import PollSource  # noqa: PLC0415
+        from monitor.sensors.poll import PollSource  # noqa: PLC0415
         src = PollSource(fs, interval_s=interval)
         src.start()
         return src, "; ".join([wanted, *why, COST["poll"].format(interval=interval)])
@@ -176,7 +176,7 @@ def probe_auto(bpf_unavailable: str | None = None) -> tuple[str, str]:
 
 def dump_bpf() -> int:
     """Print the exact source and compiler flags the BPF sensor is built with (bcc's --ebpf)."""
-    from monitor.loader import SensorUnavailable, build  # noqa: PLC0415
+    from monitor.sensors.bpf.loader import SensorUnavailable, build  # noqa: PLC0415
     try:
         b = build()
     except SensorUnavailable as e:

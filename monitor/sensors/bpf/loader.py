@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from monitor import limits, offsets, perfbuf, wire
+from monitor.sensors.bpf import limits, offsets, perfbuf, wire
 from userspace.procfs import ProcFS, ProcFSError, default_root
 
 DISABLE_ENV = "PROCSENTRY_DISABLE_BPF"
@@ -31,11 +31,11 @@ class SensorUnavailable(Exception):
 
 def bpf_dir() -> Path:
     """bpf/ in a checkout, or the monitor/bpf data package of an installed wheel."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "bpf", here.parent / "bpf"):
+    package = Path(__file__).resolve().parents[2]  # monitor/
+    for candidate in (package / "bpf", package.parent / "bpf"):
         if (candidate / "process.bpf.c").is_file():
             return candidate
-    raise SensorUnavailable(f"the BPF sources (process.bpf.c) are not next to {here}: reinstall procsentry")
+    raise SensorUnavailable(f"the BPF sources (process.bpf.c) are not next to {package}: reinstall procsentry")
 
 
 def possible_cpus() -> int:
@@ -130,7 +130,7 @@ class Sensor:
     Two ways to run, same interface:
     - handover (default on x86-64): a child process compiles, loads and attaches the programs
       with bcc, passes the map and link file descriptors back over a socket (SCM_RIGHTS) and
-      exits; this process reads the perf rings itself (monitor/perfbuf.py). The daemon never
+      exits; this process reads the perf rings itself (monitor/sensors/bpf/perfbuf.py). The daemon never
       maps libbcc/LLVM (~130 MB resident) and pays no ctypes callback per sample.
     - in-process bcc (other architectures, or PROCSENTRY_BCC_READER=1): bcc's perf reader.
     """
@@ -174,9 +174,9 @@ class Sensor:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "monitor.loader", "--handover", str(child.fileno())],
+                [sys.executable, "-m", "monitor.sensors.bpf.loader", "--handover", str(child.fileno())],
                 pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(),
-                cwd=str(Path(__file__).resolve().parent.parent))
+                cwd=str(Path(__file__).resolve().parents[3]))
             self.helper_pids.add(proc.pid)
             child.close()
             msg, fds, _flags, _addr = socket.recv_fds(parent, 65536, 16)
@@ -347,5 +347,5 @@ def _handover(sock_fd: int) -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--handover":
         sys.exit(_handover(int(sys.argv[2])))
-    print("usage: python -m monitor.loader --handover FD (used by monitor.loader.Sensor)", file=sys.stderr)
+    print("usage: python -m monitor.sensors.bpf.loader --handover FD (used by monitor.sensors.bpf.loader.Sensor)", file=sys.stderr)
     sys.exit(2)

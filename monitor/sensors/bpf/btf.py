@@ -1,7 +1,7 @@
 """A minimal reader of the kernel's BTF: enough to find struct member offsets.
 
 procsentry never trusts the struct layouts of the kernel headers bcc compiles against: those
-headers are often from another kernel (see monitor/offsets.py). The running kernel describes its
+headers are often from another kernel (see monitor/sensors/bpf/offsets.py). The running kernel describes its
 own types in /sys/kernel/btf/vmlinux (format: Documentation/bpf/btf.rst), and that is the only
 source of truth for where `task_struct.real_parent` lives.
 
