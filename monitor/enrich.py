@@ -9,7 +9,7 @@ import pwd
 import time
 
 from monitor.events import ProcDetails, Socket
-from monitor.output import text, text_or_none
+from monitor.text import text, text_or_none
 from userspace.procfs import ProcFS, ProcFSError
 from userspace.process import read_process
 from userspace.sockets import SocketTables
