@@ -34,7 +34,6 @@ import time
 from collections import OrderedDict, deque
 from typing import NamedTuple
 
-from monitor import enrich as E
 from monitor.records import (CommRecord, CredRecord, ExecRecord, ExitRecord, ForkRecord,
                              exec_from_snapshot, lost_since)
 from monitor.sensors.cn_proc import (CN_IDX_PROC, NETLINK_CONNECTOR, PROC_CN_MCAST_IGNORE,
@@ -44,6 +43,7 @@ from monitor.sensors.cn_proc import (CN_IDX_PROC, NETLINK_CONNECTOR, PROC_CN_MCA
 from userspace.parsers import parse_cmdline
 from userspace.procfs import ProcFS, ProcFSError
 from userspace.process import read_stat
+from userspace.sweep import Sweep
 from userspace.types import NSEC_PER_TICK, Depth, ProcessSnapshot, ProcKey
 
 DISABLE_ENV = "PROCSENTRY_DISABLE_CONNECTOR"  # set to 1 to make start() fail (tests of the fallbacks)
@@ -94,6 +94,7 @@ class ConnectorSource:
     RECV_SIZE = 1 << 16
     BATCH_S = 0.1  # at most this long enriching per drain(); the rest waits for the next one
     ACK_TIMEOUT_S = 1.0
+    SWEEP_TTL_S = 1.0
     # Messages taken out of the socket but not yet read from procfs. Past this, they stay in
     # the kernel's buffer, which is bounded and counts what it drops: memory stays bounded too.
     MAX_QUEUED = 65536
@@ -107,8 +108,8 @@ class ConnectorSource:
         self.sock: socket.socket | None = None
         self._raw: deque[ProcEvent] = deque()  # received, not yet enriched
         self._buf = bytearray(self.RECV_SIZE)
-        self._enrich_exec = E.Enricher(fs, Depth.EXEC)
-        self._enrich_cheap = E.Enricher(fs, Depth.CHEAP)
+        self._sweeps: dict[Depth, Sweep] = {}
+        self._sweeps_at = 0.0
         # Fork timestamps (CLOCK_MONOTONIC) by pid, with start ticks, for exit durations; bounded.
         self._started: OrderedDict[int, tuple[int, int]] = OrderedDict()  # pid -> (ticks, ts)
         self._boot_offset = 0
@@ -350,7 +351,7 @@ class ConnectorSource:
         replaced = tgid in self._queued_execs and tgid not in self._queued_forks
         snap = None
         if not replaced:
-            snap = (self._enrich_cheap if cheap else self._enrich_exec).read(tgid, None)
+            snap = self._sweep(Depth.CHEAP if cheap else Depth.EXEC).read(tgid)
             if snap is not None and snap.start_ticks > self._tick_at(ev.ts_ns):
                 snap = None  # started after this exec: the PID was reused since
         if snap is not None and not _exited(snap):
@@ -492,6 +493,18 @@ class ConnectorSource:
         few microseconds after copy_process() set start_boottime, so the result can be one
         tick late when the fork straddled a 10 ms tick boundary."""
         return self._tick_at(ts_ns)
+
+    def _sweep(self, depth: Depth) -> Sweep:
+        """The reads of one short span share socket tables (a new sweep every SWEEP_TTL_S, so
+        a socket opened since is seen)."""
+        now = time.monotonic()
+        if now - self._sweeps_at > self.SWEEP_TTL_S:
+            self._sweeps.clear()
+            self._sweeps_at = now
+        sweep = self._sweeps.get(depth)
+        if sweep is None:
+            sweep = self._sweeps[depth] = Sweep(self.fs, depth)
+        return sweep
 
     def _remember_start(self, pid: int, ticks: int, ts_ns: int) -> None:
         self._started[pid] = (ticks, ts_ns)
