@@ -447,7 +447,8 @@ class Pipeline:
             return False
         except ProcFSError:
             return True  # cannot tell: do not invent an exit
-        return st.starttime == key[1] and st.state not in ("Z", "X")
+        # A zombie leader with live threads (pthread_exit from main) is a living process.
+        return st.starttime == key[1] and not (st.state in ("Z", "X") and st.num_threads <= 1)
 
     # -- stats and the loop ----------------------------------------------------------------
     def stats(self) -> StatsEvent:

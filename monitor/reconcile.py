@@ -57,7 +57,9 @@ def judge(table: ProcessTable, listing: dict[int, Stat], mark_ns: int, self_pid:
         key = (pid, st.starttime)
         listed.add(key)
         entry = table.get(key)
-        zombie = st.state in ("Z", "X")
+        # Exited, not yet reaped. A leader that called pthread_exit is a zombie too while its
+        # threads run (delay_group_leader): the process lives until num_threads drops.
+        zombie = st.state in ("Z", "X") and st.num_threads <= 1
         if entry is None:
             if zombie and not lost_since_last:
                 v.zombies_skipped += 1
