@@ -49,7 +49,7 @@ class DecodeError(ValueError):
 #   vpid       the tgid as the process's own PID namespace numbers it (getpid() inside a
 #              container; Falco's vpid); equal to tgid when pid_level is 0. 0: unreadable.
 #   pid_level  the depth of that namespace (struct pid.level): 0 = the host's.
-# /proc/<pid>/status NStgid lists the same numbers, host first: vpid is its last value and
+# procfs <pid>/status NStgid lists the same numbers, host first: vpid is its last value and
 # pid_level its length - 1 (userspace.parsers.Status).
 
 
@@ -104,7 +104,7 @@ class RawExec(NamedTuple):
     argv: tuple[bytes, ...]
     vpid: int = 0
     pid_level: int = 0
-    # The new image's mm layout; /proc/<pid>/stat fields 26, 27, 28 and 48 print the same
+    # The new image's mm layout; procfs <pid>/stat fields 26, 27, 28 and 48 print the same
     # members (do_task_stat), so a sweep reads the same values for the same image. With ASLR
     # arg_start changes on every exec: with end_code it is the image identity
     # (userspace.types.image_id). 0 when the task has no mm (EXEC_NO_MM).
