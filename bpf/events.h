@@ -81,6 +81,10 @@ struct fork_event {
     __u32 parent_tgid;
     __u32 parent_tid;        /* the thread that called fork/clone */
     __u64 parent_start_boottime;
+    /* The image the child runs, which is the parent's at the fork: copy_mm/dup_mm copy the
+     * mm_struct, layout included. Says which of the parent's images forked it, whatever
+     * order the per-CPU buffers deliver the parent's exec records in. 0: no mm. */
+    __u64 arg_start, end_code;
 };
 
 struct exit_event {

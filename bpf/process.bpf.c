@@ -353,6 +353,11 @@ int on_sched_process_fork(struct bpf_raw_tracepoint_args *ctx)
     ev.parent_tgid = read_u32(parent, OFF_TASK_TGID);
     ev.parent_tid = read_u32(parent, OFF_TASK_PID);
     ev.parent_start_boottime = leader_start_boottime(parent);
+    __u64 mm = read_u64(child, OFF_TASK_MM);  /* copy_mm has run: the parent's layout */
+    if (mm) {
+        ev.arg_start = read_u64(mm, OFF_MM_ARG_START);
+        ev.end_code = read_u64(mm, OFF_MM_END_CODE);
+    }
     if (events.perf_submit(ctx, &ev, sizeof(ev)) != 0)
         count(COUNTER_SUBMIT_FAILED);
     return 0;

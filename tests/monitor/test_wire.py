@@ -70,6 +70,14 @@ def test_exec_dump_carries_the_image_layout():
         assert r.arg_start + r.argv_size <= 1 << 47  # x86-64 user space ends at 128 TiB
 
 
+def test_fork_dump_carries_the_forking_image_and_exec_replaces_it():
+    fork, exec_ = (wire.decode(load_dump(next(p for p in DUMPS if p.name == f"{k}-in-pidns.dump"))[0])
+                   for k in ("fork", "exec"))
+    assert fork.tgid == exec_.tgid
+    assert fork.arg_start and fork.end_code  # unshare's image, inherited by the child
+    assert exec_.arg_start != fork.arg_start and exec_.end_code != fork.end_code  # echo's own
+
+
 @pytest.mark.parametrize("cut", [0, 10, 39, 40, 191, 200])
 def test_truncated_records_raise_decode_error(cut):
     data, _ = load_dump(next(p for p in DUMPS if p.name == "exec-hostile-argv.dump"))
@@ -112,7 +120,7 @@ raw_exec = st.builds(
     st.none() | st.binary(min_size=1, max_size=20).filter(lambda b: b"\0" not in b),
     path, path, st.lists(arg, min_size=1, max_size=8).map(tuple),
     u32, u32, u64, u64, u64, u64)  # vpid pid_level start_code end_code start_stack arg_start
-raw_fork = st.builds(wire.RawFork, u64, u32, u32, u64, u32, u32, u64, u32, u32)
+raw_fork = st.builds(wire.RawFork, u64, u32, u32, u64, u32, u32, u64, u32, u32, u64, u64)
 raw_exit = st.builds(wire.RawExit, u64, u32, u32, u64, u32, u64,
                      st.binary(max_size=16).filter(lambda b: b"\0" not in b), u32, u32)
 

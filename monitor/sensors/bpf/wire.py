@@ -32,10 +32,10 @@ COUNTERS = ("exec", "fork", "exit", "thread_create", "thread_exit", "submit_fail
             "scratch_missing")
 
 HEADER = struct.Struct("<BBHIQIIQII")
-FORK = struct.Struct("<BBHIQIIQII" "IIQ")
+FORK = struct.Struct("<BBHIQIIQII" "IIQ" "QQ")
 EXIT = struct.Struct("<BBHIQIIQII" "IIQ16s")
 EXEC = struct.Struct("<BBHIQIIQII" "IIII" "QQ" "QQQQ" "IIII" "II" "7I" "I" "HHHH" "I" "16s" "4x")
-assert (HEADER.size, FORK.size, EXIT.size, EXEC.size) == (40, 56, 72, 192)
+assert (HEADER.size, FORK.size, EXIT.size, EXEC.size) == (40, 72, 72, 192)
 
 UNSET_ID = 0xFFFFFFFF  # loginuid/sessionid never set (AUDIT_UID_UNSET)
 
@@ -63,6 +63,10 @@ class RawFork(NamedTuple):
     parent_start_boottime: int
     vpid: int = 0  # the child's
     pid_level: int = 0
+    # The layout of the image the child runs: its parent's at the fork (dup_mm copies it), so
+    # parent_key.image_id(arg_start, end_code) names the image that forked it. 0: no mm.
+    arg_start: int = 0
+    end_code: int = 0
 
 
 class RawExit(NamedTuple):
@@ -161,7 +165,7 @@ def decode(buf: bytes) -> RawExec | RawFork | RawExit:
         if size < FORK.size:
             raise DecodeError("fork record too short")
         f = FORK.unpack_from(buf, 0)
-        return RawFork(ts, tgid, tid, start, f[10], f[11], f[12], vpid, level)
+        return RawFork(ts, tgid, tid, start, f[10], f[11], f[12], vpid, level, f[13], f[14])
     if etype == EVENT_EXIT:
         if size < EXIT.size:
             raise DecodeError("exit record too short")
@@ -209,7 +213,7 @@ def encode(raw: RawExec | RawFork | RawExit, exe_components: bytes | None = None
     if isinstance(raw, RawFork):
         return FORK.pack(EVENT_FORK, WIRE_VERSION, 0, FORK.size, raw.ts_ns, raw.tgid, raw.tid,
                          raw.start_boottime, raw.vpid, raw.pid_level, raw.parent_tgid, raw.parent_tid,
-                         raw.parent_start_boottime)
+                         raw.parent_start_boottime, raw.arg_start, raw.end_code)
     if isinstance(raw, RawExit):
         return EXIT.pack(EVENT_EXIT, WIRE_VERSION, 0, EXIT.size, raw.ts_ns, raw.tgid, raw.tid,
                          raw.start_boottime, raw.vpid, raw.pid_level, raw.exit_code, 0,
