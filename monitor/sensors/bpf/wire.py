@@ -111,7 +111,7 @@ class RawExec(NamedTuple):
     # The new image's mm layout; procfs <pid>/stat fields 26, 27, 28 and 48 print the same
     # members (do_task_stat), so a sweep reads the same values for the same image. With ASLR
     # arg_start changes on every exec: with end_code it is the image identity
-    # (userspace.types.image_id). 0 when the task has no mm (EXEC_NO_MM).
+    # (userspace.types.ProcKey.image_id). 0 when the task has no mm (EXEC_NO_MM).
     start_code: int = 0
     end_code: int = 0
     start_stack: int = 0
