@@ -411,6 +411,20 @@ def test_pid_namespace_processes_report_their_in_namespace_pid(collector):
         p.pid, p.pid, 0)
 
 
+def test_vpid_when_the_leader_exited_before_the_last_thread(collector, progs):
+    # The exit is reported by a non-leader thread; its vpid is read through the group leader,
+    # a zombie kept attached until the group is empty (release_task): pid 1 of the namespace.
+    exe = str(progs / "exit_leader")
+    p = subprocess.run(["unshare", "--pid", "--fork", "--kill-child", exe], timeout=10)
+    assert p.returncode == 7
+    pid = collector.until(lambda rs: next((r.tgid for r in rs if isinstance(r, wire.RawExec)
+                                           and r.argv == (exe.encode(),)), None))
+    ex = collector.wait_exit(pid)
+    assert ex.tid != pid and ex.exit_code == 7 << 8  # the last thread out was not the leader
+    assert (ex.vpid, ex.pid_level) == (1, 1)
+    assert (collector.execs(pid)[0].vpid, collector.execs(pid)[0].pid_level) == (1, 1)
+
+
 def _gated_exec_chain(collector, argv, images, env=None):
     """Run argv, whose images each block reading a line from stdin before exec-ing the next;
     for each of `images` (expected argv tuples, in order) wait for its exec record, read the
