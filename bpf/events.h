@@ -10,7 +10,7 @@
 #ifndef PROCSENTRY_EVENTS_H
 #define PROCSENTRY_EVENTS_H
 
-#define WIRE_VERSION 1
+#define WIRE_VERSION 2
 
 #ifndef ARGV_MAX_BYTES
 #define ARGV_MAX_BYTES 32768      /* argv bytes captured per exec (power of two) */
@@ -69,6 +69,11 @@ struct event_header {
     __u32 tgid;
     __u32 tid;            /* the thread that triggered the event */
     __u64 start_boottime; /* group leader's task->start_boottime, ns: /proc stat field 22 x 10^7 */
+    /* The tgid as the process itself sees it (getpid() inside a container; Falco's vpid):
+     * pid_nr_ns(tgid's struct pid, its own namespace) = pid->numbers[pid->level].nr
+     * (kernel/pid.c). /proc/<pid>/status NStgid/NSpid: the last value. */
+    __u32 vpid;
+    __u32 pid_level;      /* struct pid.level: PID namespace depth, 0 = the host's (initial) one */
 };
 
 struct fork_event {
@@ -76,6 +81,10 @@ struct fork_event {
     __u32 parent_tgid;
     __u32 parent_tid;        /* the thread that called fork/clone */
     __u64 parent_start_boottime;
+    /* The image the child runs, which is the parent's at the fork: copy_mm/dup_mm copy the
+     * mm_struct, layout included. Says which of the parent's images forked it, whatever
+     * order the per-CPU buffers deliver the parent's exec records in. 0: no mm. */
+    __u64 arg_start, end_code;
 };
 
 struct exit_event {
@@ -101,6 +110,11 @@ struct exec_event {
     __u32 argc;              /* linux_binprm.argc: the original count */
     __u64 parent_start_boottime;
     __u64 cgroup_id;
+    /* The new image's memory layout, from its mm_struct as load_elf_binary/setup_arg_pages
+     * left it. The same four values /proc/<pid>/stat prints as fields 26, 27, 28 and 48
+     * (fs/proc/array.c do_task_stat), so the sensor and a procfs sweep agree on them; with
+     * ASLR they change on every exec (the image identity; README "Identity"). */
+    __u64 start_code, end_code, start_stack, arg_start;
     __u32 uid, gid, euid, egid;
     __u32 loginuid, sessionid;
     __u32 ns_pid, ns_mnt, ns_net, ns_user, ns_uts, ns_ipc, ns_cgroup;

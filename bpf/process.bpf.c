@@ -25,8 +25,8 @@
 /* signal_struct.flags bit set by do_group_exit/zap_other_threads (include/linux/sched/signal.h);
  * unchanged since 2.6. */
 #define SIGNAL_GROUP_EXIT 0x00000004
-/* task_struct.flags: PF_KTHREAD (include/linux/sched.h). */
-#define PF_KTHREAD 0x00200000
+/* include/linux/pid_namespace.h: PID namespaces nest at most this deep (struct pid.level). */
+#define MAX_PID_NS_LEVEL 32
 
 /* Offsets into the exec scratch data. DATA_MASK bounds every variable offset for the verifier;
  * the buffer has room for the largest single write beyond it. */
@@ -123,9 +123,35 @@ static __always_inline void write_path(struct exec_buf *buf, __u64 dentry, __u64
     buf->ev.flags |= truncated;
 }
 
-/* The common header: what happened, when, and to which process. */
+/* The tgid of `task` as its own PID namespace numbers it (Falco's vpid), and that namespace's
+ * depth. A struct pid is allocated with one struct upid per level, from the task's namespace
+ * (numbers[level]) up to the initial one (numbers[0]) (kernel/pid.c alloc_pid), so the
+ * in-namespace number is numbers[pid->level].nr: what pid_nr_ns(pid, task_active_pid_ns(task))
+ * returns, and what getpid() says inside the namespace. The process's struct pid is its
+ * leader's thread_pid (task_tgid() is signal->pids[PIDTYPE_TGID], the same struct): at exec
+ * de_thread has made the caller the leader, a forked child is its own leader (copy_process),
+ * and at the last thread's exit the leader, if it exited first, is still an unreleased zombie
+ * (release_task waits for the group to empty), so its thread_pid is still attached.
+ * `numbers` is a flexible array; its element size and member offsets come from BTF. */
+static __always_inline void own_ns_tgid(__u64 task, __u32 *vpid, __u32 *level)
+{
+    __u64 leader = read_u64(task, OFF_TASK_GROUP_LEADER);
+    __u64 pid = read_u64(leader ? leader : task, OFF_TASK_THREAD_PID);
+    *vpid = 0;
+    *level = 0;
+    if (!pid)
+        return;
+    __u32 lvl = read_u32(pid, OFF_PID_LEVEL);
+    if (lvl > MAX_PID_NS_LEVEL)
+        return;  /* not a level the kernel can create: a torn read; report 0, not a guess */
+    *level = lvl;
+    *vpid = read_u32(pid, OFF_PID_NUMBERS + lvl * OFF_UPID_SIZE + OFF_UPID_NR);
+}
+
+/* The common header: what happened, when, and to which process (`task` is any of its threads;
+ * the in-namespace tgid is read through its group leader). */
 static __always_inline void fill_header(struct event_header *h, __u8 type, __u32 size,
-                                        __u32 tgid, __u32 tid, __u64 start_boottime)
+                                        __u32 tgid, __u32 tid, __u64 start_boottime, __u64 task)
 {
     h->type = type;
     h->version = WIRE_VERSION;
@@ -135,6 +161,7 @@ static __always_inline void fill_header(struct event_header *h, __u8 type, __u32
     h->tgid = tgid;
     h->tid = tid;
     h->start_boottime = start_boottime;
+    own_ns_tgid(task, &h->vpid, &h->pid_level);
 }
 
 static __always_inline __u64 leader_start_boottime(__u64 task)
@@ -166,7 +193,7 @@ int on_sched_process_exec(struct bpf_raw_tracepoint_args *ctx)
     count(COUNTER_EXEC);
     /* size is set once the variable part is known */
     fill_header(&ev->h, EVENT_EXEC, 0, read_u32(task, OFF_TASK_TGID), read_u32(task, OFF_TASK_PID),
-                read_u64(task, OFF_TASK_START_BOOTTIME));
+                read_u64(task, OFF_TASK_START_BOOTTIME), task);
     ev->old_tid = old_tid;
     ev->flags = 0;
 
@@ -264,8 +291,16 @@ int on_sched_process_exec(struct bpf_raw_tracepoint_args *ctx)
     __u64 mm = read_u64(task, OFF_TASK_MM);
     ev->argv_size = 0;
     ev->argv_len = 0;
+    ev->start_code = ev->end_code = ev->start_stack = ev->arg_start = 0;
     if (mm) {
         __u64 arg_start = read_u64(mm, OFF_MM_ARG_START);
+        /* The image's layout, final here: load_elf_binary has set start_code/end_code/
+         * start_stack and setup_arg_pages arg_start before exec_binprm fires this tracepoint.
+         * Only prctl(PR_SET_MM) (CAP_SYS_RESOURCE; CRIU restores) changes them later. */
+        ev->arg_start = arg_start;
+        ev->start_code = read_u64(mm, OFF_MM_START_CODE);
+        ev->end_code = read_u64(mm, OFF_MM_END_CODE);
+        ev->start_stack = read_u64(mm, OFF_MM_START_STACK);
         __u64 arg_end = read_u64(mm, OFF_MM_ARG_END);
         __u64 size = arg_end > arg_start ? arg_end - arg_start : 0;
         ev->argv_size = size > 0xFFFFFFFF ? 0xFFFFFFFF : size;
@@ -314,10 +349,15 @@ int on_sched_process_fork(struct bpf_raw_tracepoint_args *ctx)
     count(COUNTER_FORK);
     struct fork_event ev = {};
     fill_header(&ev.h, EVENT_FORK, sizeof(ev), child_tgid, child_pid,
-                read_u64(child, OFF_TASK_START_BOOTTIME));
+                read_u64(child, OFF_TASK_START_BOOTTIME), child);
     ev.parent_tgid = read_u32(parent, OFF_TASK_TGID);
     ev.parent_tid = read_u32(parent, OFF_TASK_PID);
     ev.parent_start_boottime = leader_start_boottime(parent);
+    __u64 mm = read_u64(child, OFF_TASK_MM);  /* copy_mm has run: the parent's layout */
+    if (mm) {
+        ev.arg_start = read_u64(mm, OFF_MM_ARG_START);
+        ev.end_code = read_u64(mm, OFF_MM_END_CODE);
+    }
     if (events.perf_submit(ctx, &ev, sizeof(ev)) != 0)
         count(COUNTER_SUBMIT_FAILED);
     return 0;
@@ -344,7 +384,7 @@ int on_sched_process_exit(struct bpf_raw_tracepoint_args *ctx)
     if (!leader)
         leader = task;
     fill_header(&ev.h, EVENT_EXIT, sizeof(ev), read_u32(task, OFF_TASK_TGID),
-                read_u32(task, OFF_TASK_PID), read_u64(leader, OFF_TASK_START_BOOTTIME));
+                read_u32(task, OFF_TASK_PID), read_u64(leader, OFF_TASK_START_BOOTTIME), task);
     ev.start_time = read_u64(leader, OFF_TASK_START_TIME);
     __u32 code = read_u32(task, OFF_TASK_EXIT_CODE);
     if (signal && (read_u32(signal, OFF_SIGNAL_FLAGS) & SIGNAL_GROUP_EXIT))

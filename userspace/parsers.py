@@ -48,10 +48,28 @@ class Stat:
     starttime: int  # 22, clock ticks after boot
     vsize: int  # 23, bytes
     rss: int  # 24, pages
+    # The image's memory layout (mm_struct members of the same names), None when the line is
+    # too short to hold the field (arg_start/arg_end came in Linux 3.5). procfs array.c
+    # do_task_stat prints them only to a reader that passes ptrace_may_access(task,
+    # PTRACE_MODE_READ_FSCREDS): for anyone else start_code/end_code read 1 and the others 0,
+    # and with no mm (kernel thread, zombie, exiting) all read 0. Root passes the check
+    # (CAP_SYS_PTRACE), so a root sweep sees the real values. Raw here; process.py decides.
+    start_code: int | None = None  # 26
+    end_code: int | None = None  # 27
+    start_stack: int | None = None  # 28
+    arg_start: int | None = None  # 48
+    arg_end: int | None = None  # 49
 
     @property
     def kernel_thread(self) -> bool:
         return bool(self.flags & PF_KTHREAD)
+
+    @property
+    def layout_hidden(self) -> bool:
+        """Fields 26-28 and 48-49 carry no real addresses: the reader lacked ptrace access
+        or the task has no mm (the kernel prints 1/1/0 and 0/0, or zeros), or this kernel's
+        stat is too short. A live user process's argument area never starts at 0."""
+        return not self.arg_start or not self.end_code or self.end_code == 1
 
 
 # Index of proc(5) field N in the list of tokens after the closing ")": field 3 is index 0.
@@ -85,6 +103,9 @@ def parse_stat(data: bytes) -> Stat:
     def n(field: int) -> int:
         return _int(rest[_f(field)], data, f"stat field {field}")
 
+    def opt(field: int) -> int | None:
+        return n(field) if len(rest) > _f(field) else None
+
     return Stat(
         pid=pid,
         comm=comm,
@@ -100,6 +121,11 @@ def parse_stat(data: bytes) -> Stat:
         starttime=n(22),
         vsize=n(23),
         rss=n(24),
+        start_code=opt(26),
+        end_code=opt(27),
+        start_stack=opt(28),
+        arg_start=opt(48),
+        arg_end=opt(49),
     )
 
 
@@ -131,6 +157,28 @@ class Status:
     cap_amb: int | None = None
     no_new_privs: int | None = None
     seccomp: int | None = None
+
+    # NStgid/NSpid (Linux 4.1+, procfs array.c task_state) list the task's number in each
+    # PID namespace from the one the procfs mount belongs to (proc_pid_ns) down to the
+    # task's own: task_tgid_nr_ns(p, pid->numbers[g].ns) for g = ns->level .. pid->level.
+    # The last is the number the process itself sees (getpid(); Falco's vpid), the BPF
+    # sensor's numbers[pid->level].nr. Through the host's procfs the list is complete and its
+    # length is the nesting depth + 1.
+    @property
+    def vpid(self) -> int | None:
+        """The tgid as the process's own PID namespace numbers it (None: no NStgid/NSpid line).
+
+        NStgid is the tgid's list; <tgid>/status is the leader's, for which NSpid is the same
+        list, so NSpid is the fallback for a status cut short between the two lines."""
+        ns = self.ns_tgid or self.ns_pid
+        return ns[-1] if ns else None
+
+    @property
+    def pid_level(self) -> int | None:
+        """Depth of the process's PID namespace below the procfs mount's (0: the same one;
+        the host's procfs: struct pid.level, as the sensor reports it)."""
+        ns = self.ns_tgid or self.ns_pid
+        return len(ns) - 1 if ns else None
 
 
 def _ints(value: bytes, data: bytes, key: bytes) -> tuple[int, ...]:
@@ -215,9 +263,16 @@ def parse_status(data: bytes) -> Status:
     bad = _LINE_WITHOUT_COLON.search(data)
     if bad is not None:
         raise ParseError("status: line without ':'", bad.group(0))
+    # The kernel ends every line with "\n" (task_state and friends). A last line without it
+    # was cut by a short read: a fixed-shape value (Uid's four numbers, "<n> kB") then fails
+    # to parse, but a list (NStgid "4242\t1" cut to "4242\t") would parse to a wrong, shorter
+    # list, so an unterminated list line is dropped (None) instead.
+    partial = data.rsplit(b"\n", 1)[-1]
     values: dict[str, object] = {}
     for key, value in _STATUS_LINE.findall(data):
         fname, conv = _STATUS_KEYS[key]
+        if conv is _ints and partial and partial == key + b":" + value:
+            continue
         if fname == "name" and value.startswith(b"\t"):
             value = value[1:]  # "Name:\t%s": only the one tab is framing, the rest is the name
         values[fname] = conv(value, data, key)

@@ -226,10 +226,14 @@ def read_process(
     v: dict[str, object] = {}
 
     # --- status: uids, gids, caps, threads, memory, NSpid -----------------------------------
-    status = r.get(("uids", "gids", "cap_eff", "cap_prm", "cap_inh"), lambda: fs.read_parsed(pid, "status", P.parse_status))
+    status = r.get(("uids", "gids", "cap_eff", "cap_prm", "cap_inh", "vpid", "pid_level"),
+                   lambda: fs.read_parsed(pid, "status", P.parse_status))
     if status is not None:
         v.update(uids=status.uids, gids=status.gids, cap_eff=status.cap_eff, cap_prm=status.cap_prm,
-                 cap_inh=status.cap_inh, ns_pids=status.ns_pid)
+                 cap_inh=status.cap_inh, ns_pids=status.ns_pid, vpid=status.vpid,
+                 pid_level=status.pid_level)
+        if status.vpid is None:  # a kernel before 4.1, or a status cut short
+            r.absent(("vpid", "pid_level"), None, Missing.UNAVAILABLE.value)
     # stat always has these; status adds kB precision names but the same counters (get_mm_rss).
     v["threads"] = status.threads if status is not None and status.threads is not None else stat.num_threads
     v["rss_bytes"] = status.vm_rss if status is not None and status.vm_rss is not None else stat.rss * fs.page_size
@@ -299,6 +303,13 @@ def _finish(r: _Reader, v: dict[str, object], stat: P.Stat, not_read: tuple[str,
     else:
         r.missing["environ"] = Missing.NOT_REQUESTED.value
 
+    # The image layout (identity of the current program image) comes with stat, at every depth.
+    if stat.layout_hidden:
+        r.absent(IMAGE_FIELDS, None, _layout_reason(r, stat))
+    else:
+        v.update(start_code=stat.start_code, end_code=stat.end_code,
+                 start_stack=stat.start_stack, arg_start=stat.arg_start)
+
     # None with no reason would be ambiguous: loginuid/sessionid None means "unset" (audit),
     # container_id None means "not in a container"; everything else got a reason above.
     return ProcessSnapshot(
@@ -316,6 +327,23 @@ def _finish(r: _Reader, v: dict[str, object], stat: P.Stat, not_read: tuple[str,
         missing=r.missing,
         **v,  # type: ignore[arg-type]
     )
+
+
+IMAGE_FIELDS = ("start_code", "end_code", "start_stack", "arg_start")
+
+
+def _layout_reason(r: _Reader, stat: P.Stat) -> str:
+    """Why stat showed no image layout (do_task_stat prints it only with an mm and to a
+    reader with ptrace access)."""
+    if stat.arg_start is None:
+        return Missing.UNAVAILABLE.value  # a kernel whose stat stops before field 48 (< 3.5)
+    if r.zombie:
+        return Missing.ZOMBIE.value
+    if r.kthread:
+        return Missing.KERNEL_THREAD.value
+    if stat.flags & P.PF_EXITING:
+        return Missing.GONE.value  # past exit_mm in do_exit
+    return Missing.DENIED.value
 
 
 ENRICH_SKIPPED = ("exe", "cwd", "root", "loginuid", "sessionid", "ns", "thread_list",

@@ -7,6 +7,7 @@ chooses them and they need not be UTF-8. They become text at exactly one place,
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass, field
 
 # proc(5) <pid>/stat field 22 (starttime) is in clock ticks since boot; the kernel's USER_HZ is 100
@@ -36,6 +37,33 @@ class ProcKey:
     def exec_id(self) -> str:
         """Stable string form, the same whether the process was seen by the sensor or a sweep."""
         return f"{self.boot_id[:12]}:{self.start_ticks}:{self.pid}"
+
+    def image_id(self, arg_start: int | None, end_code: int | None) -> str | None:
+        """Identity of one program image of this process: exec keeps the pid and the start
+        time (exec_id), so every exec gets a new image_id instead (issue 11, defect 5).
+
+        Ingredients, read identically by the sensor (mm_struct at sched_process_exec) and by a
+        sweep (procfs <pid>/stat fields 48 and 27, procfs array.c do_task_stat):
+        * mm->arg_start: where the new stack's argument area begins. load_elf_binary calls
+          setup_arg_pages(bprm, randomize_stack_top(STACK_TOP), ...): a top drawn afresh on
+          every exec (22 bits of pages on x86-64, STACK_RND_MASK, plus arch_align_stack's
+          random shift below 8 KiB), so with ASLR consecutive images of a process differ.
+        * mm->end_code: the end of the text segment, which tells different programs apart when
+          ASLR is off (`setarch -R`, randomize_va_space=0): there arg_start depends only on
+          the lengths of the filename, environment and argument strings.
+        Residual collision, ASLR off: the same program re-executed with strings of the same
+        total length (a daemon re-executing itself with the same argv and environment) keeps
+        both values, so its images share one image_id. prctl(PR_SET_MM) (CAP_SYS_RESOURCE;
+        CRIU) can also move both after exec, so a later sweep would derive another id.
+
+        The addresses are ASLR secrets (do_task_stat shows them only to ptrace-capable
+        readers), so only a 64-bit BLAKE2b of them, keyed with the boot id, leaves the host.
+        None when there is no layout to identify (arg_start 0: no mm, or stat hidden)."""
+        if not arg_start or end_code is None:
+            return None
+        h = hashlib.blake2b(f"{arg_start:x}:{end_code:x}".encode(), digest_size=8,
+                            key=self.boot_id.encode()[:64])
+        return f"{self.exec_id}:{h.hexdigest()}"
 
 
 class Depth(enum.Enum):
@@ -144,6 +172,18 @@ class ProcessSnapshot:
     sessionid: int | None = None
     tty_nr: int | None = None
     ns_pids: tuple[int, ...] | None = None  # status NSpid: the pid in each nested pid namespace
+    # status NStgid's last value: the pid as the process's own PID namespace numbers it
+    # (getpid() inside a container; Falco's vpid), and that namespace's depth (0: the
+    # procfs mount's own). The BPF sensor's vpid/pid_level are the same numbers.
+    vpid: int | None = None
+    pid_level: int | None = None
+    # The image's layout from stat fields 26, 27, 28 and 48 (mm_struct start_code, end_code,
+    # start_stack, arg_start): the same values the BPF sensor captures at exec. None when
+    # the kernel hid them (a reader without ptrace access, no mm) or stat is too short.
+    start_code: int | None = None
+    end_code: int | None = None
+    start_stack: int | None = None
+    arg_start: int | None = None
     kernel_thread: bool = False
     zombie: bool = False
     # FULL depth only
@@ -159,3 +199,8 @@ class ProcessSnapshot:
     environ: tuple[tuple[bytes, bytes], ...] | None = None
     mounts: tuple[bytes, ...] | None = None
     missing: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def image_id(self) -> str | None:
+        """ProcKey.image_id of the image this snapshot saw (None when its layout was hidden)."""
+        return self.key.image_id(self.arg_start, self.end_code)

@@ -47,7 +47,38 @@ def test_hostile_argv_dump_keeps_every_byte():
     assert r.exe == b"/usr/bin/echo"
 
 
-@pytest.mark.parametrize("cut", [0, 10, 31, 40, 151, 160])
+def test_records_inside_a_pid_namespace_carry_the_in_namespace_pid():
+    # recorded from `unshare --pid --fork --mount-proc /bin/echo in-pidns`: the child is the
+    # first process of a new pid namespace, so getpid() says 1 there, at depth 1
+    by_kind = {p.name.split("-")[0]: wire.decode(load_dump(p)[0]) for p in DUMPS if "in-pidns" in p.name}
+    assert set(by_kind) == {"exec", "fork", "exit"}
+    host_pids = {r.tgid for r in by_kind.values()}
+    assert len(host_pids) == 1 and host_pids != {1}
+    for r in by_kind.values():
+        assert (r.vpid, r.pid_level) == (1, 1)
+    host = wire.decode(load_dump(next(p for p in DUMPS if p.name == "exec-hostile-argv.dump"))[0])
+    assert (host.vpid, host.pid_level) == (host.tgid, 0)
+    assert by_kind["exec"].ns[0] != host.ns[0]  # pid namespace inode
+
+
+def test_exec_dump_carries_the_image_layout():
+    # the mm fields of a real PIE image (x86-64, ASLR on): code below the stack, the argument
+    # area inside the stack above the initial stack pointer, argv_size bytes long
+    for p in (p for p in DUMPS if p.name.startswith("exec-")):
+        r = wire.decode(load_dump(p)[0])
+        assert 0 < r.start_code < r.end_code < r.start_stack < r.arg_start
+        assert r.arg_start + r.argv_size <= 1 << 47  # x86-64 user space ends at 128 TiB
+
+
+def test_fork_dump_carries_the_forking_image_and_exec_replaces_it():
+    fork, exec_ = (wire.decode(load_dump(next(p for p in DUMPS if p.name == f"{k}-in-pidns.dump"))[0])
+                   for k in ("fork", "exec"))
+    assert fork.tgid == exec_.tgid
+    assert fork.arg_start and fork.end_code  # unshare's image, inherited by the child
+    assert exec_.arg_start != fork.arg_start and exec_.end_code != fork.end_code  # echo's own
+
+
+@pytest.mark.parametrize("cut", [0, 10, 39, 40, 191, 200])
 def test_truncated_records_raise_decode_error(cut):
     data, _ = load_dump(next(p for p in DUMPS if p.name == "exec-hostile-argv.dump"))
     with pytest.raises(wire.DecodeError):
@@ -87,10 +118,11 @@ raw_exec = st.builds(
     st.binary(max_size=15).filter(lambda b: b"\0" not in b),
     st.binary(max_size=60).filter(lambda b: b"\0" not in b),
     st.none() | st.binary(min_size=1, max_size=20).filter(lambda b: b"\0" not in b),
-    path, path, st.lists(arg, min_size=1, max_size=8).map(tuple))
-raw_fork = st.builds(wire.RawFork, u64, u32, u32, u64, u32, u32, u64)
+    path, path, st.lists(arg, min_size=1, max_size=8).map(tuple),
+    u32, u32, u64, u64, u64, u64)  # vpid pid_level start_code end_code start_stack arg_start
+raw_fork = st.builds(wire.RawFork, u64, u32, u32, u64, u32, u32, u64, u32, u32, u64, u64)
 raw_exit = st.builds(wire.RawExit, u64, u32, u32, u64, u32, u64,
-                     st.binary(max_size=16).filter(lambda b: b"\0" not in b))
+                     st.binary(max_size=16).filter(lambda b: b"\0" not in b), u32, u32)
 
 
 @given(st.one_of(raw_exec, raw_fork, raw_exit))

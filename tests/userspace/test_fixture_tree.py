@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from procfixture import FaultyProcFS
 
-from userspace.process import NS_NAMES, cpu_percent, read_namespaces, read_process
+from userspace.process import IMAGE_FIELDS, NS_NAMES, cpu_percent, read_namespaces, read_process
 from userspace.procfs import AccessDenied, ParseError, ProcessGone, ProcFS, Unavailable
 from userspace.sockets import SocketTables, join_sockets, read_proc_net_table
 from userspace.sweep import IncrementalScanner, SweepStats, scan, sort_parents_first
@@ -83,6 +83,12 @@ class TestReadProcess:
         assert (s.threads, s.utime_ticks, s.stime_ticks) == (2, 250, 120)
         assert (s.rss_bytes, s.vsz_bytes) == (3600 * 1024, 10000 * 1024)
         assert (s.loginuid, s.sessionid, s.tty_nr, s.ns_pids) == (1000, 3, 34816, (100,))
+        assert (s.vpid, s.pid_level) == (100, 0)
+        # stat fields 26, 27, 28 and 48 of the fixture line
+        assert (s.start_code, s.end_code, s.start_stack, s.arg_start) == (
+            94378685104128, 94378685180857, 140726281166848, 140726281170944)
+        assert s.image_id == s.key.image_id(140726281170944, 94378685180857)
+        assert s.image_id.startswith(s.key.exec_id + ":")
         assert not s.kernel_thread and not s.zombie
         assert s.thread_list == (ThreadInfo(100, b"agentd"), ThreadInfo(101, b"agentd-worker"))
         assert s.fds == (
@@ -145,7 +151,10 @@ class TestReadProcess:
         assert (s.comm, s.argv, s.exe, s.rss_bytes, s.vsz_bytes) == (b"kthreadd", None, None, 0, 0)
         assert s.thread_list == (ThreadInfo(2, b"kthreadd"),) and s.fds == () and s.sockets == ()
         assert s.ns == HOST_NS and s.cgroup == b"/"
-        assert s.missing == {"argv": KTHREAD, "exe": KTHREAD, "libraries": KTHREAD, "mounts": KTHREAD, "environ": KTHREAD}
+        assert s.missing == {"argv": KTHREAD, "exe": KTHREAD, "libraries": KTHREAD, "mounts": KTHREAD, "environ": KTHREAD,
+                             **{f: KTHREAD for f in IMAGE_FIELDS}}
+        assert s.arg_start is None and s.image_id is None  # no mm: stat prints 0
+        assert (s.vpid, s.pid_level) == (2, 0)
 
     def test_kernel_thread_by_falco_rule(self, fs: ProcFS, root: str) -> None:
         # No PF_KTHREAD in flags (say, an old fixture), but no cmdline and no exe: kernel thread.
@@ -170,8 +179,9 @@ class TestReadProcess:
         assert s.fds == () and s.fd_count == 0
         assert s.missing == {
             f: ZOMBIE for f in ("argv", "exe", "cwd", "root", "thread_list", "ns", "ns_differs_from_init",
-                                "cgroup", "libraries", "mounts", "environ")
+                                "cgroup", "libraries", "mounts", "environ", *IMAGE_FIELDS)
         }
+        assert s.image_id is None
 
     def test_deleted_exe(self, fs: ProcFS) -> None:
         s = read_process(fs, 300, Depth.CHEAP)
@@ -209,6 +219,48 @@ class TestReadProcess:
         s = read_process(fs, pid)
         assert s.container_id == cid
         assert s.ns_pids == (pid, 1)
+        assert (s.vpid, s.pid_level) == (1, 1)  # NStgid's last value: getpid() in the container
+
+    def test_image_layout_hidden_from_a_reader_without_ptrace_access(self, fs: ProcFS, root: str) -> None:
+        # do_task_stat prints start_code/end_code as 1 and the rest as 0 to such a reader
+        stat = Path(root, "100", "stat")
+        line = stat.read_bytes()
+        head, _, rest = line.rpartition(b") ")
+        tok = rest.split(b" ")
+        for n, value in ((26, b"1"), (27, b"1"), (28, b"0"), *((n, b"0") for n in range(45, 52))):
+            tok[n - 3] = value
+        stat.write_bytes(head + b") " + b" ".join(tok))
+        s = read_process(fs, 100, Depth.CHEAP)
+        assert (s.start_code, s.end_code, s.start_stack, s.arg_start, s.image_id) == (None,) * 5
+        assert {f: s.missing[f] for f in IMAGE_FIELDS} == {f: DENIED for f in IMAGE_FIELDS}
+
+    def test_image_layout_absent_from_an_old_kernels_short_stat(self, fs: ProcFS, root: str) -> None:
+        # before Linux 3.5 stat ended at field 44 (no start_data ... arg_start)
+        stat = Path(root, "100", "stat")
+        head, _, rest = stat.read_bytes().rpartition(b") ")
+        stat.write_bytes(head + b") " + b" ".join(rest.split(b" ")[: 44 - 2]) + b"\n")
+        s = read_process(fs, 100, Depth.CHEAP)
+        assert s.arg_start is None and s.image_id is None and s.missing["arg_start"] == UNAVAIL
+
+    def test_image_id_changes_with_the_image_and_only_with_it(self, fs: ProcFS, root: str) -> None:
+        before = read_process(fs, 100, Depth.CHEAP)
+        assert read_process(fs, 100, Depth.CHEAP).image_id == before.image_id
+        # the same process (pid, start time) after an exec: a new stack, so a new arg_start
+        stat = Path(root, "100", "stat")
+        stat.write_bytes(stat.read_bytes().replace(b" 140726281170944 ", b" 140726281179136 "))
+        after = read_process(fs, 100, Depth.CHEAP)
+        assert after.key.exec_id == before.key.exec_id
+        assert after.image_id != before.image_id and after.image_id.startswith(before.key.exec_id + ":")
+
+    def test_status_without_nstgid(self, fs: ProcFS, root: str) -> None:
+        # kernels before 4.1 have no NStgid/NSpid lines
+        status = Path(root, "100", "status")
+        status.write_bytes(b"".join(line for line in status.read_bytes().splitlines(keepends=True)
+                                    if not line.startswith((b"NStgid:", b"NSpid:"))))
+        s = read_process(fs, 100, Depth.CHEAP)
+        assert (s.vpid, s.pid_level) == (None, None)
+        assert (s.missing["vpid"], s.missing["pid_level"]) == (UNAVAIL, UNAVAIL)
+        assert s.uids == (1000,) * 4  # the rest of status still counts
 
     def test_container_namespaces_and_own_socket_table(self, fs: ProcFS) -> None:
         s = read_process(fs, 400)

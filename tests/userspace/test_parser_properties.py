@@ -2,6 +2,8 @@
 round-trip properties of STYLE 2.3."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import socket
 from typing import Callable
 
@@ -72,13 +74,17 @@ def test_cmdline_roundtrip_with_empty_arguments(argv: list[bytes]) -> None:
 
 
 def render_stat(s: P.Stat) -> bytes:
-    """Inverse of parse_stat: a 52-field line with the parsed fields in their proc(5) slots."""
-    fields = ["0"] * 52
+    """Inverse of parse_stat: a line with the parsed fields in their proc(5) slots, 52 fields
+    long (today's kernels), 44 (before 3.5: no arg_start) or 25 (no start_code either)."""
+    length = 52 if s.arg_start is not None else 44 if s.start_code is not None else 25
+    fields = ["0"] * length
     for num, value in (
         (1, s.pid), (4, s.ppid), (5, s.pgrp), (6, s.session), (7, s.tty_nr), (9, s.flags),
         (14, s.utime), (15, s.stime), (20, s.num_threads), (22, s.starttime), (23, s.vsize), (24, s.rss),
+        (26, s.start_code), (27, s.end_code), (28, s.start_stack), (48, s.arg_start), (49, s.arg_end),
     ):
-        fields[num - 1] = str(value)
+        if num <= length:
+            fields[num - 1] = str(value)
     fields[2] = s.state
     head = fields[0].encode() + b" (" + s.comm + b") "
     return head + " ".join(fields[2:]).encode() + b"\n"
@@ -102,7 +108,12 @@ stats = st.builds(
     starttime=u64,
     vsize=u64,
     rss=st.integers(min_value=-(2**63), max_value=2**63 - 1),
-)
+).flatmap(lambda s: st.one_of(
+    st.just(s),  # a stat cut before field 26
+    st.tuples(u64, u64, u64).map(lambda t: replace(s, start_code=t[0], end_code=t[1], start_stack=t[2])),
+    st.tuples(u64, u64, u64, u64, u64).map(lambda t: replace(
+        s, start_code=t[0], end_code=t[1], start_stack=t[2], arg_start=t[3], arg_end=t[4])),
+))
 
 
 @settings(max_examples=500)

@@ -24,8 +24,41 @@ class TestStat:
         assert s == P.Stat(
             pid=8013, comm=b"cat", state="R", ppid=8004, pgrp=8004, session=2491, tty_nr=0,
             flags=4194304, utime=3, stime=4, num_threads=1, starttime=74164, vsize=3133440, rss=380,
+            start_code=94537992101888, end_code=94537992121769, start_stack=140726454312896,
+            arg_start=140726454315744, arg_end=140726454315764,
         )
-        assert not s.kernel_thread
+        assert not s.kernel_thread and not s.layout_hidden
+
+    def test_image_layout_fields_need_a_long_enough_line(self) -> None:
+        tokens = STAT_CAT.rstrip(b"\n").split(b" ")  # "8013", "(cat)", then field 3 ...
+        # before Linux 3.5 the line ended at field 44: start_code..start_stack, no arg_start
+        s = P.parse_stat(b" ".join(tokens[:44]) + b"\n")
+        assert (s.start_code, s.end_code, s.start_stack) == (94537992101888, 94537992121769, 140726454312896)
+        assert (s.arg_start, s.arg_end) == (None, None) and s.layout_hidden
+        # a line of exactly 48 fields has arg_start, not arg_end
+        s = P.parse_stat(b" ".join(tokens[:48]))
+        assert (s.arg_start, s.arg_end) == (140726454315744, None)
+        # the shortest accepted line (up to field 24, rss) has none of them
+        s = P.parse_stat(b" ".join(tokens[:24]))
+        assert (s.rss, s.start_code, s.end_code, s.start_stack, s.arg_start) == (380, None, None, None, None)
+
+    @pytest.mark.parametrize("hidden", [
+        # do_task_stat to a reader without ptrace access: "1 1 0" and seven zeros
+        (b"1", b"1", b"0", b"0"),
+        # no mm (kernel thread, zombie, after exit_mm): all zeros
+        (b"0", b"0", b"0", b"0"),
+    ])
+    def test_hidden_image_layout(self, hidden) -> None:
+        tok = STAT_CAT.rstrip(b"\n").split(b" ")
+        tok[25], tok[26], tok[27], tok[47] = hidden  # fields 26, 27, 28, 48
+        s = P.parse_stat(b" ".join(tok))
+        assert s.layout_hidden and s.arg_start == 0
+
+    def test_garbage_in_an_image_layout_field(self) -> None:
+        tok = STAT_CAT.rstrip(b"\n").split(b" ")
+        tok[47] = b"0x7ffd"  # field 48
+        with pytest.raises(ParseError):
+            P.parse_stat(b" ".join(tok))
 
     def test_hostile_comm(self) -> None:
         # tetragon pkg/reader/proc TestGetProcStatStrings
@@ -89,6 +122,41 @@ class TestStatus:
     def test_truncated_mid_line(self) -> None:
         with pytest.raises(ParseError):
             P.parse_status(STATUS[: STATUS.index(b"\t1002")])
+
+    def test_vpid_is_the_last_nstgid_value(self) -> None:
+        s = P.parse_status(STATUS)
+        assert (s.vpid, s.pid_level) == (12, 1)
+        host = P.parse_status(STATUS.replace(b"NStgid:\t8006\t12\n", b"NStgid:\t8006\n")
+                              .replace(b"NSpid:\t8006\t12\n", b"NSpid:\t8006\n"))
+        assert (host.vpid, host.pid_level) == (8006, 0)
+        nested = P.parse_status(b"NStgid:\t31000\t4200\t77\t1\nNSpid:\t31000\t4200\t77\t1\n")
+        assert (nested.vpid, nested.pid_level) == (1, 3)
+
+    def test_vpid_absent_on_kernels_without_ns_lines(self) -> None:
+        # NStgid/NSpid arrived in Linux 4.1
+        s = P.parse_status(b"Name:\tcat\nTgid:\t8006\nPid:\t8006\nPPid:\t8004\n")
+        assert (s.vpid, s.pid_level, s.ns_tgid, s.ns_pid) == (None, None, None, None)
+
+    def test_vpid_falls_back_to_nspid(self) -> None:
+        # for <tgid>/status NSpid is the leader's list, the same as NStgid
+        s = P.parse_status(b"Name:\tcat\nNSpid:\t8006\t12\n")
+        assert (s.vpid, s.pid_level) == (12, 1)
+
+    @pytest.mark.parametrize("cut_after", [b"NStgid:\t8006\t", b"NStgid:\t8006\t1", b"NStgid:\t8006"])
+    def test_truncated_nstgid_line_is_dropped_not_misread(self, cut_after: bytes) -> None:
+        # a short read inside the list would otherwise parse as a shorter list (vpid 8006, or 1)
+        s = P.parse_status(STATUS[: STATUS.index(cut_after) + len(cut_after)])
+        assert s.ns_tgid is None and s.vpid is None and s.pid_level is None
+        assert s.uids == (1000, 1001, 1002, 1003)  # the complete lines before it still count
+
+    def test_truncated_after_nstgid_uses_it(self) -> None:
+        s = P.parse_status(STATUS[: STATUS.index(b"NSpid:\t8006\t12") + len(b"NSpid:\t80")])
+        assert s.ns_tgid == (8006, 12) and s.ns_pid is None and s.vpid == 12
+
+    @pytest.mark.parametrize("bad", [b"NStgid:\t8006\tx\n", b"NStgid:\t-\n", b"NSpid:\t1\t\xff\n"])
+    def test_hostile_ns_lines(self, bad: bytes) -> None:
+        with pytest.raises(ParseError):
+            P.parse_status(b"Name:\tcat\n" + bad)
 
     def test_name_keeps_leading_space(self) -> None:
         assert P.parse_status(b"Name:\t x\n").name == b" x"

@@ -20,7 +20,7 @@ from monitor.sensors.bpf.btf import BTF, BTFError
 
 BTF_PATH = "/sys/kernel/btf/vmlinux"
 CACHE_DIR = os.environ.get("PROCSENTRY_CACHE_DIR", "/var/cache/procsentry")
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # bump whenever WANTS changes: a cached file lacks new macros
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,10 @@ WANTS: tuple[Want, ...] = (
     _w("TTY_NAME", "tty_struct", "name", 64),
     _w("MM_ARG_START", "mm_struct", "arg_start", 8),
     _w("MM_ARG_END", "mm_struct", "arg_end", 8),
+    # The image identity (stat fields 26, 27, 28 in do_task_stat print these same members).
+    _w("MM_START_CODE", "mm_struct", "start_code", 8),
+    _w("MM_END_CODE", "mm_struct", "end_code", 8),
+    _w("MM_START_STACK", "mm_struct", "start_stack", 8),
     _w("FS_PWD_MNT", "fs_struct", "pwd.mnt", 8),
     _w("FS_PWD_DENTRY", "fs_struct", "pwd.dentry", 8),
     _w("FILE_PATH_MNT", "file", "f_path.mnt", 8),
@@ -101,9 +105,13 @@ WANTS: tuple[Want, ...] = (
     _w("PID_LEVEL", "pid", "level", 4),
     _w("PID_NUMBERS", "pid", "numbers"),
     _w("UPID_NS", "upid", "ns", 8),
+    _w("UPID_NR", "upid", "nr", 4),  # the pid number in that level's namespace (vpid)
 )
 # Sizes of whole structs, for array indexing (pid->numbers[level]).
 SIZES: tuple[tuple[str, str], ...] = (("UPID_SIZE", "upid"),)
+
+
+_MACROS = frozenset(w.macro for w in WANTS) | frozenset(m for m, _s in SIZES)
 
 
 class OffsetsError(Exception):
@@ -158,7 +166,11 @@ def load(btf_path: str = BTF_PATH, cache_dir: str | None = CACHE_DIR) -> dict[st
             with open(cache_file, "rb") as f:
                 cached = json.load(f)
             if cached.get("version") == CACHE_VERSION and cached.get("btf_sha256") == digest:
-                return {str(k): int(v) for k, v in cached["offsets"].items()}
+                got = {str(k): int(v) for k, v in cached["offsets"].items()}
+                # a file written by a build with fewer WANTS (same version by mistake) would
+                # make the C fail to compile on a missing OFF_ macro: resolve again instead
+                if _MACROS <= got.keys():
+                    return got
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass  # absent or corrupt cache: resolve again
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 EVENT_EXEC = 1
 EVENT_FORK = 2
 EVENT_EXIT = 3
@@ -31,17 +31,26 @@ NO_MM = 1 << 10
 COUNTERS = ("exec", "fork", "exit", "thread_create", "thread_exit", "submit_failed",
             "scratch_missing")
 
-HEADER = struct.Struct("<BBHIQIIQ")
-FORK = struct.Struct("<BBHIQIIQIIQ")
-EXIT = struct.Struct("<BBHIQIIQIIQ16s")
-EXEC = struct.Struct("<BBHIQIIQ" "IIII" "QQ" "IIII" "II" "7I" "I" "HHHH" "I" "16s" "4x")
-assert (HEADER.size, FORK.size, EXIT.size, EXEC.size) == (32, 48, 64, 152)
+HEADER = struct.Struct("<BBHIQIIQII")
+FORK = struct.Struct("<BBHIQIIQII" "IIQ" "QQ")
+EXIT = struct.Struct("<BBHIQIIQII" "IIQ16s")
+EXEC = struct.Struct("<BBHIQIIQII" "IIII" "QQ" "QQQQ" "IIII" "II" "7I" "I" "HHHH" "I" "16s" "4x")
+assert (HEADER.size, FORK.size, EXIT.size, EXEC.size) == (40, 72, 72, 192)
 
 UNSET_ID = 0xFFFFFFFF  # loginuid/sessionid never set (AUDIT_UID_UNSET)
 
 
 class DecodeError(ValueError):
     """A record too short, of an unknown type or version, or with lengths past its end."""
+
+
+# Every record type ends with the fields added in wire version 2, with defaults, so that code
+# building records by position (tests, the pipeline's fixtures) keeps working. In all three:
+#   vpid       the tgid as the process's own PID namespace numbers it (getpid() inside a
+#              container; Falco's vpid); equal to tgid when pid_level is 0. 0: unreadable.
+#   pid_level  the depth of that namespace (struct pid.level): 0 = the host's.
+# procfs <pid>/status NStgid lists the same numbers, host first: vpid is its last value and
+# pid_level its length - 1 (userspace.parsers.Status).
 
 
 class RawFork(NamedTuple):
@@ -52,6 +61,12 @@ class RawFork(NamedTuple):
     parent_tgid: int
     parent_tid: int
     parent_start_boottime: int
+    vpid: int = 0  # the child's
+    pid_level: int = 0
+    # The layout of the image the child runs: its parent's at the fork (dup_mm copies it), so
+    # parent_key.image_id(arg_start, end_code) names the image that forked it. 0: no mm.
+    arg_start: int = 0
+    end_code: int = 0
 
 
 class RawExit(NamedTuple):
@@ -62,6 +77,8 @@ class RawExit(NamedTuple):
     exit_code: int  # wait(2) status
     start_time: int  # CLOCK_MONOTONIC ns
     comm: bytes
+    vpid: int = 0
+    pid_level: int = 0
 
 
 class RawExec(NamedTuple):
@@ -89,6 +106,16 @@ class RawExec(NamedTuple):
     exe: bytes | None  # absolute path assembled from leaf-first components
     cwd: bytes | None
     argv: tuple[bytes, ...]
+    vpid: int = 0
+    pid_level: int = 0
+    # The new image's mm layout; procfs <pid>/stat fields 26, 27, 28 and 48 print the same
+    # members (do_task_stat), so a sweep reads the same values for the same image. With ASLR
+    # arg_start changes on every exec: with end_code it is the image identity
+    # (userspace.types.ProcKey.image_id). 0 when the task has no mm (EXEC_NO_MM).
+    start_code: int = 0
+    end_code: int = 0
+    start_stack: int = 0
+    arg_start: int = 0
 
 
 NS_NAMES = ("pid", "mnt", "net", "user", "uts", "ipc", "cgroup")
@@ -127,7 +154,7 @@ def decode_argv(blob: bytes) -> tuple[bytes, ...]:
 def decode(buf: bytes) -> RawExec | RawFork | RawExit:
     if len(buf) < HEADER.size:
         raise DecodeError(f"record of {len(buf)} bytes is shorter than its header")
-    etype, version, _r, size, ts, tgid, tid, start = HEADER.unpack_from(buf, 0)
+    etype, version, _r, size, ts, tgid, tid, start, vpid, level = HEADER.unpack_from(buf, 0)
     if version != WIRE_VERSION:
         raise DecodeError(f"wire version {version}, expected {WIRE_VERSION}")
     if size > len(buf):
@@ -138,21 +165,22 @@ def decode(buf: bytes) -> RawExec | RawFork | RawExit:
         if size < FORK.size:
             raise DecodeError("fork record too short")
         f = FORK.unpack_from(buf, 0)
-        return RawFork(ts, tgid, tid, start, f[8], f[9], f[10])
+        return RawFork(ts, tgid, tid, start, f[10], f[11], f[12], vpid, level, f[13], f[14])
     if etype == EVENT_EXIT:
         if size < EXIT.size:
             raise DecodeError("exit record too short")
         e = EXIT.unpack_from(buf, 0)
-        return RawExit(ts, tgid, tid, start, e[8], e[10], _cstr(e[11]))
+        return RawExit(ts, tgid, tid, start, e[10], e[12], _cstr(e[13]), vpid, level)
     raise DecodeError(f"unknown record type {etype}")
 
 
 def decode_exec(buf: bytes, size: int) -> RawExec:
     if size < EXEC.size:
         raise DecodeError("exec record too short")
-    (_t, _v, _r, _s, ts, tgid, tid, start,
+    (_t, _v, _r, _s, ts, tgid, tid, start, vpid, level,
      old_tid, flags, ppid, argc,
      pstart, cgroup_id,
+     start_code, end_code, start_stack, arg_start,
      uid, gid, euid, egid,
      loginuid, sessionid,
      ns_pid, ns_mnt, ns_net, ns_user, ns_uts, ns_ipc, ns_cgroup,
@@ -176,18 +204,20 @@ def decode_exec(buf: bytes, size: int) -> RawExec:
     return RawExec(ts, tgid, tid, start, old_tid, flags, ppid, argc, pstart, cgroup_id,
                    uid, gid, euid, egid, loginuid, sessionid,
                    (ns_pid, ns_mnt, ns_net, ns_user, ns_uts, ns_ipc, ns_cgroup),
-                   argv_size, _cstr(comm), filename, tty, exe, cwd, argv)
+                   argv_size, _cstr(comm), filename, tty, exe, cwd, argv,
+                   vpid, level, start_code, end_code, start_stack, arg_start)
 
 
 def encode(raw: RawExec | RawFork | RawExit, exe_components: bytes | None = None) -> bytes:
     """Inverse of decode, for tests (property: decode(encode(x)) == x)."""
     if isinstance(raw, RawFork):
         return FORK.pack(EVENT_FORK, WIRE_VERSION, 0, FORK.size, raw.ts_ns, raw.tgid, raw.tid,
-                         raw.start_boottime, raw.parent_tgid, raw.parent_tid,
-                         raw.parent_start_boottime)
+                         raw.start_boottime, raw.vpid, raw.pid_level, raw.parent_tgid, raw.parent_tid,
+                         raw.parent_start_boottime, raw.arg_start, raw.end_code)
     if isinstance(raw, RawExit):
         return EXIT.pack(EVENT_EXIT, WIRE_VERSION, 0, EXIT.size, raw.ts_ns, raw.tgid, raw.tid,
-                         raw.start_boottime, raw.exit_code, 0, raw.start_time, raw.comm)
+                         raw.start_boottime, raw.vpid, raw.pid_level, raw.exit_code, 0,
+                         raw.start_time, raw.comm)
 
     def components(path: bytes | None) -> bytes:
         if not path or path == b"/":
@@ -201,8 +231,9 @@ def encode(raw: RawExec | RawFork | RawExit, exe_components: bytes | None = None
     argv = b"".join(a + b"\0" for a in raw.argv)
     size = EXEC.size + len(filename) + len(tty) + len(exe) + len(cwd) + len(argv)
     head = EXEC.pack(EVENT_EXEC, WIRE_VERSION, 0, size, raw.ts_ns, raw.tgid, raw.tid,
-                     raw.start_boottime, raw.old_tid, raw.flags, raw.ppid, raw.argc,
-                     raw.parent_start_boottime, raw.cgroup_id, raw.uid, raw.gid, raw.euid,
+                     raw.start_boottime, raw.vpid, raw.pid_level, raw.old_tid, raw.flags, raw.ppid,
+                     raw.argc, raw.parent_start_boottime, raw.cgroup_id, raw.start_code,
+                     raw.end_code, raw.start_stack, raw.arg_start, raw.uid, raw.gid, raw.euid,
                      raw.egid, raw.loginuid, raw.sessionid, *raw.ns, raw.argv_size,
                      len(filename), len(tty), len(exe), len(cwd), len(argv), raw.comm)
     return head + filename + tty + exe + cwd + argv
