@@ -6,23 +6,17 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from userspace.parsers import parse_stat
+from tests.support.procstat import start_ticks
 
 pytestmark = pytest.mark.bpf
 
 SLEEP = os.path.realpath("/bin/sleep")
 TRUE = os.path.realpath("/bin/true")
 BASH = os.path.realpath("/bin/bash")
-
-
-def start_ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        return parse_stat(f.read()).starttime
 
 
 def test_process_tree_has_ancestry_links_and_exit_codes(watch):
@@ -186,15 +180,14 @@ def test_exits_missed_by_the_sensor_are_inferred(watch):
         for v in victims:
             v.kill()
             v.wait()
-        subprocess.run([os.path.join(os.path.dirname(__file__), "..", "..", ".venv", "bin", "python"),
-                        "-c", "import os\nfor i in range(600):\n    pid = os.fork()\n    if pid == 0: os._exit(0)\n    os.waitpid(pid, 0)"],
+        subprocess.run([sys.executable, "-c", "import os\nfor i in range(600):\n    pid = os.fork()\n    if pid == 0: os._exit(0)\n    os.waitpid(pid, 0)"],
                        check=True)
     finally:
         os.kill(w.proc.pid, signal.SIGCONT)
     ids = {v.pid for v in victims}
     exits = w.until(lambda evs: (lambda xs: xs if {e["pid"] for e in xs} == ids else None)(
         [e for e in evs if e["event"] == "exit" and e["pid"] in ids]), 60,
-        on_timeout=lambda: [e for e in w.snapshot() if e.get("pid") in ids or e["event"] in ("lost", "stats")])
+        what=f"exits (reported or inferred) of all of {sorted(ids)}")
     for e in exits:
         if e["inferred"]:
             assert e["source"] == "sweep" and e["exit_code"] is None and e["signal"] is None
@@ -206,18 +199,21 @@ def test_exits_missed_by_the_sensor_are_inferred(watch):
 
 def test_filters_and_text_output_escape_control_characters(watch):
     w = watch("--format", "text", "--events", "exec", "--comm", "true", "--stats-interval", "600")
-    time.sleep(2)
+    w.sensor_line()  # attached: from here on every exec is seen
     hostile = b"\x1b[2J\x1b[31mred\nnext"
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and not any(b"red" in line for line in w.lines):
-        subprocess.run([TRUE.encode(), hostile])
-        subprocess.run([SLEEP, "0.01"])  # filtered out by --comm
-        time.sleep(0.3)
+    subprocess.run([SLEEP, "0.01"], check=True)  # filtered out by --comm
+    subprocess.run([TRUE.encode(), hostile], check=True)
+    subprocess.run([TRUE, "last-of-the-test"], check=True)  # and filtered out: its exit
+    w.until_lines(lambda lines: any(b"last-of-the-test" in line for line in lines), 30,
+                  "the exec of true last-of-the-test")
     assert w.stop() == 0
     out = b"".join(w.lines)
     assert b"\x1b" not in out and b"\\x1b[2J\\x1b[31mred\\nnext" in out
     body = [line for line in w.lines if b" exec " in line]
-    assert body and all(b"true" in line for line in body)
+    assert len([line for line in body if f"[{TRUE} ".encode() in line]) >= 2
+    assert all(b" exec " in line for line in w.lines
+               if b" stats " not in line and b" lost " not in line)  # --events exec
+    assert all(b"true" in line for line in body)
     assert not any(b"sleep" in line for line in body)
 
 
@@ -227,11 +223,11 @@ def test_output_file_is_private_and_appended(watch, tmp_path):
     os.chmod(out, 0o600)
     new = tmp_path / "new.jsonl"
     w = watch("--output", str(new), "--duration", "2")
-    assert w.proc.wait(30) == 0
+    assert w.wait(30) == 0
     assert stat.S_IMODE(os.stat(new).st_mode) == 0o600
     assert new.read_bytes().count(b"\n") > 1
     w2 = watch("--output", str(out), "--duration", "1")
-    assert w2.proc.wait(30) == 0
+    assert w2.wait(30) == 0
     assert out.read_bytes().startswith(b"previous line\n{")
 
 
@@ -242,13 +238,14 @@ def test_full_disk_is_counted_not_fatal(watch, tmp_path):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mnt)], check=True)
     try:
         w = watch("--output", str(mnt / "events.jsonl"), "--stats-interval", "600")
-        time.sleep(3)  # the start-up sweep alone is larger than 16 KiB
+        # the start-up sweep alone is larger than 16 KiB: its write fails, and says so
+        w.until_stderr("procsentry: cannot write events (No space left on device)")
         for _ in range(5):
-            subprocess.run([TRUE])
-        time.sleep(1)
+            subprocess.run([TRUE], check=True)
         assert w.proc.poll() is None, "the monitor died on a full disk"
-        assert w.stop() == 0
-        assert b"dropped" in w.stderr
+        assert w.stop() == 0  # still running, and ends as usual
+        dropped = w.until_stderr("events dropped: the output could not be written")
+        assert int(dropped.split()[1]) > 0, dropped
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
 
@@ -256,7 +253,8 @@ def test_full_disk_is_counted_not_fatal(watch, tmp_path):
 def test_monitor_never_reports_itself(watch):
     w = watch("--sweep-interval", "1", "--stats-interval", "1")
     w.wait_ready()
-    time.sleep(2.5)
+    # three stats events, a second apart: two periodic sweeps (which list every process) ran
+    w.until(lambda evs: len([e for e in evs if e["event"] == "stats"]) >= 3, 30, "three stats events")
     assert w.stop() == 0
     mine = [e for e in w.snapshot() if e.get("pid") == w.proc.pid]
     assert mine == []

@@ -19,8 +19,8 @@ N = 200
 
 
 @pytest.mark.parametrize("sensor", [pytest.param("bpf", marks=pytest.mark.bpf), "connector", "poll"])
-def test_capture_rate(monitor, progs, sensor):
-    m = monitor("--sensor", sensor)
+def test_capture_rate(watch, progs, sensor):
+    m = watch("--sensor", sensor)
     m.sensor_line()
     m.wait_ready()
     out = subprocess.run([str(progs / "fork_storm"), str(N), TRUE], capture_output=True, check=True)

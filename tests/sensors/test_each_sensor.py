@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from sensorproc import start_ticks
+from tests.support.procstat import start_ticks
 
 BASH = os.path.realpath("/bin/bash")
 SCRIPT = "sleep 2; exit 4"
@@ -20,8 +20,8 @@ SENSORS = [pytest.param("bpf", marks=pytest.mark.bpf), "connector", "poll"]
 
 @pytest.mark.root
 @pytest.mark.parametrize("sensor", SENSORS)
-def test_process_tree(monitor, sensor):
-    m = monitor("--sensor", sensor)
+def test_process_tree(watch, sensor):
+    m = watch("--sensor", sensor)
     assert m.sensor_line().startswith(f"procsentry: sensor {sensor} ({sensor}")
     m.wait_ready()
     # --- trigger: bash forks sleep (not its last command, so not exec'd in place), exits 4 ---

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sensorproc import REPO
+from tests.support.watch import REPO
 
 pytestmark = pytest.mark.root
 
@@ -34,16 +34,16 @@ def run_one(m) -> dict:
 
 
 @pytest.mark.bpf
-def test_auto_chooses_bpf(monitor):
-    m = monitor()  # --sensor auto is the default
+def test_auto_chooses_bpf(watch):
+    m = watch()  # --sensor auto is the default
     assert m.sensor_line().startswith("procsentry: sensor bpf (auto: complete")
     m.wait_ready()
     assert run_one(m)["source"] == "bpf"
     assert {e["source"] for e in m.snapshot()} == {"bpf", "sweep"}
 
 
-def test_auto_falls_back_to_the_connector(monitor):
-    m = monitor("--sensor", "auto", env=NO_BPF)
+def test_auto_falls_back_to_the_connector(watch):
+    m = watch("--sensor", "auto", env=NO_BPF)
     line = m.sensor_line()
     assert line.startswith(f"procsentry: sensor connector (auto; {BPF_REASON}; real-time")
     m.wait_ready()
@@ -51,8 +51,8 @@ def test_auto_falls_back_to_the_connector(monitor):
     assert {e["source"] for e in m.snapshot()} == {"connector", "sweep"}
 
 
-def test_auto_falls_back_to_polling(monitor):
-    m = monitor("--poll-interval", "0.05", env={**NO_BPF, **NO_CONNECTOR})
+def test_auto_falls_back_to_polling(watch):
+    m = watch("--poll-interval", "0.05", env={**NO_BPF, **NO_CONNECTOR})
     line = m.sensor_line()
     assert line.startswith(f"procsentry: sensor poll (auto; {BPF_REASON}; {CONNECTOR_REASON}; "
                            "procfs sweeps every 0.05 s")
