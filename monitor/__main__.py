@@ -41,6 +41,25 @@ def _csv(value: str) -> frozenset[str]:
     return items
 
 
+def _user(value: str) -> int:
+    """--uid: a number, or a user name looked up like `ps -u` does (digits are a number)."""
+    if value.isdigit():
+        return int(value)
+    import pwd  # noqa: PLC0415
+    try:
+        return pwd.getpwnam(value).pw_uid
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"no user named {value!r} on this host") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line (and status 2): the mistake and where to read more, not the
+    whole usage block."""
+
+    def error(self, message: str):
+        self.exit(EX_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _positive(kind):
     def parse(value: str):
         v = kind(value)
@@ -51,7 +70,7 @@ def _positive(kind):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="procsentry", description=__doc__, epilog=EXAMPLES,
+    p = _Parser(prog="procsentry", description=__doc__, epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -61,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: text on a terminal, JSON lines otherwise")
     w.add_argument("--output", metavar="FILE", help="append events to FILE (created 0600)")
     w.add_argument("--pid", type=int, help="only events of this process")
-    w.add_argument("--uid", type=int, help="only processes with this real or effective uid")
+    w.add_argument("--uid", type=_user, metavar="USER",
+                   help="only processes with this real or effective user (name or uid)")
     w.add_argument("--comm", help="only processes with this comm")
     w.add_argument("--exe", metavar="GLOB", help="only executables matching GLOB")
     w.add_argument("--events", type=_csv, metavar="LIST", help="e.g. exec,exit")
@@ -126,25 +146,27 @@ def cmd_snapshot(args) -> int:
 
 def cmd_watch(args) -> int:
     from monitor import sensors  # noqa: PLC0415
-    from monitor.output import Sink  # noqa: PLC0415
+    from monitor.output import OutputRefused, Sink  # noqa: PLC0415
     from monitor.pipeline import Config, Filters, Pipeline  # noqa: PLC0415
     from userspace.procfs import ProcFS, default_root  # noqa: PLC0415
 
     if args.dump_bpf:
         return sensors.dump_bpf()
+    # The output first: a path that cannot be written is the user's to fix, found before
+    # anything is compiled or loaded.
+    try:
+        sink = Sink(args.format or "auto", args.output)
+    except OutputRefused as e:
+        print(f"procsentry: --output: {e}", file=sys.stderr)
+        return EX_USAGE
     try:
         source, note = sensors.choose(args)
     except sensors.NoSensor as e:
+        sink.close()
         print(f"procsentry: {e}", file=sys.stderr)
         return EX_NOPERM if e.permission else EX_ERROR
     print(f"procsentry: sensor {source.name}{' (' + note + ')' if note else ''}", file=sys.stderr)
     fs = ProcFS(args.proc_root or default_root())
-    try:
-        sink = Sink(args.format or "auto", args.output)
-    except OSError as e:
-        print(f"procsentry: cannot open {args.output}: {e.strerror}", file=sys.stderr)
-        source.close()
-        return EX_ERROR
     cfg = Config(
         sweep_interval_s=args.sweep_interval, stats_interval_s=args.stats_interval,
         duration_s=args.duration, count=args.count, ancestry_depth=args.ancestry_depth,
