@@ -103,47 +103,43 @@ def test_closed_pipe_raises_broken_pipe(tmp_path):
 
 # --- --output as a root daemon opens it (issue 11, defect 1) ------------------------------------
 
+def refused(path) -> str:
+    """Sink(path=...) refuses to open path: the reason it gives."""
+    with pytest.raises(OutputRefused) as e:
+        Sink("json", path=str(path))
+    return str(e.value)
+
+
 def test_output_symlink_is_refused_and_its_target_left_alone(tmp_path):
     target = tmp_path / "passwd-copy"
     target.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
     link = tmp_path / "events.jsonl"
     link.symlink_to(target)
-    with pytest.raises(OutputRefused) as e:
-        Sink("json", path=str(link))
-    assert str(e.value) == f"{link} is a symbolic link; give the file itself"
+    assert refused(link) == f"{link} is a symbolic link; give the file itself"
     assert target.read_bytes() == b"root:x:0:0:root:/root:/bin/bash\n"
 
 
 def test_output_dangling_symlink_is_refused_and_nothing_created(tmp_path):
     link = tmp_path / "events.jsonl"
     link.symlink_to(tmp_path / "planted")
-    with pytest.raises(OutputRefused):
-        Sink("json", path=str(link))
+    assert refused(link) == f"{link} is a symbolic link; give the file itself"
     assert not (tmp_path / "planted").exists()
 
 
 def test_output_fifo_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "events.fifo"
     os.mkfifo(fifo)
-    with pytest.raises(OutputRefused) as e:  # no reader: a blocking open would hang here
-        Sink("json", path=str(fifo))
-    assert str(e.value) == f"{fifo} is not a regular file"
+    assert refused(fifo) == f"{fifo} is not a regular file"
     r = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # with a reader the open succeeds: fstat refuses
     try:
-        with pytest.raises(OutputRefused) as e:
-            Sink("json", path=str(fifo))
-        assert str(e.value) == f"{fifo} is not a regular file"
+        assert refused(fifo) == f"{fifo} is not a regular file"
     finally:
         os.close(r)
 
 
 def test_output_directory_and_device_are_refused(tmp_path):
-    with pytest.raises(OutputRefused) as e:
-        Sink("json", path="/dev/null")
-    assert str(e.value) == "/dev/null is not a regular file"
-    with pytest.raises(OutputRefused) as e:
-        Sink("json", path=str(tmp_path))
-    assert str(e.value) == f"cannot open {tmp_path}: Is a directory"
+    assert refused("/dev/null") == "/dev/null is not a regular file"
+    assert refused(tmp_path) == f"cannot open {tmp_path}: Is a directory"
 
 
 @pytest.mark.root
@@ -152,9 +148,7 @@ def test_output_owned_by_another_user_is_refused(tmp_path):
     path.write_bytes(b"theirs\n")
     os.chmod(path, 0o600)
     os.chown(path, 65534, 65534)
-    with pytest.raises(OutputRefused) as e:
-        Sink("json", path=str(path))
-    assert str(e.value) == f"{path} is owned by uid 65534, not by this user (uid {os.geteuid()})"
+    assert refused(path) == f"{path} is owned by uid 65534, not by this user (uid {os.geteuid()})"
     assert path.read_bytes() == b"theirs\n"
 
 

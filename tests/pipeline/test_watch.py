@@ -258,3 +258,23 @@ def test_monitor_never_reports_itself(watch):
     assert w.stop() == 0
     mine = [e for e in w.snapshot() if e.get("pid") == w.proc.pid]
     assert mine == []
+
+
+def test_uid_filter_takes_a_user_name(watch):
+    w = watch("--uid", "nobody", "--events", "exec")
+    w.sensor_line()
+    theirs = subprocess.Popen([SLEEP, "0.31"], user=65534, group=65534)
+    ours = subprocess.Popen([SLEEP, "0.32"])
+    assert theirs.wait(30) == 0 and ours.wait(30) == 0
+    (ev,) = w.until(lambda evs: [e for e in evs if e["pid"] == theirs.pid], 30,
+                    f"the exec of pid {theirs.pid}, run as nobody")
+    assert (ev["event"], ev["argv"], ev["uid"], ev["euid"], ev["user"]) == (
+        "exec", [SLEEP, "0.31"], 65534, 65534, "nobody")
+    # a barrier: once an exec after ours is reported, ours would have been too
+    after = subprocess.Popen([SLEEP, "0.33"], user=65534, group=65534)
+    assert after.wait(30) == 0
+    w.until(lambda evs: [e for e in evs if e["pid"] == after.pid], 30, f"the exec of pid {after.pid}")
+    assert w.stop() == 0
+    assert w.find(pid=ours.pid) == []
+    execs = [e for e in w.snapshot() if e["event"] == "exec"]
+    assert [e for e in execs if 65534 not in (e["uid"], e["euid"])] == []
