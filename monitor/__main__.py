@@ -19,7 +19,7 @@ EXAMPLES = """\
 examples:
   sudo procsentry watch                      # every process event, JSON lines (text on a terminal)
   sudo procsentry watch --events exec --format text
-  sudo procsentry watch --exe '/usr/bin/*sh' --uid 33   # shells run by www-data
+  sudo procsentry watch --exe '/usr/bin/*sh' --uid www-data   # shells run by www-data
   sudo procsentry watch --output /var/log/procsentry.jsonl --stats-interval 60
   sudo procsentry watch --sensor connector   # without BPF: the netlink process connector
   sudo procsentry watch --dump-bpf           # print the BPF C and the compiler flags, then exit

@@ -65,7 +65,8 @@ def test_results_written(smoke):
     # the report shows the session's own figures (one repetition: the median is the value)
     assert summ["peak_rss_mb"] == ps["peak_rss"] / 2**20
     assert summ["start_s"] == ps["start_s"]
-    (row,) = [line for line in md.splitlines() if line.startswith("| procsentry `--sensor bpf` | 100.00%")]
+    summary = md.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    (row,) = [line for line in summary.splitlines() if line.startswith("| procsentry `--sensor bpf` |")]
     assert f"| {summ['peak_rss_mb']:.0f} MB | {summ['start_s']:.2f} s |" in row
     assert md.startswith("# procsentry benchmark results (smoke run)")
     assert "| procsentry `--sensor bpf` | 100.00% | 100.00% | 0 |" in md
