@@ -40,7 +40,7 @@ def test_exec_fields_match_the_process(collector, tmp_path):
         cgroup_rel = Path(f"/proc/{p.pid}/cgroup").read_text().split("::", 1)[1].strip()
         loginuid = int(Path(f"/proc/{p.pid}/loginuid").read_text())
     finally:
-        p.wait()
+        p.wait(60)
     # assertions
     (ex,) = collector.execs(p.pid)
     assert ex.tid == p.pid and ex.old_tid == p.pid
@@ -78,7 +78,7 @@ def test_signal_exit(collector):
     p = subprocess.Popen([SLEEP, "30"])
     collector.until(lambda rs: collector.execs(p.pid))
     p.kill()
-    p.wait()
+    p.wait(60)
     ex = collector.wait_exit(p.pid)
     assert ex.exit_code & 0x7F == signal.SIGKILL
     assert ex.comm == b"sleep"

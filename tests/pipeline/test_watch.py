@@ -26,7 +26,7 @@ def test_process_tree_has_ancestry_links_and_exit_codes(watch):
     child = ("import subprocess, sys; "
              f"sys.exit(subprocess.run([{SLEEP!r}, '0.2']).returncode + 5)")
     p = subprocess.Popen([BASH, "-c", f"{sys.executable} -c \"{child}\"; exit 4"])
-    assert p.wait() == 4
+    assert p.wait(60) == 4
     exits = w.until(lambda evs: [e for e in evs if e["event"] == "exit" and e["pid"] == p.pid])
     assert exits[0]["exit_code"] == 4 and exits[0]["signal"] is None
     # assertions: the three execs and how they link
@@ -68,7 +68,7 @@ def test_processes_started_before_the_monitor_are_existing(watch, tmp_path):
         assert w.stop() == 0
     finally:
         before.kill()
-        before.wait()
+        before.wait(60)
 
 
 def test_signal_exit_and_sigterm_prints_final_stats(watch):
@@ -77,7 +77,7 @@ def test_signal_exit_and_sigterm_prints_final_stats(watch):
     p = subprocess.Popen([SLEEP, "30"])
     w.until(lambda evs: w.find(event="exec", pid=p.pid))
     p.send_signal(signal.SIGKILL)
-    p.wait()
+    p.wait(60)
     (ex,) = w.until(lambda evs: w.find(event="exit", pid=p.pid))
     assert ex["signal"] == signal.SIGKILL and ex["exit_code"] is None
     assert w.stop(signal.SIGTERM) == 0
@@ -108,7 +108,7 @@ def test_pid_reuse_never_merges_two_processes(watch):
     w.wait_ready()
     first = subprocess.Popen([SLEEP, "0.2"])
     pid = first.pid
-    first.wait()
+    first.wait(60)
     second = None
     for _ in range(50):
         # CRIU's trick: the next PID the kernel hands out is ns_last_pid + 1
@@ -117,9 +117,9 @@ def test_pid_reuse_never_merges_two_processes(watch):
         if candidate.pid == pid:
             second = candidate
             break
-        candidate.wait()
+        candidate.wait(60)
     assert second is not None, "could not get the PID reused"
-    second.wait()
+    second.wait(60)
     ours = ([SLEEP, "0.2"], [SLEEP, "0.21"])  # on a busy host others may get the PID too
     execs = w.until(lambda evs: (lambda xs: xs if len(xs) == 2 else None)(
         [e for e in evs if e["event"] == "exec" and e["pid"] == pid and e["argv"] in ours]))
@@ -138,7 +138,8 @@ def test_lost_samples_are_reported_and_the_sweep_finds_the_survivors(watch, prog
     # Stall the reader while processes start: the 4 KiB per-CPU buffers overflow for sure.
     os.kill(w.proc.pid, signal.SIGSTOP)
     try:
-        storm = subprocess.run([str(progs / "fork_storm"), "400", TRUE], capture_output=True, check=True)
+        storm = subprocess.run([str(progs / "fork_storm"), "400", TRUE], capture_output=True, check=True,
+                               timeout=120)
         survivors = [subprocess.Popen([SLEEP, "20.5"]) for _ in range(30)]
     finally:
         os.kill(w.proc.pid, signal.SIGCONT)
@@ -161,7 +162,7 @@ def test_lost_samples_are_reported_and_the_sweep_finds_the_survivors(watch, prog
     finally:
         for p in survivors:
             p.kill()
-            p.wait()
+            p.wait(60)
     assert w.stop() == 0
     stats = w.snapshot()[-1]
     assert stats["event"] == "stats"
@@ -179,9 +180,9 @@ def test_exits_missed_by_the_sensor_are_inferred(watch):
     try:
         for v in victims:
             v.kill()
-            v.wait()
+            v.wait(60)
         subprocess.run([sys.executable, "-c", "import os\nfor i in range(600):\n    pid = os.fork()\n    if pid == 0: os._exit(0)\n    os.waitpid(pid, 0)"],
-                       check=True)
+                       check=True, timeout=120)
     finally:
         os.kill(w.proc.pid, signal.SIGCONT)
     ids = {v.pid for v in victims}

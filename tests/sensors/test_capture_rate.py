@@ -30,7 +30,7 @@ def test_capture_rate(watch, progs, sensor):
     pids = [int(x) for x in out.stdout.split()]
     assert len(pids) == N
     marker = subprocess.Popen([SLEEP, "0.3"])  # seen by every sensor: all before it is in
-    marker.wait()
+    marker.wait(60)
     m.until(lambda evs: any(e["event"] == "exit" and e["pid"] == marker.pid for e in evs), 60,
             f"the exit of the marker, pid {marker.pid}")
     assert m.stop() == 0

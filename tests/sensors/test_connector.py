@@ -66,7 +66,7 @@ def test_a_process_alive_when_read_has_argv(watch, tmp_path):
         (exe,) = m.until(lambda evs: [e for e in evs if e["event"] == "exec" and e["pid"] == p.pid])
     finally:
         p.kill()
-    assert p.wait() == -9
+    assert p.wait(60) == -9
     (ex,) = m.until(lambda evs: [e for e in evs if e["event"] == "exit" and e["pid"] == p.pid])
     assert m.stop() == 0
     assert exe["argv"] == [SLEEP, "30"]
@@ -89,7 +89,7 @@ def test_threads_are_not_processes(watch, progs):
     # trigger: three threads, then a non-leader thread execs (de_thread kills the others and
     # the old leader, whose EXIT must not end the process)
     p = subprocess.Popen([str(progs / "threads_then_exec"), SLEEP, "2"])
-    assert p.wait() == 0
+    assert p.wait(60) == 0
     (ex,) = m.until(lambda evs: [e for e in evs if e["event"] == "exit" and e["pid"] == p.pid])
     assert m.stop() == 0
     assert len(m.find(event="fork", pid=p.pid)) == 1
@@ -114,7 +114,7 @@ def test_leader_exiting_first_is_not_the_process_exit(watch, progs):
     m.sensor_line()
     # trigger: main() calls pthread_exit, another thread ends the process with exit(7)
     p = subprocess.Popen([str(progs / "exit_leader")])
-    assert p.wait() == 7
+    assert p.wait(60) == 7
     (ex,) = m.until(lambda evs: [e for e in evs if e["event"] == "exit" and e["pid"] == p.pid])
     assert m.stop() == 0
     assert (ex["exit_code"], ex["signal"]) == (7, None)
@@ -148,7 +148,7 @@ def test_receive_buffer_overrun_is_counted_as_lost(watch):
                                          and e["pid"] == survivor.pid])
     finally:
         survivor.kill()
-        survivor.wait()
+        survivor.wait(60)
     assert m.stop() == 0
     assert missed["argv"] == SURVIVOR and missed["source"] == "sweep"
     assert all(e["source"] == "connector" and e["cpu"] == -1 and e["count"] > 0 for e in lost)
@@ -173,7 +173,7 @@ def test_comm_and_id_changes_reach_the_exit_event(watch):
     m.wait_ready()
     # trigger: a process that renames itself, then drops to nobody (COMM, GID, UID messages)
     p = subprocess.Popen([sys.executable, "-c", CHANGES])
-    assert p.wait() == 0
+    assert p.wait(60) == 0
     (ex,) = m.until(lambda evs: [e for e in evs if e["event"] == "exit" and e["pid"] == p.pid])
     assert m.stop() == 0
     (exe,) = m.find(event="exec", pid=p.pid)

@@ -27,7 +27,7 @@ def test_process_tree(watch, sensor):
     # --- trigger: bash forks sleep (not its last command, so not exec'd in place), exits 4 ---
     p = subprocess.Popen([BASH, "-c", SCRIPT])
     bash_ticks = start_ticks(p.pid)
-    assert p.wait() == 4
+    assert p.wait(60) == 4
     bash_exit = m.until(lambda evs: [e for e in evs if e["event"] == "exit" and e["pid"] == p.pid])
     (sleep_exec,) = m.until(lambda evs: [e for e in evs if e["event"] == "exec" and e["ppid"] == p.pid])
     sleep_exit = m.until(lambda evs: [e for e in evs if e["event"] == "exit"

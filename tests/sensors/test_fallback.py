@@ -26,7 +26,7 @@ def run_one(m) -> dict:
         (ex,) = m.until(lambda evs: [e for e in evs if e["event"] == "exec" and e["pid"] == p.pid])
     finally:
         p.kill()
-        p.wait()
+        p.wait(60)
     m.until(lambda evs: [e for e in evs if e["event"] == "exit" and e["pid"] == p.pid])
     assert m.stop() == 0
     assert ex["argv"] == [SLEEP, "30"] and ex["ppid"] == os.getpid()
@@ -67,7 +67,7 @@ def test_auto_falls_back_to_polling(watch):
 def test_a_forced_sensor_does_not_fall_back():
     p = subprocess.run([sys.executable, "-m", "monitor", "watch", "--sensor", "connector",
                         "--duration", "1"], cwd=REPO, capture_output=True, text=True,
-                       env={**os.environ, **NO_CONNECTOR})
+                       env={**os.environ, **NO_CONNECTOR}, timeout=60)
     assert p.returncode == 1
     assert p.stderr == "procsentry: the connector is disabled by PROCSENTRY_DISABLE_CONNECTOR=1\n"
     assert p.stdout == ""
@@ -75,7 +75,7 @@ def test_a_forced_sensor_does_not_fall_back():
 
 def doctor_line(env: dict) -> str:
     p = subprocess.run([sys.executable, "-m", "monitor", "doctor", "--no-load"], cwd=REPO,
-                       capture_output=True, text=True, env={**os.environ, **env})
+                       capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
     (line,) = [x for x in p.stdout.splitlines() if "auto would choose" in x]
     status, name, detail = line.split(None, 2)
     assert name == "auto_sensor" and status == ("PASS" if detail == "auto would choose bpf" else "WARN")

@@ -48,7 +48,7 @@ def sleeper() -> Iterator[subprocess.Popen]:
     wait_exec(p, b"sleep")
     yield p
     p.kill()
-    p.wait()
+    p.wait(60)
 
 
 # --- every PID against psutil ------------------------------------------------------------------
@@ -184,7 +184,7 @@ def test_process_gone(sleeper: subprocess.Popen) -> None:
     s = read_process(FS, sleeper.pid, Depth.FULL)
     assert s.argv == (b"sleep", b"60") and s.comm == b"sleep"
     sleeper.kill()
-    sleeper.wait()
+    sleeper.wait(60)
     with pytest.raises(ProcessGone):
         read_process(FS, sleeper.pid)
     with pytest.raises(ProcessGone):
@@ -211,7 +211,7 @@ def test_deleted_exe(tmp_path) -> None:
         assert (s.exe, s.exe_deleted, s.exe_memfd) == (os.fsencode(exe), True, False)
     finally:
         p.kill()
-        p.wait()
+        p.wait(60)
 
 
 def test_memfd_exe() -> None:
@@ -229,7 +229,7 @@ def test_memfd_exe() -> None:
         assert (s.exe, s.exe_deleted, s.exe_memfd) == (b"/memfd:payload", True, True)
     finally:
         p.kill()
-        p.wait()
+        p.wait(60)
 
 
 def test_argv_bytes_survive() -> None:
@@ -241,7 +241,7 @@ def test_argv_bytes_survive() -> None:
               lambda: read_process(FS, p.pid, Depth.CHEAP).argv)
     finally:
         p.kill()
-        p.wait()
+        p.wait(60)
 
 
 def test_threads_listed() -> None:
@@ -269,10 +269,10 @@ def test_sweep_and_incremental_live(sleeper: subprocess.Popen) -> None:
     p = subprocess.Popen(["sleep", "60"])
     wait_exec(p, b"sleep")
     sleeper.kill()
-    sleeper.wait()
+    sleeper.wait(60)
     appeared, vanished = inc.diff()
     p.kill()
-    p.wait()
+    p.wait(60)
     assert p.pid in {s.pid for s in appeared}
     assert sleeper.pid in {k.pid for k in vanished}
 
