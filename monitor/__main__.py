@@ -71,14 +71,15 @@ def _positive(kind):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="procsentry", description=__doc__, epilog=EXAMPLES,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     w = sub.add_parser("watch", help="stream process events", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     w.add_argument("--format", choices=("json", "text"), default=None,
                    help="default: text on a terminal, JSON lines otherwise")
-    w.add_argument("--output", metavar="FILE", help="append events to FILE (created 0600)")
+    w.add_argument("--output", metavar="FILE", help="append events to FILE (created 0600; a symlink, a non-regular file or "
+                        "another user's file is refused)")
     w.add_argument("--pid", type=int, help="only events of this process")
     w.add_argument("--uid", type=_user, metavar="USER",
                    help="only processes with this real or effective user (name or uid)")
