@@ -19,7 +19,7 @@ EXAMPLES = """\
 examples:
   sudo procsentry watch                      # every process event, JSON lines (text on a terminal)
   sudo procsentry watch --events exec --format text
-  sudo procsentry watch --exe '/usr/bin/*sh' --uid 33   # shells run by www-data
+  sudo procsentry watch --exe '/usr/bin/*sh' --uid www-data   # shells run by www-data
   sudo procsentry watch --output /var/log/procsentry.jsonl --stats-interval 60
   sudo procsentry watch --sensor connector   # without BPF: the netlink process connector
   sudo procsentry watch --dump-bpf           # print the BPF C and the compiler flags, then exit
@@ -41,6 +41,25 @@ def _csv(value: str) -> frozenset[str]:
     return items
 
 
+def _user(value: str) -> int:
+    """--uid: a number, or a user name looked up like `ps -u` does (digits are a number)."""
+    if value.isdigit():
+        return int(value)
+    import pwd  # noqa: PLC0415
+    try:
+        return pwd.getpwnam(value).pw_uid
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"no user named {value!r} on this host") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line (and status 2): the mistake and where to read more, not the
+    whole usage block."""
+
+    def error(self, message: str):
+        self.exit(EX_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _positive(kind):
     def parse(value: str):
         v = kind(value)
@@ -58,17 +77,19 @@ def _power_of_two(value: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="procsentry", description=__doc__, epilog=EXAMPLES,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="procsentry", description=__doc__, epilog=EXAMPLES,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     w = sub.add_parser("watch", help="stream process events", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     w.add_argument("--format", choices=("json", "text"), default=None,
                    help="default: text on a terminal, JSON lines otherwise")
-    w.add_argument("--output", metavar="FILE", help="append events to FILE (created 0600)")
+    w.add_argument("--output", metavar="FILE", help="append events to FILE (created 0600; a symlink, a non-regular file or "
+                        "another user's file is refused)")
     w.add_argument("--pid", type=int, help="only events of this process")
-    w.add_argument("--uid", type=int, help="only processes with this real or effective uid")
+    w.add_argument("--uid", type=_user, metavar="USER",
+                   help="only processes with this real or effective user (name or uid)")
     w.add_argument("--comm", help="only processes with this comm")
     w.add_argument("--exe", metavar="GLOB", help="only executables matching GLOB")
     w.add_argument("--events", type=_csv, metavar="LIST", help="e.g. exec,exit")
@@ -143,14 +164,15 @@ def sensor_settings(args):
 
 def cmd_watch(args) -> int:
     from monitor import sensors  # noqa: PLC0415
-    from monitor.output import Sink  # noqa: PLC0415
+    from monitor.output import OutputRefused, Sink  # noqa: PLC0415
     from monitor.pipeline import Config, Filters, Pipeline  # noqa: PLC0415
     from userspace.procfs import ProcFS, default_root  # noqa: PLC0415
 
     if args.dump_bpf:
         return sensors.dump_bpf()
     # Everything the user asked for is checked before anything loads: a mistake in the options
-    # is a usage error, never a reason to fall back to a weaker sensor.
+    # is a usage error, never a reason to fall back to a weaker sensor; a path that cannot be
+    # written is the user's to fix, found before anything is compiled or loaded.
     settings = sensor_settings(args)
     problem = settings.problem()
     if problem is not None:
@@ -158,14 +180,14 @@ def cmd_watch(args) -> int:
         return EX_USAGE
     try:
         sink = Sink(args.format or "auto", args.output)
-    except OSError as e:
-        print(f"procsentry: cannot open {args.output}: {e.strerror}", file=sys.stderr)
-        return EX_ERROR
+    except OutputRefused as e:
+        print(f"procsentry: --output: {e}", file=sys.stderr)
+        return EX_USAGE
     try:
         source, note = sensors.choose(settings)
     except sensors.NoSensor as e:
-        print(f"procsentry: {e}", file=sys.stderr)
         sink.close()
+        print(f"procsentry: {e}", file=sys.stderr)
         return EX_NOPERM if e.permission else EX_ERROR
     print(f"procsentry: sensor {source.name}{' (' + note + ')' if note else ''}", file=sys.stderr)
     fs = ProcFS(args.proc_root or default_root())

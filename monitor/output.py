@@ -6,7 +6,9 @@ the text formats escape it once more for terminals with text.safe().
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import stat
 import sys
 import time
 from typing import IO, Any
@@ -75,6 +77,48 @@ def to_ps(record: Any) -> bytes:
     return f"{record.pid:>7} {record.ppid if record.ppid is not None else '-':>7} {user:<10.10} {state:1} {threads:>4} {rss:>9} {container:<12} {cmd}\n".encode()
 
 
+class OutputRefused(Exception):
+    """--output names something a root daemon must not write to (the message says why)."""
+
+
+def open_output(path: str) -> int:
+    """Open (or create, 0600) the events file for appending, the way a root daemon may.
+
+    Running as root, a path in a world-writable directory could be a symlink or a FIFO planted
+    by someone else to steer the event stream (every command line on the host) into a file of
+    their choosing or to block the monitor. So: the last component is never followed
+    (O_NOFOLLOW: a symlink fails with ELOOP), the open does not block (O_NONBLOCK, so a FIFO
+    without a reader cannot hang us before it is refused), and what was opened must be a regular
+    file owned by this user. An existing file readable by group or others is used, with a
+    warning on stderr: the mode is the operator's to choose.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OutputRefused(f"{path} is a symbolic link; give the file itself") from None
+        if e.errno == errno.ENXIO:  # O_NONBLOCK write-open of a FIFO with no reader
+            raise OutputRefused(f"{path} is not a regular file") from None
+        raise OutputRefused(f"cannot open {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OutputRefused(f"{path} is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise OutputRefused(f"{path} is owned by uid {st.st_uid}, not by this user "
+                                f"(uid {os.geteuid()})")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    if st.st_mode & 0o044:
+        print(f"procsentry: warning: {path} is readable by group or others (mode "
+              f"{stat.S_IMODE(st.st_mode):04o}); the events hold every command line on the host",
+              file=sys.stderr)
+    return fd
+
+
 class Sink:
     """Writes encoded records to stdout or a file and counts what could not be written.
 
@@ -87,7 +131,7 @@ class Sink:
         if path:
             # 0600: the stream holds every command line on the host, secrets included.
             self.stream: IO[bytes] | None = None
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._fd = open_output(path)
         else:
             self.stream = stream if stream is not None else sys.stdout.buffer
             # Write with os.write on the descriptor: a signal arriving during a large buffered

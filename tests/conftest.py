@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support.proctree import FIXTURES, materialise
+
+pytest_plugins = ("tests.support.watch",)  # the `watch` fixture: procsentry watch as a subprocess
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIRE_BPF = os.environ.get("PROCSENTRY_REQUIRE_BPF") == "1"
@@ -85,9 +88,6 @@ def pytest_runtest_setup(item):
 def proc_tree(tmp_path: Path):
     """proc_tree(name) materialises tests/fixtures/proc/<name>.ttar under tmp_path and returns
     the root to hand to ProcFS."""
-    sys.path.insert(0, str(REPO / "tests" / "userspace"))
-    from procfixture import FIXTURES, materialise  # noqa: PLC0415
-
     def make(name: str = "host") -> str:
         return str(materialise(FIXTURES / f"{name}.ttar", tmp_path / name))
 

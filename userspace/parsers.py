@@ -85,7 +85,7 @@ def parse_stat(data: bytes) -> Stat:
 
     comm sits in parentheses and may itself contain ")", "(" and spaces (tetragon's test uses
     "(zsh( )foo)"), so the name ends at the *last* ")" (psutil ``_parse_stat_file``); everything
-    after it is numeric and space-separated (fs/ proc array.c do_task_stat).
+    after it is numeric and space-separated (fs/proc/array.c do_task_stat).
     """
     lp = data.find(b"(")
     rp = data.rfind(b")")

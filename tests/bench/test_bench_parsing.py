@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-import contenders as C  # noqa: E402
-import measure as M  # noqa: E402
-import report  # noqa: E402
+import contenders as C  # bench/ is on pytest's pythonpath (pyproject.toml)
+import measure as M
+import report
 
 ARGV = ["/b/nop", "--token", "psbx-1", "x y"]
 

@@ -13,19 +13,15 @@ from pathlib import Path
 import pytest
 
 from monitor.sensors.bpf import limits, wire
-from tests.bpf.conftest import Collector
-from userspace.parsers import parse_stat
 from userspace.types import NSEC_PER_TICK
+
+from tests.support.collector import Collector
+from tests.support.procstat import proc_stat
 
 pytestmark = pytest.mark.bpf
 
 TRUE = os.path.realpath("/bin/true")
 SLEEP = os.path.realpath("/bin/sleep")
-
-
-def proc_stat(pid: int):
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        return parse_stat(f.read())
 
 
 def ns_inode(pid: int, name: str) -> int:
@@ -44,7 +40,7 @@ def test_exec_fields_match_the_process(collector, tmp_path):
         cgroup_rel = Path(f"/proc/{p.pid}/cgroup").read_text().split("::", 1)[1].strip()
         loginuid = int(Path(f"/proc/{p.pid}/loginuid").read_text())
     finally:
-        p.wait()
+        p.wait(60)
     # assertions
     (ex,) = collector.execs(p.pid)
     assert ex.tid == p.pid and ex.old_tid == p.pid
@@ -82,7 +78,7 @@ def test_signal_exit(collector):
     p = subprocess.Popen([SLEEP, "30"])
     collector.until(lambda rs: collector.execs(p.pid))
     p.kill()
-    p.wait()
+    p.wait(60)
     ex = collector.wait_exit(p.pid)
     assert ex.exit_code & 0x7F == signal.SIGKILL
     assert ex.comm == b"sleep"
@@ -131,6 +127,7 @@ def test_threads_are_not_process_forks(collector, sensor):
         lambda rs: next((r.tgid for r in rs if isinstance(r, wire.RawExec) and r.ppid == os.getpid()
                          and r.argv[-1] == code.encode()), None))
     collector.wait_exit(pid)
+    collector.barrier()  # a fork record from another CPU would be in by now
     forks_from_child = [r for r in collector.records
                         if isinstance(r, wire.RawFork) and r.parent_tgid == pid]
     assert forks_from_child == []
@@ -160,7 +157,7 @@ def test_exit_leader_reports_one_exit_with_the_group_status(collector, progs):
                                            and r.exe and r.exe.endswith(b"/exit_leader")
                                            and r.ppid == os.getpid()), None))
     ex = collector.wait_exit(pid)
-    collector.poll(200)
+    collector.barrier()  # a second exit record, from another thread on another CPU, would be in
     assert len(collector.exits(pid)) == 1
     assert ex.exit_code == 7 << 8
     assert ex.tid != pid  # the last thread out was not the leader
@@ -290,13 +287,12 @@ def test_ten_thousand_execs_none_lost(collector, sensor, progs):
     lost_before = sensor.stats.lost
     n = 1_000 if os.environ.get("PROCSENTRY_VM") == "1" else 10_000
     storm = subprocess.Popen([str(progs / "fork_storm"), str(n), TRUE], stdout=subprocess.PIPE)
-    while storm.poll() is None:
-        collector.poll(20)
+    # read while it runs (the buffers are sized for a reader that keeps up), until it ends
+    collector.until(lambda rs: storm.poll() is not None, 600, f"fork_storm's {n} execs to end")
     out = storm.stdout.read().split()
     pids = [int(x) for x in out]
     assert len(pids) == n and storm.returncode == 0
-    for _ in range(20):
-        collector.poll(20)
+    collector.barrier(60)  # every record of the storm is read
     # PIDs can wrap within 10,000 forks (pid_max is 32768 on small machines): match in order
     execs = sorted((r for r in collector.records if isinstance(r, wire.RawExec) and r.ppid == storm.pid),
                    key=lambda r: r.ts_ns)

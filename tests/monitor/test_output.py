@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import stat
 
 import orjson
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from monitor.events import ExitEvent, ProcessEvent
-from monitor.output import Sink, to_json, to_text
+from monitor.output import OutputRefused, Sink, to_json, to_text
 from monitor.text import argv_raw, safe, text, texts
 
 
@@ -71,12 +72,13 @@ def test_exit_text_line():
 
 
 def test_full_disk_writes_are_counted_not_raised():
-    sink = Sink("json", path="/dev/full")
-    sink.write(event())
-    sink.write(event())
-    sink.flush()
-    assert sink.dropped_writes == 2
-    sink.close()
+    with open("/dev/full", "wb") as full:  # a stream: --output refuses devices
+        sink = Sink("json", stream=full)
+        sink.write(event())
+        sink.write(event())
+        sink.flush()
+        assert sink.dropped_writes == 2
+        sink.close()
 
 
 def test_output_file_is_created_0600_and_appended(tmp_path):
@@ -98,3 +100,82 @@ def test_closed_pipe_raises_broken_pipe(tmp_path):
         sink.write(event())
         with pytest.raises(BrokenPipeError):
             sink.flush()
+
+
+# --- --output as a root daemon opens it (issue 11, defect 1) ------------------------------------
+
+def refused(path) -> str:
+    """Sink(path=...) refuses to open path: the reason it gives."""
+    with pytest.raises(OutputRefused) as e:
+        Sink("json", path=str(path))
+    return str(e.value)
+
+
+def test_output_symlink_is_refused_and_its_target_left_alone(tmp_path):
+    target = tmp_path / "passwd-copy"
+    target.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+    link = tmp_path / "events.jsonl"
+    link.symlink_to(target)
+    assert refused(link) == f"{link} is a symbolic link; give the file itself"
+    assert target.read_bytes() == b"root:x:0:0:root:/root:/bin/bash\n"
+
+
+def test_output_dangling_symlink_is_refused_and_nothing_created(tmp_path):
+    link = tmp_path / "events.jsonl"
+    link.symlink_to(tmp_path / "planted")
+    assert refused(link) == f"{link} is a symbolic link; give the file itself"
+    assert not (tmp_path / "planted").exists()
+
+
+def test_output_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "events.fifo"
+    os.mkfifo(fifo)
+    assert refused(fifo) == f"{fifo} is not a regular file"
+    r = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # with a reader the open succeeds: fstat refuses
+    try:
+        assert refused(fifo) == f"{fifo} is not a regular file"
+    finally:
+        os.close(r)
+
+
+def test_output_directory_and_device_are_refused(tmp_path):
+    assert refused("/dev/null") == "/dev/null is not a regular file"
+    assert refused(tmp_path) == f"cannot open {tmp_path}: Is a directory"
+
+
+@pytest.mark.root
+def test_output_owned_by_another_user_is_refused(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"theirs\n")
+    os.chmod(path, 0o600)
+    os.chown(path, 65534, 65534)
+    assert refused(path) == f"{path} is owned by uid 65534, not by this user (uid {os.geteuid()})"
+    assert path.read_bytes() == b"theirs\n"
+
+
+def test_output_new_file_is_0600_whatever_the_umask(tmp_path):
+    path = tmp_path / "new.jsonl"
+    old = os.umask(0)
+    try:
+        Sink("json", path=str(path)).close()
+    finally:
+        os.umask(old)
+    st = os.stat(path)
+    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+    assert st.st_uid == os.geteuid()
+
+
+def test_output_readable_by_others_is_used_with_a_warning(tmp_path, capsys):
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"before\n")
+    os.chmod(path, 0o644)
+    sink = Sink("json", path=str(path))
+    sink.write(event())
+    sink.close()
+    assert capsys.readouterr().err == (
+        f"procsentry: warning: {path} is readable by group or others (mode 0644); "
+        "the events hold every command line on the host\n")
+    assert path.read_bytes().startswith(b"before\n{")
+    os.chmod(path, 0o600)
+    Sink("json", path=str(path)).close()
+    assert capsys.readouterr().err == ""

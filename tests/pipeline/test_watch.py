@@ -6,23 +6,17 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from userspace.parsers import parse_stat
+from tests.support.procstat import start_ticks
 
 pytestmark = pytest.mark.bpf
 
 SLEEP = os.path.realpath("/bin/sleep")
 TRUE = os.path.realpath("/bin/true")
 BASH = os.path.realpath("/bin/bash")
-
-
-def start_ticks(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        return parse_stat(f.read()).starttime
 
 
 def test_process_tree_has_ancestry_links_and_exit_codes(watch):
@@ -32,7 +26,7 @@ def test_process_tree_has_ancestry_links_and_exit_codes(watch):
     child = ("import subprocess, sys; "
              f"sys.exit(subprocess.run([{SLEEP!r}, '0.2']).returncode + 5)")
     p = subprocess.Popen([BASH, "-c", f"{sys.executable} -c \"{child}\"; exit 4"])
-    assert p.wait() == 4
+    assert p.wait(60) == 4
     exits = w.until(lambda evs: [e for e in evs if e["event"] == "exit" and e["pid"] == p.pid])
     assert exits[0]["exit_code"] == 4 and exits[0]["signal"] is None
     # assertions: the three execs and how they link
@@ -74,7 +68,7 @@ def test_processes_started_before_the_monitor_are_existing(watch, tmp_path):
         assert w.stop() == 0
     finally:
         before.kill()
-        before.wait()
+        before.wait(60)
 
 
 def test_signal_exit_and_sigterm_prints_final_stats(watch):
@@ -83,7 +77,7 @@ def test_signal_exit_and_sigterm_prints_final_stats(watch):
     p = subprocess.Popen([SLEEP, "30"])
     w.until(lambda evs: w.find(event="exec", pid=p.pid))
     p.send_signal(signal.SIGKILL)
-    p.wait()
+    p.wait(60)
     (ex,) = w.until(lambda evs: w.find(event="exit", pid=p.pid))
     assert ex["signal"] == signal.SIGKILL and ex["exit_code"] is None
     assert w.stop(signal.SIGTERM) == 0
@@ -114,7 +108,7 @@ def test_pid_reuse_never_merges_two_processes(watch):
     w.wait_ready()
     first = subprocess.Popen([SLEEP, "0.2"])
     pid = first.pid
-    first.wait()
+    first.wait(60)
     second = None
     for _ in range(50):
         # CRIU's trick: the next PID the kernel hands out is ns_last_pid + 1
@@ -123,9 +117,9 @@ def test_pid_reuse_never_merges_two_processes(watch):
         if candidate.pid == pid:
             second = candidate
             break
-        candidate.wait()
+        candidate.wait(60)
     assert second is not None, "could not get the PID reused"
-    second.wait()
+    second.wait(60)
     ours = ([SLEEP, "0.2"], [SLEEP, "0.21"])  # on a busy host others may get the PID too
     execs = w.until(lambda evs: (lambda xs: xs if len(xs) == 2 else None)(
         [e for e in evs if e["event"] == "exec" and e["pid"] == pid and e["argv"] in ours]))
@@ -144,7 +138,8 @@ def test_lost_samples_are_reported_and_the_sweep_finds_the_survivors(watch, prog
     # Stall the reader while processes start: the 4 KiB per-CPU buffers overflow for sure.
     os.kill(w.proc.pid, signal.SIGSTOP)
     try:
-        storm = subprocess.run([str(progs / "fork_storm"), "400", TRUE], capture_output=True, check=True)
+        storm = subprocess.run([str(progs / "fork_storm"), "400", TRUE], capture_output=True, check=True,
+                               timeout=120)
         survivors = [subprocess.Popen([SLEEP, "20.5"]) for _ in range(30)]
     finally:
         os.kill(w.proc.pid, signal.SIGCONT)
@@ -167,7 +162,7 @@ def test_lost_samples_are_reported_and_the_sweep_finds_the_survivors(watch, prog
     finally:
         for p in survivors:
             p.kill()
-            p.wait()
+            p.wait(60)
     assert w.stop() == 0
     stats = w.snapshot()[-1]
     assert stats["event"] == "stats"
@@ -185,16 +180,15 @@ def test_exits_missed_by_the_sensor_are_inferred(watch):
     try:
         for v in victims:
             v.kill()
-            v.wait()
-        subprocess.run([os.path.join(os.path.dirname(__file__), "..", "..", ".venv", "bin", "python"),
-                        "-c", "import os\nfor i in range(600):\n    pid = os.fork()\n    if pid == 0: os._exit(0)\n    os.waitpid(pid, 0)"],
-                       check=True)
+            v.wait(60)
+        subprocess.run([sys.executable, "-c", "import os\nfor i in range(600):\n    pid = os.fork()\n    if pid == 0: os._exit(0)\n    os.waitpid(pid, 0)"],
+                       check=True, timeout=120)
     finally:
         os.kill(w.proc.pid, signal.SIGCONT)
     ids = {v.pid for v in victims}
     exits = w.until(lambda evs: (lambda xs: xs if {e["pid"] for e in xs} == ids else None)(
         [e for e in evs if e["event"] == "exit" and e["pid"] in ids]), 60,
-        on_timeout=lambda: [e for e in w.snapshot() if e.get("pid") in ids or e["event"] in ("lost", "stats")])
+        what=f"exits (reported or inferred) of all of {sorted(ids)}")
     for e in exits:
         if e["inferred"]:
             assert e["source"] == "sweep" and e["exit_code"] is None and e["signal"] is None
@@ -206,18 +200,21 @@ def test_exits_missed_by_the_sensor_are_inferred(watch):
 
 def test_filters_and_text_output_escape_control_characters(watch):
     w = watch("--format", "text", "--events", "exec", "--comm", "true", "--stats-interval", "600")
-    time.sleep(2)
+    w.sensor_line()  # attached: from here on every exec is seen
     hostile = b"\x1b[2J\x1b[31mred\nnext"
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and not any(b"red" in line for line in w.lines):
-        subprocess.run([TRUE.encode(), hostile])
-        subprocess.run([SLEEP, "0.01"])  # filtered out by --comm
-        time.sleep(0.3)
+    subprocess.run([SLEEP, "0.01"], check=True)  # filtered out by --comm
+    subprocess.run([TRUE.encode(), hostile], check=True)
+    subprocess.run([TRUE, "last-of-the-test"], check=True)  # and filtered out: its exit
+    w.until_lines(lambda lines: any(b"last-of-the-test" in line for line in lines), 30,
+                  "the exec of true last-of-the-test")
     assert w.stop() == 0
     out = b"".join(w.lines)
     assert b"\x1b" not in out and b"\\x1b[2J\\x1b[31mred\\nnext" in out
     body = [line for line in w.lines if b" exec " in line]
-    assert body and all(b"true" in line for line in body)
+    assert len([line for line in body if f"[{TRUE} ".encode() in line]) >= 2
+    assert all(b" exec " in line for line in w.lines
+               if b" stats " not in line and b" lost " not in line)  # --events exec
+    assert all(b"true" in line for line in body)
     assert not any(b"sleep" in line for line in body)
 
 
@@ -227,11 +224,11 @@ def test_output_file_is_private_and_appended(watch, tmp_path):
     os.chmod(out, 0o600)
     new = tmp_path / "new.jsonl"
     w = watch("--output", str(new), "--duration", "2")
-    assert w.proc.wait(30) == 0
+    assert w.wait(30) == 0
     assert stat.S_IMODE(os.stat(new).st_mode) == 0o600
     assert new.read_bytes().count(b"\n") > 1
     w2 = watch("--output", str(out), "--duration", "1")
-    assert w2.proc.wait(30) == 0
+    assert w2.wait(30) == 0
     assert out.read_bytes().startswith(b"previous line\n{")
 
 
@@ -242,13 +239,14 @@ def test_full_disk_is_counted_not_fatal(watch, tmp_path):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mnt)], check=True)
     try:
         w = watch("--output", str(mnt / "events.jsonl"), "--stats-interval", "600")
-        time.sleep(3)  # the start-up sweep alone is larger than 16 KiB
+        # the start-up sweep alone is larger than 16 KiB: its write fails, and says so
+        w.until_stderr("procsentry: cannot write events (No space left on device)")
         for _ in range(5):
-            subprocess.run([TRUE])
-        time.sleep(1)
+            subprocess.run([TRUE], check=True)
         assert w.proc.poll() is None, "the monitor died on a full disk"
-        assert w.stop() == 0
-        assert b"dropped" in w.stderr
+        assert w.stop() == 0  # still running, and ends as usual
+        dropped = w.until_stderr("events dropped: the output could not be written")
+        assert int(dropped.split()[1]) > 0, dropped
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
 
@@ -256,7 +254,28 @@ def test_full_disk_is_counted_not_fatal(watch, tmp_path):
 def test_monitor_never_reports_itself(watch):
     w = watch("--sweep-interval", "1", "--stats-interval", "1")
     w.wait_ready()
-    time.sleep(2.5)
+    # three stats events, a second apart: two periodic sweeps (which list every process) ran
+    w.until(lambda evs: len([e for e in evs if e["event"] == "stats"]) >= 3, 30, "three stats events")
     assert w.stop() == 0
     mine = [e for e in w.snapshot() if e.get("pid") == w.proc.pid]
     assert mine == []
+
+
+def test_uid_filter_takes_a_user_name(watch):
+    w = watch("--uid", "nobody", "--events", "exec")
+    w.sensor_line()
+    theirs = subprocess.Popen([SLEEP, "0.31"], user=65534, group=65534)
+    ours = subprocess.Popen([SLEEP, "0.32"])
+    assert theirs.wait(30) == 0 and ours.wait(30) == 0
+    (ev,) = w.until(lambda evs: [e for e in evs if e["pid"] == theirs.pid], 30,
+                    f"the exec of pid {theirs.pid}, run as nobody")
+    assert (ev["event"], ev["argv"], ev["uid"], ev["euid"], ev["user"]) == (
+        "exec", [SLEEP, "0.31"], 65534, 65534, "nobody")
+    # a barrier: once an exec after ours is reported, ours would have been too
+    after = subprocess.Popen([SLEEP, "0.33"], user=65534, group=65534)
+    assert after.wait(30) == 0
+    w.until(lambda evs: [e for e in evs if e["pid"] == after.pid], 30, f"the exec of pid {after.pid}")
+    assert w.stop() == 0
+    assert w.find(pid=ours.pid) == []
+    execs = [e for e in w.snapshot() if e["event"] == "exec"]
+    assert [e for e in execs if 65534 not in (e["uid"], e["euid"])] == []

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from sensorproc import start_ticks
+from tests.support.procstat import start_ticks
+from tests.support.wait import readline
 
 pytestmark = pytest.mark.root
 
@@ -27,8 +28,8 @@ def spawn_and_reap(argv: list[str]) -> tuple[int, int]:
     return pid, ticks
 
 
-def test_a_process_gone_before_it_is_read_is_marked_gone(monitor):
-    m = monitor("--sensor", "connector")
+def test_a_process_gone_before_it_is_read_is_marked_gone(watch):
+    m = watch("--sensor", "connector")
     m.sensor_line()
     m.wait_ready()
     # trigger: the monitor is stopped while /bin/true runs and is reaped, so when it reads the
@@ -55,8 +56,8 @@ def test_a_process_gone_before_it_is_read_is_marked_gone(monitor):
     assert ex["duration_ns"] > 0
 
 
-def test_a_process_alive_when_read_has_argv(monitor, tmp_path):
-    m = monitor("--sensor", "connector")
+def test_a_process_alive_when_read_has_argv(watch, tmp_path):
+    m = watch("--sensor", "connector")
     m.sensor_line()
     m.wait_ready()
     p = subprocess.Popen([SLEEP, "30"], cwd=tmp_path)
@@ -65,7 +66,7 @@ def test_a_process_alive_when_read_has_argv(monitor, tmp_path):
         (exe,) = m.until(lambda evs: [e for e in evs if e["event"] == "exec" and e["pid"] == p.pid])
     finally:
         p.kill()
-    assert p.wait() == -9
+    assert p.wait(60) == -9
     (ex,) = m.until(lambda evs: [e for e in evs if e["event"] == "exit" and e["pid"] == p.pid])
     assert m.stop() == 0
     assert exe["argv"] == [SLEEP, "30"]
@@ -81,14 +82,14 @@ def test_a_process_alive_when_read_has_argv(monitor, tmp_path):
     assert (ex["exit_code"], ex["signal"]) == (None, 9)
 
 
-def test_threads_are_not_processes(monitor, progs):
-    m = monitor("--sensor", "connector")
+def test_threads_are_not_processes(watch, progs):
+    m = watch("--sensor", "connector")
     m.sensor_line()
     m.wait_ready()
     # trigger: three threads, then a non-leader thread execs (de_thread kills the others and
     # the old leader, whose EXIT must not end the process)
     p = subprocess.Popen([str(progs / "threads_then_exec"), SLEEP, "2"])
-    assert p.wait() == 0
+    assert p.wait(60) == 0
     (ex,) = m.until(lambda evs: [e for e in evs if e["event"] == "exit" and e["pid"] == p.pid])
     assert m.stop() == 0
     assert len(m.find(event="fork", pid=p.pid)) == 1
@@ -108,12 +109,12 @@ def test_threads_are_not_processes(monitor, progs):
     assert not tids
 
 
-def test_leader_exiting_first_is_not_the_process_exit(monitor, progs):
-    m = monitor("--sensor", "connector")
+def test_leader_exiting_first_is_not_the_process_exit(watch, progs):
+    m = watch("--sensor", "connector")
     m.sensor_line()
     # trigger: main() calls pthread_exit, another thread ends the process with exit(7)
     p = subprocess.Popen([str(progs / "exit_leader")])
-    assert p.wait() == 7
+    assert p.wait(60) == 7
     (ex,) = m.until(lambda evs: [e for e in evs if e["event"] == "exit" and e["pid"] == p.pid])
     assert m.stop() == 0
     assert (ex["exit_code"], ex["signal"]) == (7, None)
@@ -121,20 +122,21 @@ def test_leader_exiting_first_is_not_the_process_exit(monitor, progs):
     assert len(m.find(event="exit", pid=p.pid)) == 1
 
 
-def test_receive_buffer_overrun_is_counted_as_lost(monitor):
+def test_receive_buffer_overrun_is_counted_as_lost(watch):
     # A tiny receive buffer (the kernel's minimum) and a storm while the monitor is stopped:
     # the kernel must drop messages, and every drop is counted.
-    m = monitor("--sensor", "connector", env={"PROCSENTRY_CONNECTOR_RCVBUF": "4096"})
+    m = watch("--sensor", "connector", env={"PROCSENTRY_CONNECTOR_RCVBUF": "4096"})
     m.sensor_line()
     m.wait_ready()
     m.pause()
     try:
-        storm = subprocess.run(["/bin/sh", "-c", f"i=0; while [ $i -lt 3000 ]; do {TRUE}; i=$((i+1)); done"])
+        storm = subprocess.run(["/bin/sh", "-c", f"i=0; while [ $i -lt 3000 ]; do {TRUE}; i=$((i+1)); done"],
+                               timeout=300)
         # Started while the buffer is full: its fork and exec messages are dropped too. (Popen
         # returns once exec has released the parent, a moment before the kernel sends EXEC:
         # the line it prints proves the message is gone, dropped, before the monitor resumes.)
         survivor = subprocess.Popen(SURVIVOR, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        assert survivor.stdout.readline() == b"ready\n"
+        assert readline(survivor.stdout, 30, "the survivor's ready line") == b"ready\n"
     finally:
         m.resume()
     assert storm.returncode == 0
@@ -146,7 +148,7 @@ def test_receive_buffer_overrun_is_counted_as_lost(monitor):
                                          and e["pid"] == survivor.pid])
     finally:
         survivor.kill()
-        survivor.wait()
+        survivor.wait(60)
     assert m.stop() == 0
     assert missed["argv"] == SURVIVOR and missed["source"] == "sweep"
     assert all(e["source"] == "connector" and e["cpu"] == -1 and e["count"] > 0 for e in lost)
@@ -165,13 +167,13 @@ CHANGES = ("import ctypes, os, time; "
            "os.setgid(65534); os.setuid(65534); time.sleep(0.5)")
 
 
-def test_comm_and_id_changes_reach_the_exit_event(monitor):
-    m = monitor("--sensor", "connector")
+def test_comm_and_id_changes_reach_the_exit_event(watch):
+    m = watch("--sensor", "connector")
     m.sensor_line()
     m.wait_ready()
     # trigger: a process that renames itself, then drops to nobody (COMM, GID, UID messages)
     p = subprocess.Popen([sys.executable, "-c", CHANGES])
-    assert p.wait() == 0
+    assert p.wait(60) == 0
     (ex,) = m.until(lambda evs: [e for e in evs if e["event"] == "exit" and e["pid"] == p.pid])
     assert m.stop() == 0
     (exe,) = m.find(event="exec", pid=p.pid)

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from sensorproc import start_ticks
+from tests.support.procstat import start_ticks
 
 BASH = os.path.realpath("/bin/bash")
 SCRIPT = "sleep 2; exit 4"
@@ -20,14 +20,14 @@ SENSORS = [pytest.param("bpf", marks=pytest.mark.bpf), "connector", "poll"]
 
 @pytest.mark.root
 @pytest.mark.parametrize("sensor", SENSORS)
-def test_process_tree(monitor, sensor):
-    m = monitor("--sensor", sensor)
+def test_process_tree(watch, sensor):
+    m = watch("--sensor", sensor)
     assert m.sensor_line().startswith(f"procsentry: sensor {sensor} ({sensor}")
     m.wait_ready()
     # --- trigger: bash forks sleep (not its last command, so not exec'd in place), exits 4 ---
     p = subprocess.Popen([BASH, "-c", SCRIPT])
     bash_ticks = start_ticks(p.pid)
-    assert p.wait() == 4
+    assert p.wait(60) == 4
     bash_exit = m.until(lambda evs: [e for e in evs if e["event"] == "exit" and e["pid"] == p.pid])
     (sleep_exec,) = m.until(lambda evs: [e for e in evs if e["event"] == "exec" and e["ppid"] == p.pid])
     sleep_exit = m.until(lambda evs: [e for e in evs if e["event"] == "exit"

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sensorproc import REPO
+from tests.support.watch import REPO
 
 pytestmark = pytest.mark.root
 
@@ -26,7 +26,7 @@ def run_one(m) -> dict:
         (ex,) = m.until(lambda evs: [e for e in evs if e["event"] == "exec" and e["pid"] == p.pid])
     finally:
         p.kill()
-        p.wait()
+        p.wait(60)
     m.until(lambda evs: [e for e in evs if e["event"] == "exit" and e["pid"] == p.pid])
     assert m.stop() == 0
     assert ex["argv"] == [SLEEP, "30"] and ex["ppid"] == os.getpid()
@@ -34,16 +34,16 @@ def run_one(m) -> dict:
 
 
 @pytest.mark.bpf
-def test_auto_chooses_bpf(monitor):
-    m = monitor()  # --sensor auto is the default
+def test_auto_chooses_bpf(watch):
+    m = watch()  # --sensor auto is the default
     assert m.sensor_line().startswith("procsentry: sensor bpf (auto: complete")
     m.wait_ready()
     assert run_one(m)["source"] == "bpf"
     assert {e["source"] for e in m.snapshot()} == {"bpf", "sweep"}
 
 
-def test_auto_falls_back_to_the_connector(monitor):
-    m = monitor("--sensor", "auto", env=NO_BPF)
+def test_auto_falls_back_to_the_connector(watch):
+    m = watch("--sensor", "auto", env=NO_BPF)
     line = m.sensor_line()
     assert line.startswith(f"procsentry: sensor connector (auto; {BPF_REASON}; real-time")
     m.wait_ready()
@@ -51,8 +51,8 @@ def test_auto_falls_back_to_the_connector(monitor):
     assert {e["source"] for e in m.snapshot()} == {"connector", "sweep"}
 
 
-def test_auto_falls_back_to_polling(monitor):
-    m = monitor("--poll-interval", "0.05", env={**NO_BPF, **NO_CONNECTOR})
+def test_auto_falls_back_to_polling(watch):
+    m = watch("--poll-interval", "0.05", env={**NO_BPF, **NO_CONNECTOR})
     line = m.sensor_line()
     assert line.startswith(f"procsentry: sensor poll (auto; {BPF_REASON}; {CONNECTOR_REASON}; "
                            "procfs sweeps every 0.05 s")
@@ -67,7 +67,7 @@ def test_auto_falls_back_to_polling(monitor):
 def test_a_forced_sensor_does_not_fall_back():
     p = subprocess.run([sys.executable, "-m", "monitor", "watch", "--sensor", "connector",
                         "--duration", "1"], cwd=REPO, capture_output=True, text=True,
-                       env={**os.environ, **NO_CONNECTOR})
+                       env={**os.environ, **NO_CONNECTOR}, timeout=60)
     assert p.returncode == 1
     assert p.stderr == "procsentry: the connector is disabled by PROCSENTRY_DISABLE_CONNECTOR=1\n"
     assert p.stdout == ""
@@ -75,7 +75,7 @@ def test_a_forced_sensor_does_not_fall_back():
 
 def doctor_line(env: dict) -> str:
     p = subprocess.run([sys.executable, "-m", "monitor", "doctor", "--no-load"], cwd=REPO,
-                       capture_output=True, text=True, env={**os.environ, **env})
+                       capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
     (line,) = [x for x in p.stdout.splitlines() if "auto would choose" in x]
     status, name, detail = line.split(None, 2)
     assert name == "auto_sensor" and status == ("PASS" if detail == "auto would choose bpf" else "WARN")

@@ -8,13 +8,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from procfixture import FaultyProcFS
 
 from userspace.process import IMAGE_FIELDS, NS_NAMES, cpu_percent, read_namespaces, read_process
 from userspace.procfs import AccessDenied, ParseError, ProcessGone, ProcFS, Unavailable
 from userspace.sockets import SocketTables, join_sockets, read_proc_net_table
 from userspace.sweep import IncrementalScanner, SweepStats, scan, sort_parents_first
 from userspace.types import Depth, FdInfo, Missing, Namespaces, ProcKey, SocketInfo, ThreadInfo
+
+from tests.support.proctree import FaultyProcFS
 
 BOOT = "4b7c1a7e-1111-2222-3333-444455556666"
 HOSTNET = 4026531840

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from typing import Iterator
 
 import psutil
@@ -23,29 +22,24 @@ from userspace.sockets import SocketTables, read_diag_table, read_proc_net_table
 from userspace.sweep import IncrementalScanner, SweepStats, scan
 from userspace.types import Depth, Missing
 
+from tests.support.wait import until
+
 FS = ProcFS()  # the real one: default root
 
 
 def wait_for_state(pid: int, states: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if read_stat(FS, pid).state in states:
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"pid {pid} never reached state {states}")
+    until(lambda: read_stat(FS, pid).state in states, timeout, f"pid {pid} in state {states}",
+          lambda: f"state {read_stat(FS, pid).state}")
 
 
 def wait_exec(proc: subprocess.Popen, comm: bytes, timeout: float = 5.0) -> None:
     """Until the child has exec'd and its argv is in place: comm changes in begin_new_exec,
     before load_elf_binary's create_elf_tables sets mm->arg_start, so for a moment a fresh
     process shows its new comm with an empty cmdline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        s = read_process(FS, proc.pid, Depth.CHEAP)
-        if s.comm == comm and s.argv:
-            return
-        assert time.monotonic() < deadline, "child never exec'd"
-        time.sleep(0.01)
+    def cheap():
+        return read_process(FS, proc.pid, Depth.CHEAP)
+    until(lambda: (lambda s: s.comm == comm and s.argv)(cheap()), timeout,
+          f"pid {proc.pid} to exec {comm!r}", lambda: (cheap().comm, cheap().argv))
 
 
 @pytest.fixture
@@ -54,7 +48,7 @@ def sleeper() -> Iterator[subprocess.Popen]:
     wait_exec(p, b"sleep")
     yield p
     p.kill()
-    p.wait()
+    p.wait(60)
 
 
 # --- every PID against psutil ------------------------------------------------------------------
@@ -190,7 +184,7 @@ def test_process_gone(sleeper: subprocess.Popen) -> None:
     s = read_process(FS, sleeper.pid, Depth.FULL)
     assert s.argv == (b"sleep", b"60") and s.comm == b"sleep"
     sleeper.kill()
-    sleeper.wait()
+    sleeper.wait(60)
     with pytest.raises(ProcessGone):
         read_process(FS, sleeper.pid)
     with pytest.raises(ProcessGone):
@@ -217,7 +211,7 @@ def test_deleted_exe(tmp_path) -> None:
         assert (s.exe, s.exe_deleted, s.exe_memfd) == (os.fsencode(exe), True, False)
     finally:
         p.kill()
-        p.wait()
+        p.wait(60)
 
 
 def test_memfd_exe() -> None:
@@ -230,29 +224,24 @@ def test_memfd_exe() -> None:
         os.close(fd)
     try:
         wait_for_state(p.pid, "S")
-        deadline = time.monotonic() + 5
-        while True:
-            s = read_process(FS, p.pid, Depth.CHEAP)
-            if s.exe_memfd or time.monotonic() > deadline:
-                break
-            time.sleep(0.01)
+        s = until(lambda: (lambda s: s if s.exe_memfd else None)(read_process(FS, p.pid, Depth.CHEAP)),
+                  5, "the memfd exe to show", lambda: read_process(FS, p.pid, Depth.CHEAP).exe)
         assert (s.exe, s.exe_deleted, s.exe_memfd) == (b"/memfd:payload", True, True)
     finally:
         p.kill()
-        p.wait()
+        p.wait(60)
 
 
 def test_argv_bytes_survive() -> None:
     argv = [sys.executable, "-c", "import time; time.sleep(60)", b"\xff\xfe\nnot utf-8", b"", b"sp ace"]
     p = subprocess.Popen(argv)
     try:
-        deadline = time.monotonic() + 5
-        while read_process(FS, p.pid, Depth.CHEAP).argv != tuple(os.fsencode(a) for a in argv):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        want = tuple(os.fsencode(a) for a in argv)
+        until(lambda: read_process(FS, p.pid, Depth.CHEAP).argv == want, 5, f"argv {want}",
+              lambda: read_process(FS, p.pid, Depth.CHEAP).argv)
     finally:
         p.kill()
-        p.wait()
+        p.wait(60)
 
 
 def test_threads_listed() -> None:
@@ -280,10 +269,10 @@ def test_sweep_and_incremental_live(sleeper: subprocess.Popen) -> None:
     p = subprocess.Popen(["sleep", "60"])
     wait_exec(p, b"sleep")
     sleeper.kill()
-    sleeper.wait()
+    sleeper.wait(60)
     appeared, vanished = inc.diff()
     p.kill()
-    p.wait()
+    p.wait(60)
     assert p.pid in {s.pid for s in appeared}
     assert sleeper.pid in {k.pid for k in vanished}
 
