@@ -198,7 +198,7 @@ class Pipeline:
         entry.user = self.users(r.uid)
         entry.ns = r.ns
         entry.vpid = r.vpid
-        entry.image_id = f"{entry.exec_id}:{r.image_key:x}" if r.image_key is not None else None
+        entry.image_id = ProcKey(self.boot_id, key[0], key[1]).image_id(*r.layout) if r.layout else None
         entry.container_id = None
 
         missing: dict[str, str] = dict(r.missing) if r.missing else {}
@@ -256,8 +256,17 @@ class Pipeline:
                 for name in ("comm", "exe", "argv", "argv_truncated", "cwd", "uid", "euid", "gid",
                              "egid", "user", "container_id", "ns"):
                     setattr(entry, name, getattr(parent, name))
-                entry.parent_image_id = parent.image_id
             self.table.add(entry)
+        # Which of the parent's images forked it: from the fork record's own layout, so it is
+        # right even when the parent exec'd again before this record was applied.
+        # Until it execs, the child runs a copy of that image: the same layout under its own
+        # identity, which is also what a sweep of the child derives.
+        if r.parent_layout is not None:
+            if pkey is not None:
+                entry.parent_image_id = ProcKey(self.boot_id, *pkey).image_id(*r.parent_layout)
+            entry.image_id = ProcKey(self.boot_id, *key).image_id(*r.parent_layout)
+        elif parent is not None:
+            entry.parent_image_id = parent.image_id
         entry.start_mono_ns = r.ts_ns
         if r.vpid is not None:
             entry.vpid = r.vpid

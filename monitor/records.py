@@ -60,9 +60,9 @@ class ExecRecord(NamedTuple):
     observed: bool = False
     kernel_captured: bool = False  # argv/cwd/euid were taken at exec: procfs may differ later
     vpid: int | None = None  # the tgid in the process's own PID namespace
-    # A value that differs between two images of one process and that the sweep reads alike
-    # (see the README, identity); None where the sensor cannot tell.
-    image_key: int | None = None
+    # The new image's (mm->arg_start, mm->end_code): what ProcKey.image_id hashes, read alike
+    # by the sensor and a sweep (procfs <pid>/stat fields 48 and 27); None where unknown.
+    layout: tuple[int, int] | None = None
 
 
 class ForkRecord(NamedTuple):
@@ -74,6 +74,7 @@ class ForkRecord(NamedTuple):
     ppid: int
     parent_start_ticks: int | None  # None: the sensor gives the parent's PID only
     vpid: int | None = None
+    parent_layout: tuple[int, int] | None = None  # the forking image's (arg_start, end_code)
 
 
 class ExitRecord(NamedTuple):
@@ -146,7 +147,9 @@ def exec_from_snapshot(snap: ProcessSnapshot, ts_ns: int, observed: bool = False
         gid=gids[0] if gids else None, egid=gids[1] if gids else None,
         loginuid=snap.loginuid, sessionid=snap.sessionid, ns=ns,
         exe_deleted=snap.exe_deleted, exe_fileless=snap.exe_memfd, snapshot=snap,
-        observed=observed, vpid=getattr(snap, "vpid", None))
+        observed=observed, vpid=snap.vpid,
+        layout=(snap.arg_start, snap.end_code)
+        if snap.arg_start is not None and snap.end_code is not None else None)
 
 
 # Namespace names in the order the BPF record carries them (and events print them).

@@ -63,7 +63,7 @@ def test_sweeps_under_load_report_nothing_the_sensor_reported(watch, tmp_path):
                 and e["argv"][:2] == ["sh", "-c"]]
 
     w.until(lambda _: len(ours(read_events(out), "exit")) >= n, 60,
-            on_timeout=lambda: f"{len(ours(read_events(out), 'exit'))} exits of {n}")
+            what=f"exits of all {n} pipelines")
     time.sleep(1.5)  # one more sweep over the quiet host
     assert w.stop() == 0
     evs = read_events(out)

@@ -47,12 +47,13 @@ def exec_record(r: wire.RawExec) -> ExecRecord:
         _optional_id(r.loginuid), _optional_id(r.sessionid), dict(zip(NS_NAMES, r.ns)),
         r.cgroup_id, bool(flags & wire.EXE_UNLINKED) and not fileless, fileless,
         tuple(name for bit, name in CAPTURE_FLAG_NAMES if flags & bit) if flags & _ANY_FLAG else (),
-        kernel_captured=True)
+        kernel_captured=True, vpid=r.vpid, layout=(r.arg_start, r.end_code) if r.arg_start else None)
 
 
 def fork_record(r: wire.RawFork) -> ForkRecord:
     return ForkRecord(r.ts_ns, r.tgid, r.start_boottime // NSEC_PER_TICK, r.parent_tgid,
-                      r.parent_start_boottime // NSEC_PER_TICK)
+                      r.parent_start_boottime // NSEC_PER_TICK, r.vpid,
+                      (r.arg_start, r.end_code) if r.arg_start else None)
 
 
 def exit_record(r: wire.RawExit) -> ExitRecord:
