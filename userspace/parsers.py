@@ -259,7 +259,8 @@ def parse_status(data: bytes) -> Status:
     boundary simply yields None for the lines that did not arrive.
 
     The known keys are picked out by one regex (the scan runs in C): status has ~60 lines and
-    this runs once per exec, where a Python loop over every line cost ~90 us."""
+    this runs once per exec, so a Python loop over every line would be paid on every event
+    (bench/RESULTS.md has the daemon's profile under a storm)."""
     bad = _LINE_WITHOUT_COLON.search(data)
     if bad is not None:
         raise ParseError("status: line without ':'", bad.group(0))
