@@ -378,13 +378,14 @@ class CgroupResolver:
             return {i for i in ids if i not in self._tree}
         return set()
 
-    def prune(self) -> set[int]:
-        """Evict the cached cgroups that are gone; returns their ids."""
-        dead = self.gone(list(self._cache))
+    def prune(self, also: Iterable[int] = ()) -> set[int]:
+        """Evict the cached cgroups that are gone. Returns the ids found gone among the cached
+        ones and ``also`` (a caller's own cache keyed by cgroup id), checked in one pass."""
+        dead = self.gone(set(self._cache).union(also))
         for i in dead:
-            del self._cache[i]
+            if self._cache.pop(i, None) is not None:
+                self.stats["evicted_gone"] += 1
             self._remember_gone(i)
-        self.stats["evicted_gone"] += len(dead)
         return dead
 
     def __len__(self) -> int:
