@@ -232,7 +232,7 @@ def check_container_identity(fs: ProcFS) -> Check:
             own_id = os.stat(own_dir).st_ino  # the kernfs ino is the id on 64-bit kernels
         got = resolver.resolve(own_id)
         how = ("open_by_handle_at" if resolver.method == "handle"
-               else f"walking the cgroup2 tree ({resolver.reason})")
+               else f"walking the cgroup2 tree (no handles: {resolver.handle_unusable})")
         where = mount.mount_point.decode(errors="backslashreplace")
         if got is None or got.path != own:
             return Check("container_identity", "WARN",

@@ -123,7 +123,8 @@ def kernfs_id_of(path: bytes | str) -> int:
 class CgroupResolver:
     """cgroup v2 id -> Cgroup, cached (LRU, ``max_entries``). ``method`` is "auto" (handle if
     it works here, else walk), "handle" or "walk"; after construction ``self.method`` is the
-    one in use, or None with ``self.reason`` saying why ids cannot be resolved at all."""
+    one in use, or None with ``self.reason`` saying why ids cannot be resolved at all
+    (``handle_unusable`` says why "auto" fell back to the walk)."""
 
     def __init__(self, fs: ProcFS, *, mount: P.Cgroup2Mount | None = None, method: str = "auto",
                  max_entries: int = DEFAULT_MAX_ENTRIES,
@@ -140,7 +141,8 @@ class CgroupResolver:
         self.stats: Counter[str] = Counter()
         self.unified_only = unified_only(fs)
         self.method: str | None = None
-        self.reason: str | None = None  # why the method is None, or why handle was not used
+        self.reason: str | None = None  # why the method is None
+        self.handle_unusable: str | None = None  # why "auto" did not choose handle
         self._cache: OrderedDict[int, Cgroup] = OrderedDict()
         self._gone: set[int] = set()  # ids seen gone: never asked of the kernel again
         self._mount_fd = -1
@@ -172,7 +174,7 @@ class CgroupResolver:
             if method == "handle":
                 self.reason = why_not
                 return
-            self.reason = f"open_by_handle_at unusable ({why_not}): walking the tree instead"
+            self.handle_unusable = why_not
         try:
             self.root_id = os.stat(self._mp).st_ino
         except OSError as e:

@@ -18,6 +18,31 @@ import pytest
 from userspace.cgroups import find_cgroup2_mount, kernfs_id_of
 from userspace.procfs import ProcFS
 
+POD_UID = "5f6c2b1e-3a4d-4e8f-9a0b-1c2d3e4f5a6b"
+
+
+def runtime_schemes(ids: list[str], pod: str = POD_UID) -> dict[str, tuple[str, str | None]]:
+    """Each runtime's naming of a container's cgroup (seven 64-hex ids, one each), as a path,
+    with the container id that path names (None: not a container)."""
+    c1, c2, c3, c4, c5, c6, c7 = ids
+    return {
+        "docker systemd": (f"/system.slice/docker-{c1}.scope", c1),
+        "docker cgroupfs": (f"/docker/{c2}", c2),
+        "containerd cri": (f"/system.slice/cri-containerd-{c3}.scope", c3),
+        "cri-o": (f"/machine.slice/crio-{c4}.scope", c4),
+        "podman": (f"/machine.slice/libpod-{c5}.scope/container", c5),
+        "kubepods systemd": (f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod"
+                             f"{pod.replace('-', '_')}.slice/cri-containerd-{c6}.scope", c6),
+        "kubepods cgroupfs": (f"/kubepods/besteffort/pod{pod}/{c7}", c7),
+        "cri-o conmon": (f"/machine.slice/crio-conmon-{c4}.scope", None),
+        "a service": ("/system.slice/cron.service", None),
+    }
+
+
+def random_container_ids(n: int = 7) -> list[str]:
+    return [uuid.uuid4().hex + uuid.uuid4().hex for _ in range(n)]
+
+
 class Ran(NamedTuple):
     pid: int
     returncode: int

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cgroupfixture import TRUE, cgroup_tree  # noqa: F401  (a fixture)
+from cgroupfixture import TRUE, cgroup_tree, runtime_schemes  # noqa: F401  (a fixture)
 from monitor.enrich import Enricher
 from userspace import parsers as P
 from userspace.cgroups import Cgroup, CgroupResolver, find_cgroup2_mount, kernfs_id_of
@@ -23,28 +23,9 @@ from userspace.procfs import ProcFS
 from userspace.process import read_process
 from userspace.types import Depth
 
-C1 = "0123456789abcdef" * 4
-C2 = "fedcba9876543210" * 4
-C3 = "aa" * 32
-C4 = "b" * 64
-C5 = "c" * 64
-C6 = "d" * 64
-C7 = "e" * 64
-POD = "5f6c2b1e-3a4d-4e8f-9a0b-1c2d3e4f5a6b"
-
-# Each runtime's naming, as its cgroup path, and the container id it names.
-SCHEMES: dict[str, tuple[str, str | None]] = {
-    "docker systemd": (f"/system.slice/docker-{C1}.scope", C1),
-    "docker cgroupfs": (f"/docker/{C2}", C2),
-    "containerd cri": (f"/system.slice/cri-containerd-{C3}.scope", C3),
-    "cri-o": (f"/machine.slice/crio-{C4}.scope", C4),
-    "podman": (f"/machine.slice/libpod-{C5}.scope/container", C5),
-    "kubepods systemd": (f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod"
-                         f"{POD.replace('-', '_')}.slice/cri-containerd-{C6}.scope", C6),
-    "kubepods cgroupfs": (f"/kubepods/besteffort/pod{POD}/{C7}", C7),
-    "cri-o conmon": (f"/machine.slice/crio-conmon-{C4}.scope", None),
-    "a service": ("/system.slice/cron.service", None),
-}
+C1, C2, C3, C4, C5, C6, C7 = ("0123456789abcdef" * 4, "fedcba9876543210" * 4, "aa" * 32,
+                              "b" * 64, "c" * 64, "d" * 64, "e" * 64)
+SCHEMES = runtime_schemes([C1, C2, C3, C4, C5, C6, C7])
 MOUNT_DIR = "cgroup fs"  # a space: mountinfo escapes it as \040
 
 
@@ -115,7 +96,7 @@ def test_every_runtime_naming_resolves_by_walking_a_fixture_tree(tmp_path) -> No
     ids = make_dirs(cg)
     r = CgroupResolver(fs)
     assert r.method == "walk"  # the fixture is not kernfs: no handles, and the reason says so
-    assert r.reason == "open_by_handle_at unusable (the mount is not kernfs): walking the tree instead"
+    assert r.reason is None and r.handle_unusable == "the mount is not kernfs"
     assert r.unified_only is True
     got = {name: r.resolve(ino) for name, (ino, _path) in ids.items()}
     assert got == {name: Cgroup(ino, path.encode(), SCHEMES[name][1])
