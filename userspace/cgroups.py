@@ -19,7 +19,7 @@ Two ways to resolve, chosen once per resolver:
   at most once per ``walk_interval_s``, and never past ``walk_max_dirs`` directories.
 
 Ids are never reused within a boot (kernfs allocates them cyclically and bumps the high 32
-bits on wrap: kernfs_new_node), so a cached answer never turns wrong; entries are still evicted
+bits on wrap: __kernfs_new_node), so a cached answer never turns wrong; entries are still evicted
 when their cgroup is gone, to keep the cache to cgroups that exist (``prune``).
 
 Everything here degrades by counting: an id that cannot be resolved is ``None`` and a counter
@@ -50,6 +50,10 @@ U64_MAX = (1 << 64) - 1
 DEFAULT_MAX_ENTRIES = 4096
 DEFAULT_WALK_INTERVAL_S = 0.25
 DEFAULT_WALK_MAX_DIRS = 65536
+# A walk costs ~14 us per cgroup here (one getdents of ~30 entries each); after a walk that took
+# t, the next waits at least WALK_IDLE_FACTOR * t, so walking never takes over 10 % of a CPU
+# however fast containers come and go.
+WALK_IDLE_FACTOR = 9.0
 DELETED_SUFFIX = b" (deleted)"  # d_path() of an unlinked dentry (fs/d_path.c prepend " (deleted)")
 
 
@@ -153,6 +157,7 @@ class CgroupResolver:
         self._tree_complete = False  # the last walk saw every directory (not truncated)
         self._sought: set[int] = set()  # newer ids a walk was made for and did not find
         self._walked_at: float | None = None
+        self._walk_cost = 0.0  # how long the last walk took
         self.root_id: int | None = None
 
         if mount is None:
@@ -249,6 +254,7 @@ class CgroupResolver:
     def _walk(self) -> None:
         """id -> path for every directory under the mount, breadth first, bounded."""
         self.stats["walks"] += 1
+        started = self.clock()
         tree: dict[int, bytes] = {}
         if self.root_id is not None:
             tree[self.root_id] = b"/"
@@ -281,19 +287,22 @@ class CgroupResolver:
         self._tree_max = max(tree, default=0)
         self._tree_complete = dirs <= self.walk_max_dirs
         self._walked_at = self.clock()
+        self._walk_cost = self._walked_at - started
 
     def _by_walk(self, cgroup_id: int) -> bytes | None:
         path = self._tree.get(cgroup_id)
         if path is not None:
             return path
-        # Ids only grow (idr_alloc_cyclic in kernfs_new_node, the high 32 bits bumped on wrap):
-        # an id newer than any the last walk saw is a cgroup made since, worth a walk at once,
-        # but once only. Any other miss walks at most once per walk_interval_s.
+        # Ids only grow (idr_alloc_cyclic in __kernfs_new_node, fs/kernfs/dir.c, the high 32
+        # bits bumped on wrap): an id newer than any the last walk saw is a cgroup made since,
+        # worth a walk at once, but once only, and within the duty cycle (WALK_IDLE_FACTOR).
+        # Other misses walk at most once per walk_interval_s.
         newer = cgroup_id > self._tree_max and cgroup_id not in self._sought
-        if (not newer and self._walked_at is not None
-                and self.clock() - self._walked_at < self.walk_interval_s):
-            self.stats["walk_rate_limited"] += 1
-            return None
+        if self._walked_at is not None:
+            idle = self.clock() - self._walked_at
+            if idle < (WALK_IDLE_FACTOR * self._walk_cost if newer else self.walk_interval_s):
+                self.stats["walk_rate_limited"] += 1
+                return None
         self._walk()
         path = self._tree.get(cgroup_id)
         if path is None:

@@ -317,6 +317,25 @@ def test_a_cgroup_newer_than_the_last_walk_is_walked_for_at_once(cgroup_tree) ->
 
 
 @pytest.mark.root
+def test_walks_for_newer_ids_stay_within_the_duty_cycle(cgroup_tree) -> None:  # noqa: F811
+    clock = FakeClock()
+
+    def ticking() -> float:  # every reading 10 ms later: the walk is measured as 10 ms long
+        clock.now += 0.01
+        return clock.now
+
+    first = cgroup_tree.make("/docker")
+    r = CgroupResolver(ProcFS(), method="walk", clock=ticking, walk_interval_s=3600)
+    assert r.resolve(cgroup_tree.id_of(first)) is not None and r.stats["walks"] == 1
+    new = cgroup_tree.make(f"/docker/{C3}")
+    assert r.resolve(cgroup_tree.id_of(new)) is None  # 10 ms idle < 9 x 10 ms
+    assert r.stats["walks"] == 1 and r.stats["walk_rate_limited"] == 1
+    clock.now += 0.09
+    assert r.resolve(cgroup_tree.id_of(new)).container_id == C3
+    assert r.stats["walks"] == 2
+
+
+@pytest.mark.root
 def test_enricher_names_the_container_of_a_process_already_gone(cgroup_tree) -> None:  # noqa: F811
     cg = cgroup_tree.make(REAL["cri-o"][0])
     token = f"gone-{os.getpid()}"
