@@ -6,7 +6,6 @@ for the layouts this machine does not have, and for real on this host, as root a
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,7 +62,7 @@ def test_a_v2_only_host_proves_it_on_our_own_cgroup(tmp_path):
     own.mkdir(parents=True)
     c = check_container_identity(fs)
     assert c.status == "PASS"
-    assert f"(v2 only)" in c.detail
+    assert "(v2 only)" in c.detail
     assert f"(this process: {own.stat().st_ino} -> /user.slice/session-1.scope)" in c.detail
 
 

@@ -58,10 +58,16 @@ def test_each_runtime_naming_names_its_first_and_only_process(watch, cgroup_tree
     assert w.stop() == 0
 
 
-def test_the_container_filter_sees_a_container_whose_only_process_is_gone(watch, cgroup_tree):  # noqa: F811
-    mine, other = random_container_ids(2)
-    cg = cgroup_tree.make(f"/system.slice/docker-{mine}.scope")
-    cg_other = cgroup_tree.make(f"/system.slice/docker-{other}.scope")
+CONTAINER_SCHEMES = [k for k, (_p, cid) in runtime_schemes(random_container_ids()).items() if cid]
+
+
+@pytest.mark.parametrize("scheme", CONTAINER_SCHEMES)
+def test_the_container_filter_sees_a_container_whose_only_process_is_gone(watch, cgroup_tree, scheme):  # noqa: F811
+    ids = random_container_ids()
+    path, mine = runtime_schemes(ids)[scheme]
+    other_path, other = runtime_schemes(random_container_ids())[scheme]
+    cg = cgroup_tree.make(path)
+    cg_other = cgroup_tree.make(other_path)
     cg_host = cgroup_tree.make("/system.slice/cron.service")
     # A process already in the container when the monitor starts: its `existing` event is how
     # we know the monitor is ready (the filter hides our own).

@@ -238,17 +238,14 @@ def test_on_a_hybrid_host_only_a_named_container_is_an_answer(tmp_path) -> None:
 
 # --- real cgroups (root, no BPF) ----------------------------------------------------------------
 
-REAL = {k: v for k, v in SCHEMES.items()}
-
-
 @pytest.mark.root
 @pytest.mark.parametrize("method", ["handle", "walk"])
 def test_real_cgroups_resolve_by_both_methods(cgroup_tree, method) -> None:  # noqa: F811
-    made = {name: cgroup_tree.make(path) for name, (path, _cid) in REAL.items()}
+    made = {name: cgroup_tree.make(path) for name, (path, _cid) in SCHEMES.items()}
     r = CgroupResolver(ProcFS(), method=method)
     assert r.method == method, r.reason
     for name, cg in made.items():
-        cid = REAL[name][1]
+        cid = SCHEMES[name][1]
         got = r.resolve(cgroup_tree.id_of(cg))
         assert got == Cgroup(cgroup_tree.id_of(cg), cgroup_tree.cgroup_path(cg).encode(), cid), name
     assert r.resolve(1 if r.mount.root == b"/" else r.root_id).path == r.mount.root
@@ -257,7 +254,7 @@ def test_real_cgroups_resolve_by_both_methods(cgroup_tree, method) -> None:  # n
 
 @pytest.mark.root
 def test_the_kernel_id_is_the_directory_inode_and_what_procfs_shows(cgroup_tree) -> None:  # noqa: F811
-    cg = cgroup_tree.make(REAL["docker systemd"][0])
+    cg = cgroup_tree.make(SCHEMES["docker systemd"][0])
     p = subprocess.Popen(["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec sleep 30', str(cg)])
     try:
         deadline = time.monotonic() + 10
@@ -337,7 +334,7 @@ def test_walks_for_newer_ids_stay_within_the_duty_cycle(cgroup_tree) -> None:  #
 
 @pytest.mark.root
 def test_enricher_names_the_container_of_a_process_already_gone(cgroup_tree) -> None:  # noqa: F811
-    cg = cgroup_tree.make(REAL["cri-o"][0])
+    cg = cgroup_tree.make(SCHEMES["cri-o"][0])
     token = f"gone-{os.getpid()}"
     done = cgroup_tree.first_process(cg, TRUE, token)
     assert done.returncode == 0, done.stderr
@@ -351,7 +348,7 @@ def test_enricher_names_the_container_of_a_process_already_gone(cgroup_tree) -> 
 
 @pytest.mark.root
 def test_enricher_takes_a_live_process_container_from_the_id(cgroup_tree) -> None:  # noqa: F811
-    cg = cgroup_tree.make(REAL["kubepods systemd"][0])
+    cg = cgroup_tree.make(SCHEMES["kubepods systemd"][0])
     p = subprocess.Popen(["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec sleep 30', str(cg)])
     try:
         deadline = time.monotonic() + 10
