@@ -50,6 +50,13 @@ def _positive(kind):
     return parse
 
 
+def _power_of_two(value: str) -> int:
+    v = int(value)
+    if v <= 0 or v & (v - 1):
+        raise argparse.ArgumentTypeError(f"must be a power of two, not {v}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="procsentry", description=__doc__, epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--ancestry-depth", type=int, default=10, metavar="N")
     w.add_argument("--environ", action="store_true",
                    help="add environment variables (secret-looking values redacted)")
-    w.add_argument("--perf-pages", type=_positive(int), default=None, metavar="N",
+    w.add_argument("--perf-pages", type=_power_of_two, default=None, metavar="N",
                    help="perf buffer pages per CPU, a power of two (default 256)")
     w.add_argument("--wakeup-events", type=_positive(int), default=None, metavar="N",
                    help="wake the reader every N samples (default 1)")
@@ -124,6 +131,16 @@ def cmd_snapshot(args) -> int:
     return EX_OK
 
 
+def sensor_settings(args):
+    from monitor.sensors import SensorSettings  # noqa: PLC0415
+    from monitor.sensors.bpf import limits  # noqa: PLC0415
+    return SensorSettings(
+        sensor=args.sensor, perf_pages=args.perf_pages or limits.PERF_PAGES,
+        wakeup_events=args.wakeup_events or limits.WAKEUP_EVENTS,
+        poll_interval_s=args.poll_interval, backlog=args.backlog, proc_root=args.proc_root,
+        record_path=args.record)
+
+
 def cmd_watch(args) -> int:
     from monitor import sensors  # noqa: PLC0415
     from monitor.output import Sink  # noqa: PLC0415
@@ -132,19 +149,26 @@ def cmd_watch(args) -> int:
 
     if args.dump_bpf:
         return sensors.dump_bpf()
-    try:
-        source, note = sensors.choose(args)
-    except sensors.NoSensor as e:
-        print(f"procsentry: {e}", file=sys.stderr)
-        return EX_NOPERM if e.permission else EX_ERROR
-    print(f"procsentry: sensor {source.name}{' (' + note + ')' if note else ''}", file=sys.stderr)
-    fs = ProcFS(args.proc_root or default_root())
+    # Everything the user asked for is checked before anything loads: a mistake in the options
+    # is a usage error, never a reason to fall back to a weaker sensor.
+    settings = sensor_settings(args)
+    problem = settings.problem()
+    if problem is not None:
+        print(f"procsentry: {problem}", file=sys.stderr)
+        return EX_USAGE
     try:
         sink = Sink(args.format or "auto", args.output)
     except OSError as e:
         print(f"procsentry: cannot open {args.output}: {e.strerror}", file=sys.stderr)
-        source.close()
         return EX_ERROR
+    try:
+        source, note = sensors.choose(settings)
+    except sensors.NoSensor as e:
+        print(f"procsentry: {e}", file=sys.stderr)
+        sink.close()
+        return EX_NOPERM if e.permission else EX_ERROR
+    print(f"procsentry: sensor {source.name}{' (' + note + ')' if note else ''}", file=sys.stderr)
+    fs = ProcFS(args.proc_root or default_root())
     cfg = Config(
         sweep_interval_s=args.sweep_interval, stats_interval_s=args.stats_interval,
         duration_s=args.duration, count=args.count, ancestry_depth=args.ancestry_depth,

@@ -43,3 +43,13 @@ class Clock:
 
     def now(self) -> str:
         return self.rfc3339(time.time_ns())
+
+
+def ticks_at(mono_ns: int) -> int:
+    """Start ticks (procfs <pid>/stat field 22: task->start_boottime, CLOCK_BOOTTIME) of a
+    process started at CLOCK_MONOTONIC mono_ns. The two clocks differ by the time the host spent
+    suspended; the offset is taken now, so this is exact on a host that never suspended since."""
+    from userspace.types import NSEC_PER_TICK  # noqa: PLC0415
+
+    offset = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.monotonic_ns()
+    return (mono_ns + offset) // NSEC_PER_TICK

@@ -111,22 +111,13 @@ def check_tracepoints() -> list[Check]:
 
 
 def check_bcc() -> Check:
-    try:
-        import bcc  # noqa: PLC0415
-    except ImportError:
+    from monitor.sensors.bpf.bccinfo import bcc_module  # noqa: PLC0415
+    found = bcc_module()
+    if found is None:
         return Check("bcc", "FAIL", "the bcc Python module is not importable",
                      "apt-get install python3-bpfcc (Fedora: dnf install python3-bcc); "
                      "never 'pip install bcc', an unrelated package")
-    version = getattr(bcc, "__version__", None) or _bcc_version_from_lib()
-    return Check("bcc", "PASS", f"bcc {version} from {os.path.dirname(bcc.__file__)}")
-
-
-def _bcc_version_from_lib() -> str:
-    try:
-        from bcc import libbcc  # noqa: PLC0415
-        return libbcc.lib.bcc_version().decode() if hasattr(libbcc.lib, "bcc_version") else "unknown"
-    except Exception:  # noqa: BLE001 - only a version string
-        return "unknown"
+    return Check("bcc", "PASS", f"bcc {found[0]} from {found[1]}")
 
 
 def headers_release(build: Path) -> str | None:

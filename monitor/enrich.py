@@ -9,7 +9,7 @@ import pwd
 import time
 
 from monitor.events import ProcDetails, Socket
-from monitor.output import text, text_or_none
+from monitor.text import text, text_or_none
 from userspace.cgroups import CgroupResolver
 from userspace.procfs import ProcFS, ProcFSError
 from userspace.process import read_process
@@ -81,7 +81,7 @@ class Enricher:
         cwd, credentials and namespaces. The cgroup path is read once per cgroup id."""
         self._maybe_prune()
         learned = known = self._containers.get(cgroup_id)
-        if known is None:
+        if known is None and cgroup_id > 0:  # 0: the sensor has no cgroup id
             known = self._from_kernel_id(cgroup_id)
         snap = self._checked(start_ticks, lambda: read_process(
             self.fs, pid, Depth.ENRICH, environ=self.environ, sockets=self.sockets(),

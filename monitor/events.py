@@ -1,4 +1,4 @@
-"""The output schema: every record procsentry emits is one of these frozen dataclasses.
+"""The output schema: every record procsentry emits is one of these dataclasses.
 
 orjson serialises dataclasses natively, in field order. What a process chose (comm, exe, argv,
 paths) arrives as bytes and is decoded once, by monitor/output.py's text() policy, before it
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 EVENT_TYPES = ("exec", "fork", "exit", "existing", "missed", "lost", "stats")
 SOURCES = ("bpf", "sweep", "connector", "poll")
@@ -30,6 +30,7 @@ class Ancestor:
     exe: str | None
     argv: tuple[str, ...] | None  # at most 256 bytes of it: the ancestor's own exec has it all
     argv_truncated: bool = False
+    image_id: str | None = None
 
 
 @dataclass
@@ -102,6 +103,9 @@ class ProcessEvent:
     differs: dict[str, object] | None = None  # procfs values that disagree with the kernel's
     ancestry: tuple[Ancestor, ...] | None = None
     proc: ProcDetails | None = None
+    vpid: int | None = None  # pid in its own PID namespace
+    image_id: str | None = None  # the program image: changes on every exec, exec_id does not
+    parent_image_id: str | None = None  # the parent's image when it forked this process
     schema: int = SCHEMA_VERSION
 
 
@@ -112,6 +116,7 @@ class ExitEvent(ProcessEvent):
     core_dumped: bool = False
     duration_ns: int | None = None
     inferred: bool = False  # true when a sweep found it gone without a kernel exit record
+    supersedes_inferred: bool = False  # the sensor's exit, after a sweep had inferred one
 
 
 @dataclass
@@ -135,6 +140,7 @@ class StatsEvent:
     lost_per_cpu: dict[str, int]
     missed: int
     inferred_exits: int
+    reconcile: dict[str, int]  # sweeps, deferred judgements, ...: see schema.py
     enrichment: dict[str, int]
     queue_depth: int
     queue_peak: int

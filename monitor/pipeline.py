@@ -1,53 +1,43 @@
-"""The live pipeline: sensor records -> process table -> enrichment -> records -> sink.
+"""The live pipeline: sensor records -> hold window -> process table -> events -> sink.
 
-One thread. Each turn: poll the sensor (bcc drains every per-CPU buffer into a deque), decode
-the batch, order it by kernel timestamp (per-CPU buffers interleave), apply it to the table,
-enrich what is still alive, emit. Capture never waits on enrichment: when a batch is large, the
-records beyond `backlog` go out without procfs enrichment (`enrichment: "partial"`, counted)
-instead of leaving samples to be lost in the kernel.
+One thread. Each turn: poll the sensor, take its sensor-neutral records (monitor/records.py)
+into the hold window (monitor/window.py), apply every record that is due to the process table,
+enrich what is still alive from procfs, build the events (monitor/build.py) and write them.
+The pipeline alone owns the table and decides; sensors only report.
 
-Sweeps: once at start (after the sensor is attached, so nothing falls between the two: every
-process already running becomes an `existing` event) and periodically (default 30 s, and at
-once after lost samples): a process in procfs the table does not know becomes `missed`; a live
-table entry gone from procfs without an exit record gets an inferred `exit`.
+Capture never waits on enrichment: when a batch is large, the execs beyond `backlog` go out
+without procfs enrichment (`enrichment: "partial"`, counted) instead of leaving samples to be
+lost in the kernel.
+
+Sweeps (userspace/sweep.py): once at start, after the sensor is attached so nothing falls
+between the two (every process already running becomes an `existing` event), and periodically
+(default 30 s, and at once after lost samples), judged against the table without racing the
+sensor (monitor/reconcile.py): what the sensor missed becomes `missed`, a process gone without
+an exit record gets an inferred `exit`.
 """
 from __future__ import annotations
 
-import bisect
 import fnmatch
-import logging
 import os
 import resource
 import time
 from dataclasses import dataclass, field
 
 from monitor import enrich as E
-from monitor.clock import Clock
-from monitor.events import Ancestor, ExitEvent, LostEvent, ProcessEvent, StatsEvent, split_wait_status
-from monitor.output import Sink, argv_raw, text, text_or_none, texts
+from monitor import reconcile
+from monitor.build import EventBuilder
+from monitor.clock import Clock, ticks_at
+from monitor.events import LostEvent, ProcessEvent, StatsEvent, split_wait_status
+from monitor.output import Sink
+from monitor.records import (CommRecord, CredRecord, DecodeErrorRecord, ExecRecord, ExitRecord,
+                             ForkRecord, LostRecord, exec_from_snapshot)
 from monitor.table import Entry, Key, ProcessTable
-from monitor.sensors.bpf import wire
+from monitor.text import argv_raw, text, text_or_none, texts
+from monitor.window import HoldWindow
 from userspace.procfs import ProcessGone, ProcFS, ProcFSError
 from userspace.process import read_stat
-from userspace.sweep import sort_parents_first
-from userspace.types import NSEC_PER_TICK, Depth, ProcessSnapshot, ProcKey
-
-log = logging.getLogger("procsentry.pipeline")
-
-CAPTURE_FLAG_NAMES = (
-    (wire.ARGV_TRUNCATED, "argv_truncated"),
-    (wire.ARGV_READ_ERROR, "argv_read_error"),
-    (wire.FILENAME_TRUNCATED, "filename_truncated"),
-    (wire.EXE_UNLINKED, "exe_unlinked"),
-    (wire.EXE_DETACHED, "exe_detached"),
-    (wire.EXE_TRUNCATED, "exe_truncated"),
-    (wire.EXE_ERROR, "exe_read_error"),
-    (wire.CWD_DETACHED, "cwd_detached"),
-    (wire.CWD_TRUNCATED, "cwd_truncated"),
-    (wire.CWD_ERROR, "cwd_read_error"),
-    (wire.NO_MM, "no_mm"),
-)
-NS_KEYS = wire.NS_NAMES
+from userspace.sweep import Sweep, SweepStats, sort_parents_first
+from userspace.types import Depth, ProcessSnapshot, ProcKey
 
 
 @dataclass
@@ -86,7 +76,7 @@ class Config:
     count: int | None = None
     ancestry_depth: int = 10
     backlog: int = 1024  # records in one batch past which enrichment is skipped
-    enrich_delay_ns: int = 5_000_000  # hold window: see Pipeline.drain
+    enrich_delay_ns: int = 5_000_000  # hold window: see monitor/window.py
     max_held: int = 65536  # records the window may hold before it is released regardless
     environ: bool = False
     poll_timeout_ms: int = 100
@@ -101,6 +91,8 @@ class Counters:
         self.inferred_exits = 0
         self.decode_errors = 0
         self.queue_peak = 0
+        self.reconcile = {"sweeps": 0, "deferred": 0, "missed_zombies_skipped": 0,
+                          "late_exits": 0}
 
     def event(self, kind: str) -> None:
         self.events[kind] = self.events.get(kind, 0) + 1
@@ -113,41 +105,51 @@ class Pipeline:
         self.sink = sink
         self.fs = fs
         self.cfg = config or Config()
+        self.depth = depth
         self.table = ProcessTable()
         self.clock = Clock()
         self.enricher = E.Enricher(fs, depth, environ=self.cfg.environ)
         self.users = E.UserNames()
         self.counters = Counters()
+        self.sweep_stats = SweepStats()
         self.boot_id = fs.boot_id()
         self.self_pid = os.getpid()
+        self.window = HoldWindow(self.cfg.enrich_delay_ns, self.cfg.max_held)
+        self.build = EventBuilder(self.table, self.clock, self.cfg.ancestry_depth)
         self.stop_requested = False
         self.emitted = 0
         self.started = time.monotonic()
-        self._lost_seen: dict[int, int] = {}
-        self._window: list[tuple] = []  # (kind, record, ts_ns), in kernel time order
         self._last_reconcile = 0.0
         self._reconcile_due: str | None = None
+        self._lost_since_reconcile = False
+        self._apply = {ExecRecord: self.on_exec, ForkRecord: self.on_fork,
+                       ExitRecord: self.on_exit, LostRecord: self.on_lost,
+                       CommRecord: self.on_comm, CredRecord: self.on_cred,
+                       DecodeErrorRecord: self.on_decode_error}
 
     # -- identity --------------------------------------------------------------------------
     def exec_id(self, key: Key) -> str:
         return ProcKey(self.boot_id, key[0], key[1]).exec_id
 
-    def _entry(self, key: Key) -> Entry:
+    def _entry(self, key: Key, since_ns: int) -> Entry:
         """The table entry for key, created if new."""
-        return self.table.get(key) or self.table.add(Entry(key[0], key[1], self.exec_id(key)))
+        entry = self.table.get(key)
+        if entry is None:
+            entry = self.table.add(Entry(key[0], key[1], self.exec_id(key), since_ns=since_ns))
+        return entry
+
+    def _key(self, pid: int, ticks: int | None, ts_ns: int) -> Key:
+        """A sensor that cannot tell the start time: the newest process the table knows with
+        this PID, else one started at the record's time (exec and exit come after the start,
+        so this can only be late: see clock.ticks_at)."""
+        if ticks is not None:
+            return (pid, ticks)
+        return self.table.key_for_pid(pid) or (pid, ticks_at(ts_ns))
 
     def _link_parent(self, entry: Entry, ppid: int | None, pkey: Key | None) -> None:
         entry.ppid = ppid
         entry.parent_key = pkey
         entry.parent_exec_id = self.exec_id(pkey) if pkey else None
-
-    @staticmethod
-    def _set_image(entry: Entry, comm: bytes | None, exe: bytes | None, cwd: bytes | None,
-                   argv: tuple[bytes, ...] | None) -> None:
-        """A new program image: its text, decoded once here (see monitor/output.py)."""
-        entry.comm, entry.exe, entry.cwd = text_or_none(comm), text_or_none(exe), text_or_none(cwd)
-        entry.argv = texts(argv)
-        entry.ancestor = None
 
     # -- emit ------------------------------------------------------------------------------
     def emit_process(self, ev: ProcessEvent) -> None:
@@ -164,272 +166,279 @@ class Pipeline:
         if self.cfg.filters.passes_lost_and_stats(rec.event):
             self.sink.write(rec)
 
-    def _ancestry(self, entry: Entry) -> tuple[Ancestor, ...]:
-        out = []
-        for a in self.table.ancestry(entry, self.cfg.ancestry_depth):
-            if a.ancestor is None:  # built once per exec image, shared by every descendant
-                argv, cut = _bounded_argv(a.argv)
-                a.ancestor = Ancestor(a.pid, a.exec_id, a.exe, argv, cut)
-            out.append(a.ancestor)
-        return tuple(out)
-
-    def _event_from_entry(self, kind: str, entry: Entry, when: str, source: str, **extra) -> ProcessEvent:
-        return ProcessEvent(
-            event=kind, time=when, source=source, pid=entry.pid, ppid=entry.ppid,
-            exec_id=entry.exec_id, parent_exec_id=entry.parent_exec_id,
-            uid=entry.uid, euid=entry.euid, gid=entry.gid, egid=entry.egid, user=entry.user,
-            comm=entry.comm, exe=entry.exe, argv=entry.argv, argv_truncated=entry.argv_truncated,
-            cwd=entry.cwd, start_time=entry.start_ticks, container_id=entry.container_id,
-            ns=entry.ns, **extra)
-
-    # -- kernel records ------------------------------------------------------------------------
-    def on_exec(self, r: wire.RawExec, source: str = "bpf", exited: bool = False) -> None:
-        ticks = r.start_boottime // NSEC_PER_TICK
-        key = (r.tgid, ticks)
-        pkey = (r.ppid, r.parent_start_boottime // NSEC_PER_TICK) if r.ppid else None
-        entry = self._entry(key)
-        self._link_parent(entry, r.ppid, pkey)
-        self._set_image(entry, r.comm, r.exe, r.cwd, r.argv)
-        entry.argv_truncated = bool(r.flags & wire.ARGV_TRUNCATED)
+    # -- records ---------------------------------------------------------------------------
+    def on_exec(self, r: ExecRecord, exited: bool = False, skip_enrichment: bool = False,
+                kind: str = "exec", source: str | None = None) -> Entry | None:
+        """An exec record (any sensor), or a process found by a sweep (kind existing/missed)."""
+        pid = r.pid
+        if pid == self.self_pid:
+            return None
+        key = self._key(pid, r.start_ticks, r.ts_ns)
+        if r.observed and key in self.table:
+            return None  # seen running before: by the start-up sweep, or a reconcile
+        entry = self._entry(key, r.ts_ns)
+        ppid = r.ppid if r.ppid is not None else entry.ppid
+        if r.parent_start_ticks is not None:
+            pkey = (ppid, r.parent_start_ticks)
+        elif entry.parent_key is not None and entry.parent_key[0] == ppid:
+            pkey = entry.parent_key  # from its fork: exact even if the parent's PID was reused
+        else:
+            pkey = self.table.key_for_pid(ppid) if ppid else None
+        self._link_parent(entry, ppid, pkey)
+        if entry.parent_image_id is None and pkey is not None:
+            parent = self.table.get(pkey)
+            if parent is not None:
+                entry.parent_image_id = parent.image_id
+        # A new program image: its text, decoded once here (see monitor/text.py).
+        entry.comm, entry.exe, entry.cwd = text_or_none(r.comm), text_or_none(r.exe), text_or_none(r.cwd)
+        entry.argv = texts(r.argv)
+        entry.argv_truncated = r.argv_truncated
+        entry.ancestor = None
         entry.uid, entry.euid, entry.gid, entry.egid = r.uid, r.euid, r.gid, r.egid
         entry.user = self.users(r.uid)
-        entry.ns = dict(zip(NS_KEYS, r.ns))
+        entry.ns = r.ns
+        entry.vpid = r.vpid
+        entry.image_id = f"{entry.exec_id}:{r.image_key:x}" if r.image_key is not None else None
+        entry.container_id = None
 
-        missing: dict[str, str] = {}
-        snap = None
-        if exited:
-            enrichment = "gone"  # its exit is already in the hold window: nothing to read
-            self.counters.enrichment["gone"] += 1
-        elif self._backlogged:
-            enrichment = "partial"
+        missing: dict[str, str] = dict(r.missing) if r.missing else {}
+        snap = r.snapshot
+        if snap is not None:
+            enrichment = counted = E.outcome(snap)  # the sensor (or a sweep) read procfs itself
+        elif not r.kernel_captured or exited:
+            # The sensor had nothing more and neither will procfs; or the process's exit is
+            # already in the hold window: nothing left to read.
+            enrichment = counted = "gone"
+        elif skip_enrichment:
+            enrichment, counted = "partial", "skipped_backlog"
             missing["proc"] = "skipped_backlog"
-            self.counters.enrichment["skipped_backlog"] += 1
         else:
-            snap = self.enricher.read_after_exec(r.tgid, ticks, r.ns[2], r.cgroup_id)
-            enrichment = E.outcome(snap)
-            self.counters.enrichment[enrichment] += 1
+            ns = r.ns or {}
+            snap = self.enricher.read_after_exec(pid, key[1], ns.get("net") or 0, r.cgroup_id or 0)
+            enrichment = counted = E.outcome(snap)
+        self.counters.enrichment[counted] += 1
         differs = None
         proc = None
         if snap is not None:
             proc = E.details(snap)
             missing.update({k: v for k, v in snap.missing.items() if v != "not_requested"})
             entry.container_id = snap.container_id
-            differs = self._differences(r, snap)
-        else:
+            if r.kernel_captured:
+                differs = _differences(r, snap)
+        elif r.cgroup_id is not None:
             known = self.enricher.container_of(r.cgroup_id)
             if known is not None:
                 entry.container_id = known[1]
             elif r.cgroup_id > 1:
                 missing["container_id"] = missing.get("proc", "gone")
-        capture = tuple(name for bit, name in CAPTURE_FLAG_NAMES if r.flags & bit)
-        ev = self._event_from_entry(
-            "exec", entry, self.clock.from_mono(r.ts_ns), source,
-            enrichment=enrichment, tid=r.old_tid, filename=text(r.filename), argc=r.argc,
-            argv_size=r.argv_size, argv_raw=argv_raw(r.argv),
-            exe_deleted=bool(r.flags & wire.EXE_UNLINKED) and not _is_memfd(r),
-            exe_fileless=_is_memfd(r), tty=text_or_none(r.tty),
-            loginuid=None if r.loginuid == wire.UNSET_ID else r.loginuid,
-            sessionid=None if r.sessionid == wire.UNSET_ID else r.sessionid,
-            cgroup_id=r.cgroup_id, capture=capture, missing=missing, differs=differs,
-            ancestry=self._ancestry(entry), proc=proc)
+        when = self.clock.from_mono(r.ts_ns) if kind == "exec" else self.clock.now()
+        ev = self.build.process_event(
+            kind, entry, when, source or self.source.name, enrichment=enrichment, tid=r.tid,
+            filename=text_or_none(r.filename), argc=r.argc, argv_size=r.argv_size,
+            argv_raw=argv_raw(r.argv), exe_deleted=r.exe_deleted, exe_fileless=r.exe_fileless,
+            tty=text_or_none(r.tty), loginuid=r.loginuid, sessionid=r.sessionid,
+            cgroup_id=r.cgroup_id, capture=r.capture, missing=missing, differs=differs,
+            ancestry=self.build.ancestry(entry) if kind != "existing" else None, proc=proc)
         self.emit_process(ev)
+        return entry
 
-    @staticmethod
-    def _differences(r: wire.RawExec, snap: ProcessSnapshot) -> dict[str, object] | None:
-        """What procfs says now where it disagrees with what the kernel captured at exec."""
-        out: dict[str, object] = {}
-        if snap.argv is not None and not (r.flags & wire.ARGV_TRUNCATED) and snap.argv != r.argv:
-            out["argv"] = texts(snap.argv)
-        if snap.cwd is not None and r.cwd is not None and snap.cwd != r.cwd:
-            out["cwd"] = text(snap.cwd)
-        if snap.uids is not None and snap.uids[1] != r.euid:
-            out["euid"] = snap.uids[1]
-        return out or None
-
-    def on_fork(self, ts_ns: int, pid: int, ticks: int, ppid: int, pticks: int | None,
-                source: str = "bpf") -> None:
-        key = (pid, ticks)
-        pkey = (ppid, pticks) if pticks is not None else self.table.key_for_pid(ppid)
+    def on_fork(self, r: ForkRecord) -> None:
+        if r.ppid == self.self_pid or r.pid == self.self_pid:
+            return  # the monitor's own children (the BPF loader): never reported
+        key = (r.pid, r.start_ticks)
+        pkey = (r.ppid, r.parent_start_ticks) if r.parent_start_ticks is not None \
+            else self.table.key_for_pid(r.ppid)
         parent = self.table.get(pkey) if pkey else None
         entry = self.table.get(key)
         if entry is None:
-            entry = Entry(pid, ticks, self.exec_id(key))
+            entry = Entry(r.pid, r.start_ticks, self.exec_id(key), since_ns=r.ts_ns)
             if parent is not None:  # a fork child is a copy of its parent until it execs
                 for name in ("comm", "exe", "argv", "argv_truncated", "cwd", "uid", "euid", "gid",
                              "egid", "user", "container_id", "ns"):
                     setattr(entry, name, getattr(parent, name))
+                entry.parent_image_id = parent.image_id
             self.table.add(entry)
-        self._link_parent(entry, ppid, pkey)
+        entry.start_mono_ns = r.ts_ns
+        if r.vpid is not None:
+            entry.vpid = r.vpid
+        self._link_parent(entry, r.ppid, pkey)
         enrichment = "full" if parent is not None else "partial"
         missing = {} if parent is not None else {"parent": "unknown"}
-        ev = self._event_from_entry("fork", entry, self.clock.from_mono(ts_ns), source,
-                                    enrichment=enrichment, missing=missing)
-        self.emit_process(ev)
+        self.emit_process(self.build.process_event(
+            "fork", entry, self.clock.from_mono(r.ts_ns), self.source.name,
+            enrichment=enrichment, missing=missing))
 
-    def on_exec_gone(self, ts_ns: int, pid: int, ticks: int, ppid: int | None,
-                     comm: bytes | None, source: str) -> None:
-        """An exec that a sensor reports by PID alone (the connector), of a process that was
-        gone before procfs could be read: identity, parent and comm, nothing else to say."""
-        entry = self._entry((pid, ticks))
-        pkey = self.table.key_for_pid(ppid) if ppid else None
-        if entry.parent_key is not None and entry.parent_key[0] == ppid:
-            pkey = entry.parent_key  # from its fork: exact even if the parent's PID was reused
-        self._link_parent(entry, ppid, pkey)
-        # What the fork copied from the parent is not this image's: unknown, not inherited.
-        self._set_image(entry, comm, None, None, None)
-        entry.ns = entry.container_id = None
-        entry.uid = entry.euid = entry.gid = entry.egid = entry.user = None
-        entry.argv_truncated = False
-        self.counters.enrichment["gone"] += 1
-        missing = dict.fromkeys(("argv", "exe", "cwd", "uids", "gids", "ns", "container_id"), "gone")
-        if comm is None:
-            missing["comm"] = "gone"
-        ev = self._event_from_entry("exec", entry, self.clock.from_mono(ts_ns), source,
-                                    enrichment="gone", missing=missing,
-                                    ancestry=self._ancestry(entry))
-        self.emit_process(ev)
-
-    def on_exit(self, ts_ns: int, pid: int, ticks: int | None, status: int | None,
-                start_mono_ns: int | None, comm: bytes | None, source: str = "bpf",
-                inferred: bool = False) -> None:
-        key = (pid, ticks) if ticks is not None else self.table.key_for_pid(pid)
+    def on_exit(self, r: ExitRecord, inferred: bool = False, source: str | None = None) -> None:
+        pid = r.pid
+        if pid == self.self_pid:
+            return
+        key = (pid, r.start_ticks) if r.start_ticks is not None else self.table.key_for_pid(pid)
         entry = self.table.get(key) if key else None
         if entry is None:
             # Exit of a process we never saw start (lost, or it predates a gap): a tombstone.
             if key is None:
                 key = (pid, 0)
-            entry = self.table.add(Entry(pid, key[1], self.exec_id(key), comm=text_or_none(comm)))
+            entry = self.table.add(Entry(pid, key[1], self.exec_id(key), comm=text_or_none(r.comm),
+                                         since_ns=r.ts_ns))
+        supersedes = False
         if entry.exited_at is not None:
-            return  # already reported (a sweep inferred it, then the record arrived)
-        if comm and entry.comm is None:
-            entry.comm = text_or_none(comm)
-        code, sig, core = split_wait_status(status) if status is not None else (None, None, False)
-        duration = None
-        if start_mono_ns is not None:
-            duration = max(0, ts_ns - start_mono_ns)
-        elif entry.exec_start_ns is not None:
-            duration = max(0, ts_ns - entry.exec_start_ns)
-        when = self.clock.from_mono(ts_ns)
-        ev = ExitEvent(
-            event="exit", time=when, source=source, pid=entry.pid, ppid=entry.ppid,
-            exec_id=entry.exec_id, parent_exec_id=entry.parent_exec_id, uid=entry.uid,
-            euid=entry.euid, gid=entry.gid, egid=entry.egid, user=entry.user, comm=entry.comm,
-            exe=entry.exe, argv=entry.argv, argv_truncated=entry.argv_truncated, cwd=entry.cwd,
-            start_time=entry.start_ticks, container_id=entry.container_id, ns=entry.ns,
-            enrichment="full" if entry.exe is not None or entry.argv is not None else "partial",
-            exit_code=code, signal=sig, core_dumped=core, duration_ns=duration, inferred=inferred)
+            if inferred or not entry.exit_inferred:
+                return  # already reported
+            # A real exit after a sweep inferred one (the watermark should prevent it; if it
+            # happens, the sensor's record, with its exit status, wins and says so).
+            supersedes = True
+            self.counters.reconcile["late_exits"] += 1
+        if r.comm and entry.comm is None:
+            entry.comm = text_or_none(r.comm)
+        code, sig, core = split_wait_status(r.status) if r.status is not None else (None, None, False)
+        start = r.start_mono_ns if r.start_mono_ns is not None else entry.start_mono_ns
+        duration = max(0, r.ts_ns - start) if start is not None and not inferred else None
+        ev = self.build.exit_event(entry, r.ts_ns, source or self.source.name, code, sig, core,
+                                   duration, inferred, supersedes)
         self.table.mark_exited(key)
         if inferred:
+            entry.exit_inferred = True
             self.counters.inferred_exits += 1
+        else:
+            entry.exit_inferred = False
         self.emit_process(ev)
 
-    def on_lost(self, cpu: int, count: int) -> None:
-        self.emit_other(LostEvent("lost", self.clock.now(), self.source.name, cpu, count))
+    def on_lost(self, r: LostRecord) -> None:
+        self.emit_other(LostEvent("lost", self.clock.now(), self.source.name, r.cpu, r.count))
         self._reconcile_due = "lost"
+        self._lost_since_reconcile = True
 
-    # -- procfs-sourced processes ---------------------------------------------------------------
-    def on_snapshot(self, snap: ProcessSnapshot, kind: str, source: str,
-                    when: str | None = None) -> Entry:
-        """existing / missed (sweeps), and exec for sensors that only give PIDs."""
-        key = (snap.pid, snap.start_ticks)
-        entry = self._entry(key)
-        self._link_parent(entry, snap.ppid, self.table.key_for_pid(snap.ppid) if snap.ppid else None)
-        self._set_image(entry, snap.comm, snap.exe, snap.cwd, snap.argv)
-        if snap.uids is not None:
-            entry.uid, entry.euid = snap.uids[0], snap.uids[1]
-        if snap.gids is not None:
-            entry.gid, entry.egid = snap.gids[0], snap.gids[1]
-        entry.user = self.users(entry.uid)
-        entry.container_id = snap.container_id
-        if snap.ns is not None:
-            entry.ns = {k: getattr(snap.ns, k) for k in NS_KEYS}
-        enrichment = E.outcome(snap)
-        self.counters.enrichment[enrichment] += 1
-        missing = {k: v for k, v in snap.missing.items() if v != "not_requested"}
-        ev = self._event_from_entry(
-            kind, entry, when or self.clock.now(), source, enrichment=enrichment,
-            argv_raw=argv_raw(snap.argv), exe_deleted=snap.exe_deleted, exe_fileless=snap.exe_memfd,
-            loginuid=snap.loginuid, sessionid=snap.sessionid, missing=missing,
-            ancestry=self._ancestry(entry) if kind != "existing" else None, proc=E.details(snap))
-        self.emit_process(ev)
+    def _live_entry(self, pid: int) -> Entry | None:
+        key = self.table.key_for_pid(pid)
+        entry = self.table.get(key) if key is not None else None
+        return entry if entry is not None and entry.exited_at is None else None
+
+    def on_comm(self, r: CommRecord) -> None:
+        entry = self._live_entry(r.pid)
+        if entry is not None:
+            entry.comm = text(r.comm)  # prctl(PR_SET_NAME) or a write to comm
+            entry.ancestor = None
+
+    def on_cred(self, r: CredRecord) -> None:
+        entry = self._live_entry(r.pid)
+        if entry is None:
+            return
+        if r.what == "uid":
+            entry.uid, entry.euid = r.real, r.effective
+            entry.user = self.users(r.real)
+        else:
+            entry.gid, entry.egid = r.real, r.effective
+
+    def on_decode_error(self, r: DecodeErrorRecord) -> None:
+        self.counters.decode_errors += 1
+
+    # -- the hold window -------------------------------------------------------------------
+    def take(self) -> None:
+        """Everything the source has buffered, into the hold window."""
+        records = self.source.drain()
+        if len(records) > self.counters.queue_peak:
+            self.counters.queue_peak = len(records)
+        self.window.add(records)
+
+    def drain(self, flush: bool = False, until_ns: int | None = None) -> None:
+        """Take what the source has, then apply every held record that is due (all of them
+        with flush=True; those up to until_ns with until_ns)."""
+        self.take()
+        if until_ns is not None:
+            ready, exiting = self.window.release(until_ns + self.window.delay_ns)
+        else:
+            ready, exiting = self.window.release(time.monotonic_ns(), flush)
+        if not ready:
+            return
+        apply = self._apply
+        backlog = self.cfg.backlog
+        n = len(ready)
+        for i, r in enumerate(ready):
+            if type(r) is ExecRecord:
+                # Enrichment is skipped while more than `backlog` records wait behind this one.
+                self.on_exec(r, exited=(r.pid, r.start_ticks) in exiting,
+                             skip_enrichment=n - i - 1 > backlog)
+            else:
+                apply[type(r)](r)
+
+    def next_due_ms(self) -> int:
+        """How long the loop may block in poll before a held record is due."""
+        due = self.window.next_due_ns()
+        if due is None:
+            return self.cfg.poll_timeout_ms
+        # Wake a little after the oldest record is due, not exactly then: records keep
+        # arriving, and one turn of the loop for several milliseconds' worth of them costs
+        # far less than a turn per millisecond. Latency grows by at most BATCH_SLACK_MS.
+        left = due - time.monotonic_ns()
+        return max(1, min(self.cfg.poll_timeout_ms, left // 1_000_000 + BATCH_SLACK_MS))
+
+    # -- sweeps ----------------------------------------------------------------------------
+    def _sweep(self) -> Sweep:
+        return Sweep(self.fs, self.depth, self.cfg.environ, self.sweep_stats,
+                     exclude=frozenset((self.self_pid,)))
+
+    def on_snapshot(self, snap: ProcessSnapshot, kind: str) -> Entry | None:
+        """A process found by a sweep: `existing` at start, `missed` later."""
+        entry = self.on_exec(exec_from_snapshot(snap, time.monotonic_ns()), kind=kind,
+                             source="sweep")
+        if entry is not None and snap.zombie:
+            if kind == "existing":
+                self.table.mark_exited((entry.pid, entry.start_ticks))
+            else:
+                self.on_exit(ExitRecord(time.monotonic_ns(), snap.pid, snap.start_ticks, None),
+                             inferred=True, source="sweep")
         return entry
 
     def sweep_existing(self, pids: list[int] | None = None) -> int:
         """Every process already running (or those in pids), parents first, as `existing`."""
-        snaps = []
-        for pid in (pids if pids is not None else self._pids()):
-            if pid == self.self_pid:
-                continue
-            snap = self.enricher.read(pid, None)
-            if snap is not None:
-                snaps.append(snap)
-        n = 0
+        snaps = [s for s in self._sweep().snapshots(pids)
+                 if (s.pid, s.start_ticks) not in self.table]  # else the sensor already told us
         for snap in sort_parents_first(snaps):
-            if (snap.pid, snap.start_ticks) in self.table:
-                continue  # the sensor already told us
-            entry = self.on_snapshot(snap, "existing", "sweep")
-            if snap.zombie:
-                self.table.mark_exited((entry.pid, entry.start_ticks))
-            n += 1
-        return n
-
-    def _pids(self) -> list[int]:
-        try:
-            return self.fs.pids()
-        except ProcFSError as e:
-            log.warning("sweep.list_failed: %s", e)
-            return []
+            self.on_snapshot(snap, "existing")
+        return len(snaps)
 
     def reconcile(self) -> None:
-        """Cheap sweep: stat of every PID against the table."""
-        started = time.monotonic()
-        self._last_reconcile = started
+        """Compare procfs with the table, behind a watermark (see monitor/reconcile.py)."""
+        self._last_reconcile = time.monotonic()
         self._reconcile_due = None
-        self.drain(flush=True)
-        seen: dict[Key, tuple[str, bytes]] = {}
-        for pid in self._pids():
-            if pid == self.self_pid:
-                continue
-            try:
-                st = read_stat(self.fs, pid)
-            except ProcFSError:
-                continue
-            seen[(pid, st.starttime)] = (st.state, st.comm)
-        self.drain(flush=True)  # records for processes that started or ended while we listed
-        new = []
-        for key, (state, comm) in seen.items():
+        lost = self._lost_since_reconcile
+        self._lost_since_reconcile = False
+        counters = self.counters.reconcile
+        counters["sweeps"] += 1
+        sweep = self._sweep()
+        mark_ns = time.monotonic_ns()
+        listing = sweep.stats_of_all()
+        listed_ns = time.monotonic_ns()
+        # Every record of what the listing showed is written by now: take all of it, and
+        # apply everything up to the end of the listing (later records stay held).
+        self.source.sync()
+        self.take()
+        while self.source.pending():
+            self.source.sync()
+            self.take()
+        self.drain(until_ns=listed_ns)
+        v = reconcile.judge(self.table, listing, mark_ns, self.self_pid,
+                            lost or self._lost_since_reconcile)
+        counters["deferred"] += v.deferred
+        counters["missed_zombies_skipped"] += v.zombies_skipped
+        new = [s for s in (sweep.read(pid, ticks) for pid, ticks in v.unknown) if s is not None]
+        for key in v.changed:
             entry = self.table.get(key)
-            if entry is None:
-                snap = self.enricher.read(key[0], key[1])
-                if snap is not None:
-                    new.append(snap)
-            elif state == "Z" and entry.exited_at is None:
-                self.on_exit(time.monotonic_ns(), key[0], key[1], None, None, None,
-                             source="sweep", inferred=True)
-            elif entry.exited_at is None and entry.comm is not None and text(comm) != entry.comm:
-                # Known from its fork, but running another program: its exec record was lost
-                # (the entry still shows the parent's image). A comm changed by prctl alone
-                # is told apart by exe and argv, which only an exec replaces.
-                snap = self.enricher.read(key[0], key[1])
-                if snap is not None and (text_or_none(snap.exe) != entry.exe
-                                         or texts(snap.argv) != entry.argv):
-                    new.append(snap)
+            snap = sweep.read(*key)
+            if snap is not None and entry is not None and (
+                    text_or_none(snap.exe) != entry.exe or texts(snap.argv) != entry.argv):
+                new.append(snap)
         for snap in sort_parents_first(new):
             self.counters.missed += 1
-            self.on_snapshot(snap, "missed", "sweep")
-            if snap.zombie:
-                self.on_exit(time.monotonic_ns(), snap.pid, snap.start_ticks, None, None, None,
-                             source="sweep", inferred=True)
-        for key in self.table.live_keys():
-            if key in seen or key[0] == self.self_pid:
-                continue
-            entry = self.table.get(key)
-            if entry is None or entry.first_seen >= started:
-                continue
+            self.on_snapshot(snap, "missed")
+        for key in v.zombies:
+            self.on_exit(ExitRecord(time.monotonic_ns(), key[0], key[1], None), inferred=True,
+                         source="sweep")
+        for key in v.vanished:
             if self._alive(key):
-                continue
-            self.on_exit(time.monotonic_ns(), key[0], key[1], None, None, None,
-                         source="sweep", inferred=True)
+                continue  # the listing could not read it, yet it lives: do not invent an exit
+            self.on_exit(ExitRecord(time.monotonic_ns(), key[0], key[1], None), inferred=True,
+                         source="sweep")
 
     def _alive(self, key: Key) -> bool:
         try:
@@ -438,95 +447,9 @@ class Pipeline:
             return False
         except ProcFSError:
             return True  # cannot tell: do not invent an exit
-        return st.starttime == key[1] and st.state != "Z"
+        return st.starttime == key[1] and st.state not in ("Z", "X")
 
-    # -- the loop -------------------------------------------------------------------------------
-    _backlogged = False
-
-    def drain(self, flush: bool = False) -> None:
-        """Take what the source has buffered into the hold window, then apply every record
-        older than the enrichment delay (all of them with flush=True).
-
-        The window does two things. Records of different CPUs are merged back into kernel
-        time order even across poll batches. And an exec whose process exits within the delay
-        is not read from procfs at all: the kernel already captured what it ran, and reading
-        a process in its last microseconds is the costliest part of the per-exec work (about
-        0.4 ms against ~0.05 ms for the rest, measured under a /bin/true storm). Enrichment is
-        spent on processes that live long enough for it to pay."""
-        records = self.source.drain()
-        n = len(records)
-        if n > self.counters.queue_peak:
-            self.counters.queue_peak = n
-        if records and len(records[0]) == 2:  # a source without timestamps of its own
-            records = [(k, r, getattr(r, "ts_ns", 0)) for k, r in records]
-        window = self._window
-        if records:
-            if window and records[0][2] < window[-1][2]:
-                window.extend(records)
-                window.sort(key=_ts)
-            else:
-                window.extend(records)
-        if not window:
-            self._report_lost()
-            return
-        if flush or len(window) > self.cfg.max_held:
-            cut = len(window)  # a full window is released at once (enrichment then mostly skipped)
-        else:
-            limit = time.monotonic_ns() - self.cfg.enrich_delay_ns
-            cut = bisect.bisect_right(window, limit, key=_ts)
-        if cut == 0:
-            self._report_lost()
-            return
-        # Processes that exit anywhere in the window: no procfs read for their execs.
-        exiting = {(rec[1].tgid, rec[1].start_boottime) for rec in window
-                   if type(rec[1]) is wire.RawExit}
-        ready = window[:cut]
-        del window[:cut]
-        backlog = self.cfg.backlog
-        self_pid = self.self_pid
-        name = self.source.name
-        n = len(ready)
-        for i, rec in enumerate(ready):
-            kind = rec[0]
-            if kind == "decode_error":
-                self.counters.decode_errors += 1
-                continue
-            r = rec[1]
-            if kind == "exec":
-                if r.tgid != self_pid:
-                    self._backlogged = n - i - 1 > backlog  # records still waiting behind it
-                    self.on_exec(r, name, exited=(r.tgid, r.start_boottime) in exiting)
-            elif kind == "fork":
-                if r.parent_tgid != self_pid:
-                    self.on_fork(r.ts_ns, r.tgid, r.start_boottime // NSEC_PER_TICK, r.parent_tgid,
-                                 r.parent_start_boottime // NSEC_PER_TICK, name)
-            elif kind == "exit":
-                if r.tgid != self_pid:
-                    self.on_exit(r.ts_ns, r.tgid, r.start_boottime // NSEC_PER_TICK, r.exit_code,
-                                 r.start_time, r.comm, name)
-            else:
-                self.source.handle(self, rec)
-        self._backlogged = False
-        self._report_lost()
-
-    def next_due_ms(self) -> int:
-        """How long the loop may block in poll before a held record is due."""
-        if not self._window:
-            return self.cfg.poll_timeout_ms
-        # Wake a little after the oldest record is due, not exactly then: records keep
-        # arriving, and one turn of the loop for several milliseconds' worth of them costs
-        # far less than a turn per millisecond (the per-turn overhead dominated a storm's
-        # profile). Latency grows by at most BATCH_SLACK_MS.
-        due = self._window[0][2] + self.cfg.enrich_delay_ns - time.monotonic_ns()
-        return max(1, min(self.cfg.poll_timeout_ms, due // 1_000_000 + BATCH_SLACK_MS))
-
-    def _report_lost(self) -> None:
-        for cpu, total in self.source.lost_per_cpu().items():
-            delta = total - self._lost_seen.get(cpu, 0)
-            if delta:
-                self._lost_seen[cpu] = total
-                self.on_lost(cpu, delta)
-
+    # -- stats and the loop ----------------------------------------------------------------
     def stats(self) -> StatsEvent:
         ru = resource.getrusage(resource.RUSAGE_SELF)
         rss = 0
@@ -536,16 +459,17 @@ class Pipeline:
         except (ProcFSError, IndexError, ValueError):
             pass
         lost = self.source.lost_per_cpu()
+        c = self.counters
         return StatsEvent(
             event="stats", time=self.clock.now(), source=self.source.name,
             uptime_s=round(time.monotonic() - self.started, 3),
-            events=dict(self.counters.events), lost=sum(lost.values()),
+            events=dict(c.events), lost=sum(lost.values()),
             lost_per_cpu={str(k): v for k, v in lost.items()},
-            missed=self.counters.missed, inferred_exits=self.counters.inferred_exits,
-            enrichment=dict(self.counters.enrichment), queue_depth=self.source.pending() + len(self._window),
-            queue_peak=self.counters.queue_peak, table_size=len(self.table),
+            missed=c.missed, inferred_exits=c.inferred_exits, reconcile=dict(c.reconcile),
+            enrichment=dict(c.enrichment), queue_depth=self.source.pending() + len(self.window),
+            queue_peak=c.queue_peak, table_size=len(self.table),
             table_evictions=self.table.evictions, kernel=self.source.counters(),
-            dropped_writes=self.sink.dropped_writes, decode_errors=self.counters.decode_errors,
+            dropped_writes=self.sink.dropped_writes, decode_errors=c.decode_errors,
             cpu_time_s=round(ru.ru_utime + ru.ru_stime, 3), rss_bytes=rss,
             peak_rss_bytes=ru.ru_maxrss * 1024)
 
@@ -574,7 +498,7 @@ class Pipeline:
             # Under a storm, one write per loop turn is thousands of small writes a second
             # (the largest single cost in the benchmark's profile): write at most every
             # FLUSH_EVERY_S while records keep coming, at once when the stream goes quiet.
-            if not self._window or now - last_flush >= FLUSH_EVERY_S or self.stop_requested:
+            if not len(self.window) or now - last_flush >= FLUSH_EVERY_S or self.stop_requested:
                 self.sink.flush()
                 last_flush = now
             if deadline is not None and now >= deadline:
@@ -589,24 +513,15 @@ class Pipeline:
 
 FLUSH_EVERY_S = 0.005
 BATCH_SLACK_MS = 5
-ANCESTOR_ARGV_BYTES = 256  # an ancestor's own exec event has its whole argv
 
 
-def _bounded_argv(argv: tuple[str, ...] | None) -> tuple[tuple[str, ...] | None, bool]:
-    if argv is None:
-        return None, False
-    out, used = [], 0
-    for a in argv:
-        if used + len(a) > ANCESTOR_ARGV_BYTES:
-            return tuple(out), True
-        out.append(a)
-        used += len(a) + 1
-    return argv, False
-
-
-def _ts(rec: tuple) -> int:
-    return rec[2]
-
-
-def _is_memfd(r: wire.RawExec) -> bool:
-    return bool(r.flags & wire.EXE_DETACHED) and (r.exe or b"").startswith(b"/memfd:")
+def _differences(r: ExecRecord, snap: ProcessSnapshot) -> dict[str, object] | None:
+    """What procfs says now where it disagrees with what the kernel captured at exec."""
+    out: dict[str, object] = {}
+    if snap.argv is not None and not r.argv_truncated and snap.argv != r.argv:
+        out["argv"] = texts(snap.argv)
+    if snap.cwd is not None and r.cwd is not None and snap.cwd != r.cwd:
+        out["cwd"] = text(snap.cwd)
+    if snap.uids is not None and snap.uids[1] != r.euid:
+        out["euid"] = snap.uids[1]
+    return out or None

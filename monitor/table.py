@@ -39,9 +39,15 @@ class Entry:
     user: str | None = None
     container_id: str | None = None
     ns: dict[str, int | None] | None = None
+    vpid: int | None = None  # the PID in its own PID namespace
+    image_id: str | None = None  # the program image it runs now: changes on every exec
     exited_at: float | None = None  # monotonic seconds; None while alive
-    first_seen: float = 0.0  # monotonic seconds
-    exec_start_ns: int | None = None  # CLOCK_MONOTONIC start, for durations
+    exit_inferred: bool = False  # its exit was inferred by a sweep, not reported by the sensor
+    # CLOCK_MONOTONIC ns of the first record that told the table about it (or of the sweep that
+    # found it): reconciliation judges only what it knew of before its watermark.
+    since_ns: int = 0
+    start_mono_ns: int | None = None  # CLOCK_MONOTONIC start (its fork), for durations
+    parent_image_id: str | None = None  # the parent's image when it forked this process
     ancestor: object | None = None  # cached events.Ancestor view of this entry
 
 
@@ -71,8 +77,6 @@ class ProcessTable:
         existing = self._entries.get(key)
         if existing is not None:
             return existing
-        if not entry.first_seen:
-            entry.first_seen = time.monotonic()
         self._entries[key] = entry
         current = self._by_pid.get(entry.pid)
         if current is None or current[1] <= key[1]:

@@ -222,7 +222,7 @@ class CgroupResolver:
         h.handle_bytes = KERNFS_HANDLE_BYTES
         h.handle_type = FILEID_KERNFS
         ctypes.memmove(h.f_handle, _U64.pack(cgroup_id), KERNFS_HANDLE_BYTES)
-        # O_PATH: no open of the directory itself (kernfs_dir_fop is not even called), only a
+        # O_PATH: no open of the directory itself (do_dentry_open skips f_op->open), only a
         # reference to the dentry, which is all the path lookup below needs.
         fd = self._fns[0](self._mount_fd, ctypes.byref(h), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         if fd < 0:
@@ -252,7 +252,7 @@ class CgroupResolver:
         return None
 
     def _walk(self) -> None:
-        """id -> path for every directory under the mount, breadth first, bounded."""
+        """id -> path for every directory under the mount (depth first, at most walk_max_dirs)."""
         self.stats["walks"] += 1
         started = self.clock()
         tree: dict[int, bytes] = {}

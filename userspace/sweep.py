@@ -1,11 +1,7 @@
 """Sweeps: every process in procfs as ProcessSnapshots, and the incremental diff between sweeps.
 
-Measured cost (bench/sweep_cost.py: ~1,090 processes, 1,000 of them `sleep`; best of 7 sweeps;
-kernel 6.18, CPython 3.11, 2 vCPU firecracker VM, as root, other work running alongside):
-
-    Depth.CHEAP   ~100 ms per 1,000 processes  (~0.1 ms each; read_process alone ~90 us)
-    Depth.EXEC    ~205 ms per 1,000 processes
-    Depth.FULL    ~300 ms per 1,000 processes  (sleepers map little; big maps/fd tables cost more)
+The one sweep implementation (class Sweep). Its cost per 1,000 processes at each depth is
+measured by bench/sweep_cost.py (figures in bench/RESULTS.md).
 
 Knows nothing about the daemon: ``monitor/`` turns snapshots into records. Failure stays local
 (falco scap_proc_scan_proc_dir_impl): a PID that cannot be read is counted and skipped, and
@@ -18,6 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
+from .parsers import Stat
 from .process import read_namespaces, read_process, read_stat
 from .procfs import AccessDenied, ParseError, ProcessGone, ProcFS, ProcFSError
 from .sockets import SocketTables
@@ -57,12 +54,19 @@ class SweepStats:
             log.log(level, "sweep.skip kind=%s proc.pid=%d error=%s (further ones counted, not logged)", kind, pid, exc)
 
 
-class _SweepContext:
-    """What a FULL sweep reads once and shares: PID 1's namespaces, socket tables per netns,
-    mount tables per mnt namespace. Lazy, so a sweep that reads nothing new costs nothing."""
+class Sweep:
+    """One pass over procfs. What it reads once is shared by every process of the pass (PID
+    1's namespaces, socket tables per netns, mount tables per mnt namespace), lazily, so a pass
+    that reads nothing new costs nothing. Used by the daemon's start-up sweep and periodic
+    reconciliation, by `procsentry snapshot`, by the polling sensor and by the benchmark."""
 
-    def __init__(self, fs: ProcFS, depth: Depth) -> None:
+    def __init__(self, fs: ProcFS, depth: Depth = Depth.CHEAP, environ: bool = False,
+                 stats: SweepStats | None = None, exclude: frozenset[int] = frozenset()) -> None:
         self.fs = fs
+        self.depth = depth
+        self.environ = environ
+        self.stats = SweepStats() if stats is None else stats
+        self.exclude = exclude  # PIDs never reported (the monitor itself)
         self._init_ns: Namespaces | ProcFSError | None = None
         self._init_ns_read = False
         self.sockets: SocketTables | None = None
@@ -82,37 +86,61 @@ class _SweepContext:
         assert self._init_ns is not None
         return self._init_ns
 
-    def read(self, fs: ProcFS, pid: int, depth: Depth, environ: bool) -> ProcessSnapshot:
-        init_ns = self.init_ns() if depth is Depth.FULL else None
-        return read_process(
-            fs, pid, depth, environ=environ, sockets=self.sockets, init_ns=init_ns, mounts_cache=self.mounts
-        )
+    def pids(self) -> list[int]:
+        """Every PID in procfs, in order, the excluded ones left out; [] if the listing fails."""
+        try:
+            pids = self.fs.pids()
+        except ProcFSError as exc:
+            self.stats.count(0, exc)
+            return []
+        return sorted(p for p in pids if p not in self.exclude)
 
+    def stats_of_all(self) -> dict[int, Stat]:
+        """The cheapest listing: <pid>/stat of every process (identity, state, comm). A process
+        gone between the listing and its stat is simply absent."""
+        out: dict[int, Stat] = {}
+        for pid in self.pids():
+            try:
+                out[pid] = read_stat(self.fs, pid)
+            except ProcFSError as exc:
+                self.stats.count(pid, exc)
+        return out
 
-def _read_one(ctx: _SweepContext, fs: ProcFS, pid: int, depth: Depth, environ: bool, stats: SweepStats) -> ProcessSnapshot | None:
-    try:
-        snap = ctx.read(fs, pid, depth, environ)
-    except ProcFSError as exc:
-        stats.count(pid, exc)
-        return None
-    except Exception as exc:  # noqa: BLE001 - a reader bug on one PID must not end the sweep
-        stats.other_errors += 1
-        log.exception("sweep.bug proc.pid=%d: %s", pid, exc)
-        return None
-    stats.scanned += 1
-    return snap
+    def read(self, pid: int, start_ticks: int | None = None) -> ProcessSnapshot | None:
+        """pid at this sweep's depth; None if it cannot be read, or if start_ticks is given and
+        the PID now belongs to another process."""
+        try:
+            snap = read_process(
+                self.fs, pid, self.depth, environ=self.environ, sockets=self.sockets,
+                init_ns=self.init_ns() if self.depth is Depth.FULL else None,
+                mounts_cache=self.mounts)
+        except ProcFSError as exc:
+            self.stats.count(pid, exc)
+            return None
+        except Exception as exc:  # noqa: BLE001 - a reader bug on one PID must not end the sweep
+            self.stats.other_errors += 1
+            log.exception("sweep.bug proc.pid=%d: %s", pid, exc)
+            return None
+        if start_ticks is not None and snap.start_ticks != start_ticks:
+            return None
+        self.stats.scanned += 1
+        return snap
+
+    def snapshots(self, pids: Iterable[int] | None = None) -> Iterator[ProcessSnapshot]:
+        """Snapshot every process (or those in pids), in PID order."""
+        for pid in (self.pids() if pids is None else pids):
+            if pid in self.exclude:
+                continue
+            snap = self.read(pid)
+            if snap is not None:
+                yield snap
 
 
 def scan(
     fs: ProcFS, depth: Depth = Depth.CHEAP, environ: bool = False, stats: SweepStats | None = None
 ) -> Iterator[ProcessSnapshot]:
     """Snapshot every process, in PID order. Pass ``stats`` to read the error counts."""
-    stats = SweepStats() if stats is None else stats
-    ctx = _SweepContext(fs, depth)
-    for pid in sorted(fs.pids()):
-        snap = _read_one(ctx, fs, pid, depth, environ, stats)
-        if snap is not None:
-            yield snap
+    return Sweep(fs, depth, environ, stats).snapshots()
 
 
 class IncrementalScanner:
@@ -132,8 +160,8 @@ class IncrementalScanner:
 
     def diff(self, depth: Depth = Depth.CHEAP) -> tuple[list[ProcessSnapshot], list[ProcKey]]:
         fs = self.fs
-        ctx = _SweepContext(fs, depth)
-        current = set(fs.pids())
+        sweep = Sweep(fs, depth, self.environ, self.stats)
+        current = set(sweep.pids())
         appeared: list[ProcessSnapshot] = []
         vanished: list[ProcKey] = [k for pid, k in self._known.items() if pid not in current]
         for pid in sorted(current):
@@ -152,7 +180,7 @@ class IncrementalScanner:
                     continue
                 vanished.append(old)  # PID reused
                 del self._known[pid]
-            snap = _read_one(ctx, fs, pid, depth, self.environ, self.stats)
+            snap = sweep.read(pid)
             if snap is not None:
                 self._known[pid] = snap.key
                 appeared.append(snap)

@@ -1,64 +1,59 @@
-"""Sensors as the pipeline sees them: something to poll that yields ordered records.
+"""Sensors: each turns one kind of kernel input into the sensor-neutral records of
+monitor/records.py, and nothing else (no sensor imports or calls the pipeline).
 
-A source has `name` (the events' `source`), `start()`, `poll(timeout_ms)`, `drain()` returning
-[(kind, record, ts_ns)] sorted by ts_ns (CLOCK_MONOTONIC; the pipeline holds records for a few
-milliseconds in that order before acting on them), `pending()`, `lost_per_cpu()`, `counters()`, `close()`,
-and `handle(pipeline, rec)` for kinds the pipeline does not know itself.
+A source (the `Source` protocol below) has `name` (the events' `source`), `start()`,
+`poll(timeout_ms)`, `sync()` (take in everything already sent, without waiting: see
+monitor/reconcile.py), `drain()` returning records sorted by ts_ns (CLOCK_MONOTONIC),
+`pending()`, `lost_per_cpu()`, `counters()` and `close()`.
+
+    bpf/        the BPF sensor: the only package that touches bcc
+    connector   NETLINK_CONNECTOR process events (codec in cn_proc.py), enriched from procfs
+    poll        incremental procfs sweeps
 """
 from __future__ import annotations
 
-from monitor.sensors.bpf import limits, wire
+from dataclasses import dataclass
+from typing import Protocol
 
-_KIND = {wire.RawExec: "exec", wire.RawFork: "fork", wire.RawExit: "exit"}
+from monitor.sensors.bpf import limits
 
 
-class BpfSource:
-    name = "bpf"
+class Source(Protocol):
+    name: str
 
-    def __init__(self, perf_pages: int = limits.PERF_PAGES,
-                 wakeup_events: int = limits.WAKEUP_EVENTS, record_to=None) -> None:
-        from monitor.sensors.bpf.loader import Sensor  # noqa: PLC0415 - keeps bcc out of non-BPF paths
-        self.sensor = Sensor(perf_pages=perf_pages, wakeup_events=wakeup_events)
-        self.record_to = record_to  # file object: raw records as hex lines (monitor --record)
+    def start(self) -> None: ...
+    def poll(self, timeout_ms: int) -> None: ...
+    def sync(self) -> None: ...
+    def drain(self) -> list: ...
+    def pending(self) -> int: ...
+    def lost_per_cpu(self) -> dict[int, int]: ...
+    def counters(self) -> dict[str, int]: ...
+    def close(self) -> None: ...
 
-    def start(self) -> None:
-        self.sensor.start()
 
-    def poll(self, timeout_ms: int) -> None:
-        self.sensor.poll(min(timeout_ms, self.sensor.max_block_ms))
+@dataclass(frozen=True)
+class SensorSettings:
+    """What `watch` asks of the sensor; validated by the CLI before anything loads."""
 
-    def drain(self) -> list[tuple[str, object]]:
-        q = self.sensor.queue
-        out: list[tuple[str, object]] = []
-        decode = wire.decode
-        while q:
-            _cpu, data = q.popleft()
-            if self.record_to is not None:
-                self.record_to.write(data.hex() + "\n")
-            try:
-                r = decode(data)
-            except wire.DecodeError:
-                out.append(("decode_error", None, 0))
-                continue
-            out.append((_KIND[type(r)], r, r.ts_ns))
-        # Per-CPU buffers are drained one CPU after another: restore kernel order.
-        out.sort(key=lambda rec: rec[2])
-        return out
+    sensor: str = "auto"  # auto | bpf | connector | poll
+    perf_pages: int = limits.PERF_PAGES  # a power of two
+    wakeup_events: int = limits.WAKEUP_EVENTS
+    poll_interval_s: float = 0.1
+    backlog: int = 1024
+    proc_root: str | None = None
+    record_path: str | None = None  # raw BPF records as hex lines (--record)
 
-    def pending(self) -> int:
-        return len(self.sensor.queue)
-
-    def lost_per_cpu(self) -> dict[int, int]:
-        return dict(self.sensor.stats.lost_per_cpu)
-
-    def counters(self) -> dict[str, int]:
-        return self.sensor.counters()
-
-    def handle(self, pipeline, rec) -> None:  # every BPF kind is handled by the pipeline
-        raise ValueError(f"unexpected record kind {rec[0]}")
-
-    def close(self) -> None:
-        self.sensor.close()
+    def problem(self) -> str | None:
+        """Why these settings cannot work on any host (a usage error), or None."""
+        if self.sensor not in ("auto", "bpf", "connector", "poll"):
+            return f"unknown sensor {self.sensor!r}"
+        if self.perf_pages <= 0 or self.perf_pages & (self.perf_pages - 1):
+            return f"--perf-pages must be a power of two, not {self.perf_pages}"
+        if self.wakeup_events <= 0:
+            return "--wakeup-events must be positive"
+        if self.poll_interval_s <= 0:
+            return "--poll-interval must be positive"
+        return None
 
 
 class NullSource:
@@ -73,6 +68,9 @@ class NullSource:
     def poll(self, timeout_ms: int) -> None:
         pass
 
+    def sync(self) -> None:
+        pass
+
     def drain(self) -> list:
         return []
 
@@ -84,9 +82,6 @@ class NullSource:
 
     def counters(self) -> dict[str, int]:
         return {}
-
-    def handle(self, pipeline, rec) -> None:
-        raise ValueError(f"unexpected record kind {rec[0]}")
 
     def close(self) -> None:
         pass
@@ -107,22 +102,25 @@ COST = {
 }
 
 
-def choose(args, bpf_unavailable: str | None = None):
+def choose(settings: SensorSettings, bpf_unavailable: str | None = None):
     """The sensor asked for, or with `auto` the best this host allows: BPF, else the process
     connector, else polling. Returns (source, note): the note says why this one and what it
     costs in completeness, for the start-up line "procsentry: sensor X (note)".
+    `auto` falls back only for reasons of the host; settings are validated before (problem()).
     bpf_unavailable: the reason BPF is already known not to load here (doctor), so not tried."""
     from monitor.sensors.bpf.loader import SensorUnavailable, check_privileges  # noqa: PLC0415
 
-    wanted = args.sensor
-    interval = getattr(args, "poll_interval", None) or 0.1
+    problem = settings.problem()
+    if problem is not None:
+        raise ValueError(problem)
+    wanted = settings.sensor
     why: list[str] = []  # why the better sensors were passed over
     if wanted == "auto" and bpf_unavailable is not None:
         why.append(f"BPF unavailable: {bpf_unavailable}")
     elif wanted in ("auto", "bpf"):
-        record = getattr(args, "record", None)
-        src = BpfSource(perf_pages=getattr(args, "perf_pages", None) or limits.PERF_PAGES,
-                        wakeup_events=getattr(args, "wakeup_events", None) or limits.WAKEUP_EVENTS,
+        from monitor.sensors.bpf.source import BpfSource  # noqa: PLC0415
+        record = settings.record_path
+        src = BpfSource(perf_pages=settings.perf_pages, wakeup_events=settings.wakeup_events,
                         record_to=open(record, "w") if record else None)
         try:
             src.start()
@@ -137,10 +135,10 @@ def choose(args, bpf_unavailable: str | None = None):
                     perm = True
                 raise NoSensor(str(e), permission=perm) from None
             why.append(f"BPF unavailable: {e}")
-    fs = _procfs(args)
+    fs = _procfs(settings)
     if wanted in ("auto", "connector"):
         from monitor.sensors.connector import ConnectorSource, ConnectorUnavailable  # noqa: PLC0415
-        src = ConnectorSource(fs, backlog=getattr(args, "backlog", None) or 1024)
+        src = ConnectorSource(fs, backlog=settings.backlog)
         try:
             src.start()
             return src, "; ".join([wanted, *why, COST["connector"]])
@@ -151,23 +149,23 @@ def choose(args, bpf_unavailable: str | None = None):
             why.append(f"connector unavailable: {e}")
     if wanted in ("auto", "poll"):
         from monitor.sensors.poll import PollSource  # noqa: PLC0415
+        interval = settings.poll_interval_s
         src = PollSource(fs, interval_s=interval)
         src.start()
         return src, "; ".join([wanted, *why, COST["poll"].format(interval=interval)])
     raise NoSensor(f"sensor {wanted} is not available")
 
 
-def _procfs(args):
+def _procfs(settings: SensorSettings):
     from userspace.procfs import ProcFS, default_root  # noqa: PLC0415
-    return ProcFS(getattr(args, "proc_root", None) or default_root())
+    return ProcFS(settings.proc_root or default_root())
 
 
 def probe_auto(bpf_unavailable: str | None = None) -> tuple[str, str]:
     """(name, note) of what `watch --sensor auto` would choose here, the sensor started and
     closed again (`procsentry doctor`)."""
-    import argparse  # noqa: PLC0415
     try:
-        src, note = choose(argparse.Namespace(sensor="auto"), bpf_unavailable)
+        src, note = choose(SensorSettings(), bpf_unavailable)
     except NoSensor as e:
         return "none", str(e)
     src.close()

@@ -21,11 +21,7 @@ What the connector costs in completeness, compared with BPF:
 * with more than `backlog` messages waiting, an exec is read at Depth.CHEAP (argv, exe, cwd,
   ids; fds, sockets, namespaces and container marked `skipped_backlog`).
 
-Wire layouts: include/uapi/linux/connector.h (struct cn_msg) and include/uapi/linux/cn_proc.h
-(struct proc_event). pyroute2 ships both (pyroute2.netlink.connector.cn_proc), but in 0.9.7 its
-ProcEventSocket cannot survive an overrun: the ENOBUFS error message is handed to the event
-marshal, which fails with struct.error, and the socket is unusable from then on. The parsing
-below is small, so it is done here with socket + struct.
+The wire format (struct cn_msg, struct proc_event) is decoded in monitor/sensors/cn_proc.py.
 """
 from __future__ import annotations
 
@@ -38,11 +34,16 @@ import time
 from collections import OrderedDict, deque
 from typing import NamedTuple
 
-from monitor import enrich as E
-from monitor.output import text
+from monitor.records import (CommRecord, CredRecord, ExecRecord, ExitRecord, ForkRecord,
+                             exec_from_snapshot, lost_since)
+from monitor.sensors.cn_proc import (CN_IDX_PROC, NETLINK_CONNECTOR, PROC_CN_MCAST_IGNORE,
+                                      PROC_CN_MCAST_LISTEN, ProcAck, ProcComm,
+                                      ProcEvent, ProcExec, ProcExit, ProcFork, ProcId,
+                                      decode_messages, encode_control)
 from userspace.parsers import parse_cmdline
 from userspace.procfs import ProcFS, ProcFSError
 from userspace.process import read_stat
+from userspace.sweep import Sweep
 from userspace.types import NSEC_PER_TICK, Depth, ProcessSnapshot, ProcKey
 
 DISABLE_ENV = "PROCSENTRY_DISABLE_CONNECTOR"  # set to 1 to make start() fail (tests of the fallbacks)
@@ -52,193 +53,12 @@ RCVBUF_ENV = "PROCSENTRY_CONNECTOR_RCVBUF"  # receive buffer in bytes (tests use
 # burst (fork + comm + exec + exit each) while the reader is busy with procfs.
 DEFAULT_RCVBUF = 8 << 20
 
-# --- the wire (uapi headers) ------------------------------------------------------------------
-NETLINK_CONNECTOR = 11  # include/uapi/linux/netlink.h
-NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 1, 2, 3, 4
-CN_IDX_PROC = 0x1  # include/uapi/linux/connector.h
-CN_VAL_PROC = 0x1
-PROC_CN_MCAST_LISTEN = 1  # enum proc_cn_mcast_op
-PROC_CN_MCAST_IGNORE = 2
-
-# enum proc_cn_event (what)
-PROC_EVENT_NONE = 0x0  # the acknowledgement of a LISTEN/IGNORE request
-PROC_EVENT_FORK = 0x1
-PROC_EVENT_EXEC = 0x2
-PROC_EVENT_UID = 0x4
-PROC_EVENT_GID = 0x40
-PROC_EVENT_SID = 0x80
-PROC_EVENT_PTRACE = 0x100
-PROC_EVENT_COMM = 0x200
-PROC_EVENT_COREDUMP = 0x40000000
-PROC_EVENT_EXIT = 0x80000000
-
-NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
-CN_MSG = struct.Struct("=IIIIHH")  # id.idx, id.val, seq, ack, len, flags; data[] follows
-# struct proc_event: what, cpu, timestamp_ns (aligned(8): offset 8), then the event_data union at
-# offset 16. Pids are __kernel_pid_t (int). The message sits right after cn_msg, at byte 36.
-PROC_EVENT = struct.Struct("=IIQ")
-EV_ACK = struct.Struct("=I")  # err
-EV_FORK = struct.Struct("=iiii")  # parent_pid, parent_tgid, child_pid, child_tgid
-EV_EXEC = struct.Struct("=ii")  # process_pid, process_tgid
-EV_ID = struct.Struct("=iiII")  # process_pid, process_tgid, r.ruid|rgid, e.euid|egid
-EV_COMM = struct.Struct("=ii16s")  # process_pid, process_tgid, comm
-# exit: process_pid, process_tgid, exit_code (task->exit_code: the wait(2) status), exit_signal
-# (the signal sent to the parent, SIGCHLD), then parent_pid, parent_tgid (since 4.18).
-EV_EXIT = struct.Struct("=iiII")
-EV_EXIT_PARENT = struct.Struct("=ii")
-DATA_OFFSET = NLMSGHDR.size + CN_MSG.size  # 36: struct proc_event within a datagram
-EVENT_DATA = PROC_EVENT.size  # 16: event_data within struct proc_event
-
-# What an exec read early only (argv and stat) lacks when the process is gone by the full read.
 EARLY_MISSING = ("exe", "cwd", "root", "uids", "gids", "loginuid", "sessionid", "fds", "fd_count",
                  "sockets", "ns", "cgroup", "container_id")
-
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # asm-generic/socket.h
 SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)  # since 4.12: u32[SK_MEMINFO_VARS]
 SK_MEMINFO_DROPS = 8  # include/uapi/linux/sock_diag.h: index of sk_drops
 SK_MEMINFO_VARS = 9
-
-
-class ProcAck(NamedTuple):
-    seq: int
-    ack: int
-    err: int
-
-
-class ProcFork(NamedTuple):
-    ts_ns: int  # ktime_get_ns(): CLOCK_MONOTONIC
-    parent_pid: int
-    parent_tgid: int
-    child_pid: int
-    child_tgid: int
-
-
-class ProcExec(NamedTuple):
-    ts_ns: int
-    pid: int
-    tgid: int
-
-
-class ProcId(NamedTuple):
-    ts_ns: int
-    pid: int
-    tgid: int
-    what: str  # "uid" | "gid"
-    real: int
-    effective: int
-
-
-class ProcComm(NamedTuple):
-    ts_ns: int
-    pid: int
-    tgid: int
-    comm: bytes
-
-
-class ProcExit(NamedTuple):
-    ts_ns: int
-    pid: int
-    tgid: int
-    exit_code: int  # wait(2) status
-    exit_signal: int
-    parent_pid: int | None  # None before 4.18
-    parent_tgid: int | None
-
-
-ProcEvent = ProcAck | ProcFork | ProcExec | ProcId | ProcComm | ProcExit
-
-
-def decode_messages(buf: bytes) -> list[ProcEvent]:
-    """Every proc_event in one datagram (normally one). Event types procsentry does not use
-    (sid, ptrace, coredump) and truncated messages are skipped; a netlink error is raised."""
-    out: list[ProcEvent] = []
-    off = 0
-    n = len(buf)
-    while off + NLMSGHDR.size <= n:
-        length, mtype, _flags, _seq, _pid = NLMSGHDR.unpack_from(buf, off)
-        if length < NLMSGHDR.size or off + length > n:
-            break
-        if mtype == NLMSG_ERROR:
-            (code,) = struct.unpack_from("=i", buf, off + NLMSGHDR.size)
-            if code:
-                raise OSError(-code, os.strerror(-code))
-        elif mtype in (NLMSG_DONE, NLMSG_NOOP) or mtype >= 0x10:
-            ev = decode_proc_event(buf, off + NLMSGHDR.size, off + length)
-            if ev is not None:
-                out.append(ev)
-        off += (length + 3) & ~3  # NLMSG_ALIGN
-    return out
-
-
-def decode_proc_event(buf: bytes, off: int, end: int) -> ProcEvent | None:
-    """One cn_msg carrying a struct proc_event, or None when it is not one we use."""
-    if off + CN_MSG.size + PROC_EVENT.size > end:
-        return None
-    idx, val, seq, ack, dlen, _flags = CN_MSG.unpack_from(buf, off)
-    if idx != CN_IDX_PROC or val != CN_VAL_PROC:
-        return None
-    base = off + CN_MSG.size
-    end = min(end, base + dlen)
-    what, _cpu, ts = PROC_EVENT.unpack_from(buf, base)
-    d = base + EVENT_DATA
-    avail = end - d
-
-    def fits(s: struct.Struct) -> bool:
-        return avail >= s.size
-
-    if what == PROC_EVENT_FORK and fits(EV_FORK):
-        return ProcFork(ts, *EV_FORK.unpack_from(buf, d))
-    if what == PROC_EVENT_EXEC and fits(EV_EXEC):
-        return ProcExec(ts, *EV_EXEC.unpack_from(buf, d))
-    if what == PROC_EVENT_EXIT and fits(EV_EXIT):
-        pid, tgid, code, sig = EV_EXIT.unpack_from(buf, d)
-        ppid = ptgid = None
-        if avail >= EV_EXIT.size + EV_EXIT_PARENT.size:
-            ppid, ptgid = EV_EXIT_PARENT.unpack_from(buf, d + EV_EXIT.size)
-        return ProcExit(ts, pid, tgid, code, sig, ppid, ptgid)
-    if what in (PROC_EVENT_UID, PROC_EVENT_GID) and fits(EV_ID):
-        pid, tgid, real, eff = EV_ID.unpack_from(buf, d)
-        return ProcId(ts, pid, tgid, "uid" if what == PROC_EVENT_UID else "gid", real, eff)
-    if what == PROC_EVENT_COMM and fits(EV_COMM):
-        pid, tgid, comm = EV_COMM.unpack_from(buf, d)
-        return ProcComm(ts, pid, tgid, comm.split(b"\0", 1)[0])
-    if what == PROC_EVENT_NONE and fits(EV_ACK):
-        return ProcAck(seq, ack, EV_ACK.unpack_from(buf, d)[0])
-    return None
-
-
-def encode_control(op: int, nonce: int = 0) -> bytes:
-    """The LISTEN/IGNORE request: nlmsghdr + cn_msg + enum proc_cn_mcast_op (the 4-byte form
-    every kernel accepts; 6.6+ also takes a struct proc_input with an event filter).
-    cn_proc_ack() answers with cn_msg.ack = our ack + 1, so `nonce` in ack identifies our
-    acknowledgement among other listeners' (its seq is the connector's own counter)."""
-    payload = CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, nonce, 4, 0) + struct.pack("=I", op)
-    return NLMSGHDR.pack(NLMSGHDR.size + len(payload), NLMSG_DONE, 0, 0, 0) + payload
-
-
-def encode_event(ev: ProcEvent, seq: int = 0) -> bytes:
-    """The datagram the kernel would send for ev (the tests decode these)."""
-    if isinstance(ev, ProcAck):
-        what, data, seq, ack = PROC_EVENT_NONE, EV_ACK.pack(ev.err), ev.seq, ev.ack
-    else:
-        ack = 0
-        if isinstance(ev, ProcFork):
-            what, data = PROC_EVENT_FORK, EV_FORK.pack(*ev[1:])
-        elif isinstance(ev, ProcExec):
-            what, data = PROC_EVENT_EXEC, EV_EXEC.pack(*ev[1:])
-        elif isinstance(ev, ProcId):
-            what = PROC_EVENT_UID if ev.what == "uid" else PROC_EVENT_GID
-            data = EV_ID.pack(ev.pid, ev.tgid, ev.real, ev.effective)
-        elif isinstance(ev, ProcComm):
-            what, data = PROC_EVENT_COMM, EV_COMM.pack(ev.pid, ev.tgid, ev.comm)
-        else:
-            what = PROC_EVENT_EXIT
-            data = EV_EXIT.pack(ev.pid, ev.tgid, ev.exit_code, ev.exit_signal)
-            if ev.parent_pid is not None:
-                data += EV_EXIT_PARENT.pack(ev.parent_pid, ev.parent_tgid)
-    body = PROC_EVENT.pack(what, 0, getattr(ev, "ts_ns", 0)) + data
-    payload = CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, seq, ack, len(body), 0) + body
-    return NLMSGHDR.pack(NLMSGHDR.size + len(payload), NLMSG_DONE, 0, seq, 0) + payload
 
 
 # --- the source -------------------------------------------------------------------------------
@@ -274,6 +94,7 @@ class ConnectorSource:
     RECV_SIZE = 1 << 16
     BATCH_S = 0.1  # at most this long enriching per drain(); the rest waits for the next one
     ACK_TIMEOUT_S = 1.0
+    SWEEP_TTL_S = 1.0
     # Messages taken out of the socket but not yet read from procfs. Past this, they stay in
     # the kernel's buffer, which is bounded and counts what it drops: memory stays bounded too.
     MAX_QUEUED = 65536
@@ -287,10 +108,10 @@ class ConnectorSource:
         self.sock: socket.socket | None = None
         self._raw: deque[ProcEvent] = deque()  # received, not yet enriched
         self._buf = bytearray(self.RECV_SIZE)
-        self._enrich_exec = E.Enricher(fs, Depth.EXEC)
-        self._enrich_cheap = E.Enricher(fs, Depth.CHEAP)
-        # Fork timestamps (CLOCK_MONOTONIC) by (pid, ticks), for exit durations; bounded.
-        self._started: OrderedDict[tuple[int, int], int] = OrderedDict()
+        self._sweeps: dict[Depth, Sweep] = {}
+        self._sweeps_at = 0.0
+        # Fork timestamps (CLOCK_MONOTONIC) by pid, with start ticks, for exit durations; bounded.
+        self._started: OrderedDict[int, tuple[int, int]] = OrderedDict()  # pid -> (ticks, ts)
         self._boot_offset = 0
         self._overruns = 0  # ENOBUFS errors seen (each one is at least one lost message)
         self._drops = 0  # sk_drops from SO_MEMINFO: messages lost
@@ -301,6 +122,7 @@ class ConnectorSource:
         self._queued_forks: dict[int, int] = {}  # child tgid -> FORK messages in _raw
         self._early: dict[int, tuple] = {}  # tgid -> (read at, exec ts, Stat, argv): _read_early
         self._leaders_checked = 0.0
+        self._lost_seen: dict[int, int] = {}
         self.c = {"messages": 0, "threads_skipped": 0, "exec_read": 0, "exec_cheap": 0,
                   "exec_early": 0, "exec_gone": 0, "overruns": 0,
                   "leader_exits_held": 0, "leader_exits_exec": 0}
@@ -445,10 +267,15 @@ class ConnectorSource:
             return
         self._raw.append(ev)
 
-    def drain(self) -> list[tuple[str, Record, int]]:
+    def sync(self) -> None:
+        """Take every message already in the socket (the kernel sends them synchronously from
+        fork, exec and exit: whatever procfs showed before this call has its message queued)."""
+        self._pull()
+
+    def drain(self) -> list:
         self._boot_offset = boottime_offset_ns()  # grows when the host suspends
         self._pull()
-        out: list[tuple[str, Record, int]] = []
+        out: list = []
         raw = self._raw
         deadline = time.monotonic() + self.BATCH_S
         while raw:
@@ -459,7 +286,7 @@ class ConnectorSource:
                 _count(self._queued_forks, ev.child_tgid, -1)
             rec = self._read(ev)
             if rec is not None:
-                out.append((_KIND[type(ev)], rec, rec.ts_ns))
+                out.append(self._record(_KIND[type(ev)], rec))
             # Between two procfs reads, take what arrived meanwhile (a recv that finds nothing
             # costs microseconds): its early argv read (_accept) is then as early as it can be.
             self._pull()
@@ -467,7 +294,10 @@ class ConnectorSource:
                 break
         if self._leaders_gone:
             self._recheck_leaders(out)
-        out.sort(key=lambda kr: kr[2])
+        out.sort(key=_ts)
+        lost = self.lost_per_cpu()
+        if lost != self._lost_seen:
+            out.extend(lost_since(self._lost_seen, lost, out[-1].ts_ns if out else 0))
         return out
 
     def _read(self, ev: ProcEvent) -> Record | None:
@@ -521,7 +351,7 @@ class ConnectorSource:
         replaced = tgid in self._queued_execs and tgid not in self._queued_forks
         snap = None
         if not replaced:
-            snap = (self._enrich_cheap if cheap else self._enrich_exec).read(tgid, None)
+            snap = self._sweep(Depth.CHEAP if cheap else Depth.EXEC).read(tgid)
             if snap is not None and snap.start_ticks > self._tick_at(ev.ts_ns):
                 snap = None  # started after this exec: the PID was reused since
         if snap is not None and not _exited(snap):
@@ -624,7 +454,7 @@ class ConnectorSource:
                 if last is not None and last.ts_ns > ev.ts_ns:
                     ev = ev._replace(ts_ns=last.ts_ns, exit_code=last.exit_code,
                                      exit_signal=last.exit_signal)
-                out.append(("cn_exit", held._replace(ts_ns=ev.ts_ns, event=ev), ev.ts_ns))
+                out.append(self._record("cn_exit", held._replace(ts_ns=ev.ts_ns, event=ev)))
 
     def pending(self) -> int:
         return len(self._raw)
@@ -664,71 +494,62 @@ class ConnectorSource:
         tick late when the fork straddled a 10 ms tick boundary."""
         return self._tick_at(ts_ns)
 
-    def _remember_start(self, key: tuple[int, int], ts_ns: int) -> None:
-        self._started[key] = ts_ns
+    def _sweep(self, depth: Depth) -> Sweep:
+        """The reads of one short span share socket tables (a new sweep every SWEEP_TTL_S, so
+        a socket opened since is seen)."""
+        now = time.monotonic()
+        if now - self._sweeps_at > self.SWEEP_TTL_S:
+            self._sweeps.clear()
+            self._sweeps_at = now
+        sweep = self._sweeps.get(depth)
+        if sweep is None:
+            sweep = self._sweeps[depth] = Sweep(self.fs, depth)
+        return sweep
+
+    def _remember_start(self, pid: int, ticks: int, ts_ns: int) -> None:
+        self._started[pid] = (ticks, ts_ns)
         if len(self._started) > 65536:
             self._started.popitem(last=False)
 
-    def handle(self, pipeline, rec: tuple[str, Record, int]) -> None:
-        kind, r = rec[0], rec[1]
+    def _record(self, kind: str, r: Record):
+        """The sensor-neutral record for one connector message and what procfs said about it."""
         ev = r.event
-        me = pipeline.self_pid
         if kind == "cn_fork":
-            if ev.parent_tgid == me:
-                return
             ticks = r.ticks if r.ticks is not None else self._approx_ticks(r.ts_ns)
-            self._remember_start((ev.child_tgid, ticks), r.ts_ns)
-            pipeline.on_fork(r.ts_ns, ev.child_tgid, ticks, ev.parent_tgid, None, self.name)
-        elif kind == "cn_exec":
-            if ev.tgid == me:
-                return
-            self._exec(pipeline, r)
-        elif kind == "cn_exit":
-            if ev.tgid == me:
-                return
-            if r.ticks is not None:
-                ticks = r.ticks  # read from its own corpse (_read_exit): certainly this process
-            else:
-                # Reaped already, or the PID reused since: the table knows which one it was
-                # (None: the pipeline records a tombstone for a process it never saw).
-                key = pipeline.table.key_for_pid(ev.tgid)
-                ticks = key[1] if key is not None else None
-            start = self._started.pop((ev.tgid, ticks), None) if ticks is not None else None
-            pipeline.on_exit(r.ts_ns, ev.tgid, ticks, ev.exit_code, start, None, self.name)
-        elif kind == "cn_comm":
-            entry = _entry(pipeline, ev.tgid)
-            if entry is not None:
-                entry.comm = text(ev.comm)  # prctl(PR_SET_NAME) or a write to comm
-        elif kind == "cn_id":
-            entry = _entry(pipeline, ev.tgid)
-            if entry is not None:
-                if ev.what == "uid":
-                    entry.uid, entry.euid = ev.real, ev.effective
-                    entry.user = pipeline.users(ev.real)
-                else:
-                    entry.gid, entry.egid = ev.real, ev.effective
-        else:
-            raise ValueError(f"unexpected record kind {kind}")
+            self._remember_start(ev.child_tgid, ticks, r.ts_ns)
+            return ForkRecord(r.ts_ns, ev.child_tgid, ticks, ev.parent_tgid, None)
+        if kind == "cn_exec":
+            if r.snap is not None:
+                return exec_from_snapshot(r.snap, r.ts_ns)
+            # Gone (or a zombie: exited already, or exec'd again) before procfs could be read.
+            # What is left: pid, identity (a zombie's stat; else the pipeline takes the newest
+            # process with this PID) and parent; comm only from a zombie's stat (exec sends no
+            # COMM message: __set_task_comm does not call proc_comm_connector, only
+            # prctl(PR_SET_NAME) and writes to comm do). What the fork copied from the parent
+            # is not this image's: unknown, not inherited.
+            missing = dict.fromkeys(("argv", "exe", "cwd", "uids", "gids", "ns", "container_id"),
+                                    "gone")
+            if r.comm is None:
+                missing["comm"] = "gone"
+            return ExecRecord(r.ts_ns, ev.tgid, r.ticks, r.ppid, None, r.comm, None, None, None,
+                              missing=missing)
+        if kind == "cn_exit":
+            # ticks from its own corpse (_read_exit) when it could be read; otherwise reaped
+            # already, and the pipeline takes the newest process it knows with this PID.
+            started = self._started.pop(ev.tgid, None)
+            start_ns = None
+            if started is not None and (r.ticks is None or started[0] == r.ticks):
+                start_ns = started[1]
+            return ExitRecord(r.ts_ns, ev.tgid, r.ticks, ev.exit_code, start_ns)
+        if kind == "cn_comm":
+            return CommRecord(r.ts_ns, ev.tgid, ev.comm)
+        if kind == "cn_id":
+            return CredRecord(r.ts_ns, ev.tgid, ev.what, ev.real, ev.effective)
+        raise ValueError(f"unexpected record kind {kind}")
 
-    def _exec(self, pipeline, r: Record) -> None:
-        ev = r.event
-        if r.snap is not None:
-            pipeline.on_snapshot(r.snap, "exec", self.name, when=pipeline.clock.from_mono(r.ts_ns))
-            return
-        # Gone (or a zombie: exited already, or exec'd again) before procfs could be read. The
-        # event carries what the connector and the table know: pid, identity and parent; comm
-        # only from a zombie's stat (exec sends no COMM message: __set_task_comm does not call
-        # proc_comm_connector, only prctl(PR_SET_NAME) and writes to comm do).
-        if r.ticks is not None:
-            ticks = r.ticks  # its stat
-        else:
-            key = pipeline.table.key_for_pid(ev.tgid)
-            # Without a key its fork predates us or was lost: the exec time stands in for the
-            # start, which is then too late (see _approx_ticks).
-            ticks = key[1] if key is not None else self._approx_ticks(r.ts_ns)
-        entry = pipeline.table.get((ev.tgid, ticks))
-        ppid = r.ppid if r.ppid is not None else (entry.ppid if entry is not None else None)
-        pipeline.on_exec_gone(r.ts_ns, ev.tgid, ticks, ppid, r.comm, self.name)
+
+def _ts(rec) -> int:
+    return rec[0]
 
 
 def _count(d: dict[int, int], key: int, delta: int) -> None:
@@ -757,8 +578,3 @@ def _group_dead(st) -> bool:
 _KIND = {ProcFork: "cn_fork", ProcExec: "cn_exec", ProcExit: "cn_exit", ProcComm: "cn_comm",
          ProcId: "cn_id"}
 
-
-def _entry(pipeline, pid: int):
-    key = pipeline.table.key_for_pid(pid)
-    entry = pipeline.table.get(key) if key is not None else None
-    return entry if entry is not None and entry.exited_at is None else None

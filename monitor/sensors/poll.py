@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 
+from monitor.records import ExitRecord, exec_from_snapshot
 from userspace.procfs import ProcFS
 from userspace.sweep import IncrementalScanner, sort_parents_first
 from userspace.types import Depth
@@ -46,7 +47,7 @@ class PollSource:
         if wait > 0:
             time.sleep(wait)
 
-    def drain(self) -> list[tuple[str, object, int]]:
+    def drain(self) -> list:
         now = time.monotonic()
         if now < self._next:
             return []
@@ -62,25 +63,15 @@ class PollSource:
         c["sweep_us_last"] = us
         c["sweep_us_max"] = max(c["sweep_us_max"], us)
         ts = time.monotonic_ns()
-        # Vanished first: a reused PID's old process ends before its new one is reported.
-        out: list[tuple[str, object, int]] = [("poll_exit", key, ts) for key in vanished]
-        out += [("poll_exec", snap, ts) for snap in sort_parents_first(appeared)]
+        # Vanished first: a reused PID's old process ends before its new one is reported. Not
+        # an inferred exit: noticing absence is how this sensor sees every exit (no status).
+        out: list = [ExitRecord(ts, key.pid, key.start_ticks, None) for key in vanished]
+        # Observed running: the start-up sweep (or a reconcile) may have reported it already.
+        out += [exec_from_snapshot(snap, ts, observed=True) for snap in sort_parents_first(appeared)]
         return out
 
-    def handle(self, pipeline, rec) -> None:
-        kind, r, ts = rec
-        if kind == "poll_exec":
-            if r.pid == pipeline.self_pid or (r.pid, r.start_ticks) in pipeline.table:
-                return  # already reported: by the start-up sweep, or as `missed` by a reconcile
-            pipeline.on_snapshot(r, "exec", self.name)
-        elif kind == "poll_exit":
-            key = r
-            if key.pid == pipeline.self_pid:
-                return
-            # Not `inferred`: noticing absence is how this sensor sees every exit.
-            pipeline.on_exit(ts, key.pid, key.start_ticks, None, None, None, source=self.name)
-        else:
-            raise ValueError(f"unexpected record kind {kind}")
+    def sync(self) -> None:
+        pass  # nothing in flight: what polling has not seen yet, it has not seen
 
     def pending(self) -> int:
         return 0

@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from monitor.events import ExitEvent, ProcessEvent
-from monitor.output import Sink, argv_raw, safe, text, texts, to_json, to_text
+from monitor.output import Sink, to_json, to_text
+from monitor.text import argv_raw, safe, text, texts
 
 
 def event(**kw) -> ProcessEvent:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import io
 
-from monitor.sensors.bpf import wire
 from monitor.output import Sink
 from monitor.pipeline import Config, Filters, Pipeline
+from monitor.records import LostRecord, lost_since
+from monitor.sensors.bpf import wire
+from monitor.sensors.bpf.source import exec_record, exit_record, fork_record
 from userspace.procfs import ProcFS
 from userspace.types import NSEC_PER_TICK, ProcKey
 
@@ -17,16 +19,23 @@ BOOT = "4b7c1a7e-1111-2222-3333-444455556666"
 
 
 class ScriptedSource:
+    """Hands the pipeline prepared batches of sensor-neutral records, as a sensor would."""
+
     name = "bpf"
 
     def __init__(self) -> None:
         self.batches: list[list] = []
         self.lost: dict[int, int] = {}
+        self._lost_seen: dict[int, int] = {}
 
     def drain(self):
-        return self.batches.pop(0) if self.batches else []
+        out = self.batches.pop(0) if self.batches else []
+        return out + lost_since(self._lost_seen, self.lost, 0)
 
     def poll(self, timeout_ms):
+        pass
+
+    def sync(self):
         pass
 
     def pending(self):
@@ -59,6 +68,10 @@ def make(proc_tree, **cfg):
 
 
 def rexec(pid, start_ticks, ppid, pstart_ticks, argv, ts, exe=b"/usr/bin/x", flags=0):
+    return exec_record(raw_exec(pid, start_ticks, ppid, pstart_ticks, argv, ts, exe, flags))
+
+
+def raw_exec(pid, start_ticks, ppid, pstart_ticks, argv, ts, exe=b"/usr/bin/x", flags=0):
     return wire.RawExec(ts, pid, pid, start_ticks * NSEC_PER_TICK, pid, flags, ppid, len(argv),
                         pstart_ticks * NSEC_PER_TICK, 1, 0, 0, 0, 0, wire.UNSET_ID, wire.UNSET_ID,
                         (1, 2, 3, 4, 5, 6, 7), sum(len(a) + 1 for a in argv), b"x", argv[0], None,
@@ -66,10 +79,18 @@ def rexec(pid, start_ticks, ppid, pstart_ticks, argv, ts, exe=b"/usr/bin/x", fla
 
 
 def rfork(pid, ticks, ppid, pticks, ts):
+    return fork_record(raw_fork(pid, ticks, ppid, pticks, ts))
+
+
+def raw_fork(pid, ticks, ppid, pticks, ts):
     return wire.RawFork(ts, pid, pid, ticks * NSEC_PER_TICK, ppid, ppid, pticks * NSEC_PER_TICK)
 
 
 def rexit(pid, ticks, status, ts):
+    return exit_record(raw_exit(pid, ticks, status, ts))
+
+
+def raw_exit(pid, ticks, status, ts):
     return wire.RawExit(ts, pid, pid, ticks * NSEC_PER_TICK, status, ts - 1000, b"x")
 
 
@@ -91,9 +112,9 @@ def test_startup_sweep_emits_existing_parents_first(proc_tree):
 def test_fork_child_inherits_the_parent_until_exec_and_links_by_key(proc_tree):
     p, src, sink = make(proc_tree)
     p.sweep_existing()
-    src.batches = [[("fork", rfork(7000, 9000, 100, 5000, 10)),
-                    ("exec", rexec(7000, 9000, 100, 5000, (b"/bin/sh", b"-c", b"id"), 20, exe=b"/usr/bin/dash")),
-                    ("exit", rexit(7000, 9000, 1 << 8, 30))]]
+    src.batches = [[rfork(7000, 9000, 100, 5000, 10),
+                    rexec(7000, 9000, 100, 5000, (b"/bin/sh", b"-c", b"id"), 20, exe=b"/usr/bin/dash"),
+                    rexit(7000, 9000, 1 << 8, 30)]]
     p.drain()
     fork, exec_, exit_ = [r for r in sink.records if r.pid == 7000]
     assert fork.event == "fork" and fork.exe == "/usr/sbin/agentd" and fork.enrichment == "full"
@@ -108,8 +129,8 @@ def test_fork_child_inherits_the_parent_until_exec_and_links_by_key(proc_tree):
 def test_exit_before_exec_is_kept_and_not_resurrected(proc_tree):
     p, src, sink = make(proc_tree)
     # different CPUs: the exit record arrives in an earlier batch than the exec
-    src.batches = [[("exit", rexit(7100, 9100, 9, 50))],
-                   [("exec", rexec(7100, 9100, 1, 2, (b"/bin/true",), 40))]]
+    src.batches = [[rexit(7100, 9100, 9, 50)],
+                   [rexec(7100, 9100, 1, 2, (b"/bin/true",), 40)]]
     p.drain()
     p.drain()
     kinds = [(r.event, r.pid) for r in sink.records]
@@ -121,24 +142,28 @@ def test_exit_before_exec_is_kept_and_not_resurrected(proc_tree):
 
 
 def test_records_in_a_batch_are_applied_in_kernel_time_order(proc_tree):
-    from monitor.sensors import BpfSource  # noqa: PLC0415 - only its drain ordering
+    from monitor.sensors.bpf.source import BpfSource  # noqa: PLC0415 - only its drain ordering
     src = BpfSource.__new__(BpfSource)
 
     class Q:
         queue = __import__("collections").deque(
-            [(1, wire.encode(rexit(7200, 1, 0, 3000))), (0, wire.encode(rfork(7200, 1, 1, 2, 1000))),
-             (0, wire.encode(rexec(7200, 1, 1, 2, (b"a",), 2000)))])
+            [(1, wire.encode(raw_exit(7200, 1, 0, 3000))), (0, wire.encode(raw_fork(7200, 1, 1, 2, 1000))),
+             (0, wire.encode(raw_exec(7200, 1, 1, 2, (b"a",), 2000)))])
+
+        class stats:
+            lost_per_cpu: dict = {}
     src.sensor = Q()
     src.record_to = None
-    assert [rec[0] for rec in src.drain()] == ["fork", "exec", "exit"]
+    src._lost_seen = {}
+    assert [type(rec).__name__ for rec in src.drain()] == ["ForkRecord", "ExecRecord", "ExitRecord"]
 
 
 def test_reconcile_reports_missed_and_infers_exits(proc_tree):
     p, src, sink = make(proc_tree)
     # the table believes in a process that /proc does not have
-    src.batches = [[("exec", rexec(7300, 9300, 1, 2, (b"/bin/sleep", b"9"), 10))]]
-    p.drain()
-    p.table.get((7300, 9300)).first_seen = 0.0
+    src.batches = [[rexec(7300, 9300, 1, 2, (b"/bin/sleep", b"9"), 10)]]
+    src.lost = {0: 1}  # records were lost: an unknown zombie is a real miss
+    p.drain(flush=True)
     p.reconcile()
     missed = {r.pid for r in sink.records if r.event == "missed"}
     assert {1, 100} <= missed  # nothing was known about the fixture processes
@@ -155,7 +180,7 @@ def test_reconcile_reports_missed_and_infers_exits(proc_tree):
 
 def test_backlog_skips_enrichment_and_counts_it(proc_tree):
     p, src, sink = make(proc_tree, backlog=1)
-    src.batches = [[("exec", rexec(100, 5000, 1, 2, (b"/usr/sbin/agentd",), t)) for t in (1, 2, 3)]]
+    src.batches = [[rexec(100, 5000, 1, 2, (b"/usr/sbin/agentd",), t) for t in (1, 2, 3)]]
     p.drain()
     got = [r.missing.get("proc") for r in sink.records]
     assert got == ["skipped_backlog", None, None]
@@ -176,9 +201,9 @@ def test_lost_samples_become_a_lost_event_and_schedule_a_sweep(proc_tree):
 
 def test_filters(proc_tree):
     p, src, sink = make(proc_tree, filters=Filters(events=frozenset({"exec"}), exe="/usr/bin/*sh"))
-    src.batches = [[("exec", rexec(7400, 1, 1, 2, (b"bash",), 1, exe=b"/usr/bin/bash")),
-                    ("exec", rexec(7401, 1, 1, 2, (b"ls",), 2, exe=b"/usr/bin/ls")),
-                    ("exit", rexit(7400, 1, 0, 3))]]
+    src.batches = [[rexec(7400, 1, 1, 2, (b"bash",), 1, exe=b"/usr/bin/bash"),
+                    rexec(7401, 1, 1, 2, (b"ls",), 2, exe=b"/usr/bin/ls"),
+                    rexit(7400, 1, 0, 3)]]
     p.drain()
     assert [(r.event, r.pid) for r in sink.records] == [("exec", 7400)]
     assert p.counters.events == {"exec": 2, "exit": 1}
@@ -186,7 +211,7 @@ def test_filters(proc_tree):
 
 def test_count_stops_the_run(proc_tree):
     p, src, sink = make(proc_tree, count=2)
-    src.batches = [[("exec", rexec(7500 + i, 1, 1, 2, (b"x",), i)) for i in range(5)]]
+    src.batches = [[rexec(7500 + i, 1, 1, 2, (b"x",), i) for i in range(5)]]
     p.drain()
     assert p.stop_requested
 
@@ -196,7 +221,7 @@ def test_reconcile_reports_an_exec_whose_record_was_lost(proc_tree):
     p.sweep_existing(pids=[1, 100])
     # pid 304 (nginx in the fixture, start 7400) was seen forking from agentd, its exec lost:
     # the table still shows agentd's image
-    src.batches = [[("fork", rfork(304, 7400, 100, 5000, 10))]]
+    src.batches = [[rfork(304, 7400, 100, 5000, 10)]]
     p.drain()
     assert p.table.get((304, 7400)).exe == "/usr/sbin/agentd"
     p.reconcile()

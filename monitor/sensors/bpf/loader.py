@@ -156,7 +156,7 @@ class Sensor:
             raise SensorUnavailable(f"the BPF sensor is disabled by {DISABLE_ENV}=1")
         check_privileges()
         if self.perf_pages & (self.perf_pages - 1):
-            raise SensorUnavailable(f"--perf-pages must be a power of two, not {self.perf_pages}")
+            raise ValueError(f"perf buffer pages must be a power of two, not {self.perf_pages}")
         if perfbuf.supported() and os.environ.get("PROCSENTRY_BCC_READER") != "1":
             self._start_handover()
         else:
