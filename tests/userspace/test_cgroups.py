@@ -347,6 +347,20 @@ def test_enricher_names_the_container_of_a_process_already_gone(cgroup_tree) -> 
 
 
 @pytest.mark.root
+def test_an_id_warmed_on_arrival_is_named_after_its_cgroup_is_removed(cgroup_tree) -> None:  # noqa: F811
+    cg = cgroup_tree.make(SCHEMES["containerd cri"][0])
+    cid = cgroup_tree.id_of(cg)
+    e = Enricher(ProcFS(), Depth.ENRICH)
+    e.warm(cid)
+    e.warm(0)  # a record without a cgroup id: nothing to do, nothing counted
+    cgroup_tree.remove(cg)  # the runtime's cleanup, before the hold window ends
+    assert e.container_of(cid) == (cgroup_tree.cgroup_path(cg).encode(), C3)
+    assert (e.cgroups.stats["resolved"], e.cgroups.stats["hits"], e.cgroups.stats["bad_id"]) == (1, 1, 0)
+    cold = Enricher(ProcFS(), Depth.ENRICH)
+    assert cold.container_of(cid) is None and cold.cgroups.stats["gone"] == 1
+
+
+@pytest.mark.root
 def test_enricher_takes_a_live_process_container_from_the_id(cgroup_tree) -> None:  # noqa: F811
     cg = cgroup_tree.make(SCHEMES["kubepods systemd"][0])
     p = subprocess.Popen(["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec sleep 30', str(cg)])
