@@ -19,8 +19,8 @@ Two ways to resolve, chosen once per resolver:
   at most once per ``walk_interval_s``, and never past ``walk_max_dirs`` directories.
 
 Ids are never reused within a boot (kernfs allocates them cyclically and bumps the high 32
-bits on wrap: __kernfs_new_node), so a cached answer never turns wrong; entries are still evicted
-when their cgroup is gone, to keep the cache to cgroups that exist (``prune``).
+bits on wrap: __kernfs_new_node), so a cached answer never turns wrong; entries are still
+evicted when their cgroup is gone, to keep the cache to cgroups that exist (``prune``).
 
 Everything here degrades by counting: an id that cannot be resolved is ``None`` and a counter
 in ``stats`` says why; nothing raises to the caller.
@@ -54,6 +54,10 @@ DEFAULT_WALK_MAX_DIRS = 65536
 # t, the next waits at least WALK_IDLE_FACTOR * t, so walking never takes over 10 % of a CPU
 # however fast containers come and go.
 WALK_IDLE_FACTOR = 9.0
+# O_PATH: no open of the directory itself (do_dentry_open skips f_op->open), only a reference
+# to the dentry, which is all the path lookup needs; O_DIRECTORY: an id of a kernfs file (a
+# cgroup's interface files have ids too) fails with ENOTDIR.
+_OPEN_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 DELETED_SUFFIX = b" (deleted)"  # d_path() of an unlinked dentry (fs/d_path.c prepend " (deleted)")
 
 
@@ -135,8 +139,9 @@ class CgroupResolver:
                  walk_interval_s: float = DEFAULT_WALK_INTERVAL_S,
                  walk_max_dirs: int = DEFAULT_WALK_MAX_DIRS,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        self._mount_fd = -1
         if method not in ("auto", "handle", "walk"):
-            raise ValueError(f"method: {method!r}")
+            raise ValueError(f"method: {method!r}")  # a programming error, not input
         self.fs = fs
         self.max_entries = max_entries
         self.walk_interval_s = walk_interval_s
@@ -149,7 +154,6 @@ class CgroupResolver:
         self.handle_unusable: str | None = None  # why "auto" did not choose handle
         self._cache: OrderedDict[int, Cgroup] = OrderedDict()
         self._gone: set[int] = set()  # ids seen gone: never asked of the kernel again
-        self._mount_fd = -1
         self._fns = None
         self._handle = _FileHandle()
         self._tree: dict[int, bytes] = {}  # last walk: id -> path below the mount point
@@ -222,9 +226,7 @@ class CgroupResolver:
         h.handle_bytes = KERNFS_HANDLE_BYTES
         h.handle_type = FILEID_KERNFS
         ctypes.memmove(h.f_handle, _U64.pack(cgroup_id), KERNFS_HANDLE_BYTES)
-        # O_PATH: no open of the directory itself (do_dentry_open skips f_op->open), only a
-        # reference to the dentry, which is all the path lookup below needs.
-        fd = self._fns[0](self._mount_fd, ctypes.byref(h), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = self._fns[0](self._mount_fd, ctypes.byref(h), _OPEN_FLAGS)
         if fd < 0:
             return ctypes.get_errno()
         try:
@@ -236,7 +238,7 @@ class CgroupResolver:
         if target.endswith(DELETED_SUFFIX):
             # rmdir between the open and the readlink (d_path adds the suffix to an unlinked
             # dentry), or a cgroup really named so: ask again, ESTALE settles it.
-            again = self._fns[0](self._mount_fd, ctypes.byref(h), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            again = self._fns[0](self._mount_fd, ctypes.byref(h), _OPEN_FLAGS)
             if again < 0:
                 return ctypes.get_errno()
             os.close(again)
@@ -321,13 +323,16 @@ class CgroupResolver:
 
     def resolve(self, cgroup_id: object) -> Cgroup | None:
         """The cgroup with this id, or None (gone, unknown, bad id, or no method here)."""
-        c = self._cache.get(cgroup_id)  # type: ignore[arg-type]
+        if type(cgroup_id) is not int:  # not bool (True == 1 would hit the root's entry)
+            self.stats["bad_id"] += 1
+            return None
+        c = self._cache.get(cgroup_id)
         if c is not None:
             self.stats["hits"] += 1
-            self._cache.move_to_end(cgroup_id)  # type: ignore[arg-type]
+            self._cache.move_to_end(cgroup_id)
             return c
         self.stats["misses"] += 1
-        if not isinstance(cgroup_id, int) or isinstance(cgroup_id, bool) or not 0 < cgroup_id <= U64_MAX:
+        if not 0 < cgroup_id <= U64_MAX:
             self.stats["bad_id"] += 1
             return None
         if self.method is None:
@@ -374,7 +379,7 @@ class CgroupResolver:
     def gone(self, ids: Iterable[int]) -> set[int]:
         """Which of these cgroups no longer exist. An id whose fate cannot be told (an error,
         no method) is not reported gone."""
-        ids = [i for i in ids if isinstance(i, int) and 0 < i <= U64_MAX]
+        ids = [i for i in ids if type(i) is int and 0 < i <= U64_MAX]
         if self.method == "handle":
             out = set()
             for i in ids:

@@ -179,9 +179,10 @@ def test_the_cache_is_bounded(tmp_path) -> None:
 def test_bad_ids_are_counted_not_raised(tmp_path) -> None:
     fs, cg = fixture_host(tmp_path)
     r = CgroupResolver(fs)
-    for bad in (0, -1, 1 << 64, "12", None, True, 1.5, b"\x01"):
+    r.resolve(r.root_id)  # cached: True == 1 must not find it
+    for bad in (0, -1, 1 << 64, "12", None, True, 1.5, b"\x01", [], {}):
         assert r.resolve(bad) is None
-    assert r.stats["bad_id"] == 8
+    assert r.stats["bad_id"] == 10
     assert r.gone([0, -5, "x"]) == set()
 
 
