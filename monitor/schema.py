@@ -36,7 +36,7 @@ DOCS: dict[str, str] = {
     "argv_truncated": "argv was longer than the capture limit (32 KiB); see argc and argv_size for the original.",
     "cwd": "Working directory at exec.",
     "start_time": "Start time in clock ticks since boot, exactly procfs <pid>/stat field 22.",
-    "container_id": "Container ID derived from the cgroup path (docker, containerd, CRI-O, podman), null outside containers or when unknown.",
+    "container_id": "Container ID named by the cgroup path (docker, containerd/CRI, CRI-O, podman, Kubernetes pods). The path comes from the kernel's cgroup id at exec, so a process gone before procfs could be read has it too; null outside containers or when unknown (missing.container_id then says why).",
     "ns": "Namespace inode numbers (pid, mnt, net, user, uts, ipc, cgroup[, time]) as in procfs <pid>/ns.",
     "enrichment": "full: procfs was read completely; partial: some of it (see missing); gone: the process had exited before procfs could be read (kernel-captured fields are still complete).",
     "tid": "Thread that called execve (differs from pid when a non-leader thread execs).",

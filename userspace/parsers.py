@@ -506,7 +506,35 @@ def parse_mountinfo(data: bytes) -> tuple[MountSummary, ...]:
     "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw" (proc(5)): field 5 is the
     mount point, then a variable number of optional fields end at "-", then the fstype.
     """
-    out = []
+    return tuple(MountSummary(parts[4], fstype) for parts, fstype in _mountinfo_lines(data))
+
+
+@dataclass(frozen=True, slots=True)
+class Cgroup2Mount:
+    """A cgroup2 mount from mountinfo, both paths unescaped (they may hold any byte but NUL)."""
+
+    root: bytes  # field 4: the cgroup shown at the top of the mount ("/" unless a bind or cgroupns)
+    mount_point: bytes  # field 5: where it is, in the reader's mount namespace
+
+
+_MOUNT_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+def unescape_mount_path(field: bytes) -> bytes:
+    """Undo the escaping of show_mountinfo() (fs/proc_namespace.c): seq_dentry() and
+    seq_path_root() pass " \\t\\n\\\\" to mangle_path() (fs/seq_file.c), which writes each of
+    those bytes as a backslash and three octal digits."""
+    return _MOUNT_ESCAPE.sub(lambda m: bytes((int(m.group(1), 8) & 0xFF,)), field)
+
+
+def parse_cgroup2_mounts(data: bytes) -> tuple[Cgroup2Mount, ...]:
+    """The cgroup2 mounts of a mountinfo file, in file order (see parse_mountinfo for the
+    line format)."""
+    return tuple(Cgroup2Mount(unescape_mount_path(parts[3]), unescape_mount_path(parts[4]))
+                 for parts, fstype in _mountinfo_lines(data) if fstype == b"cgroup2")
+
+
+def _mountinfo_lines(data: bytes):
     for line in data.split(b"\n"):
         if not line:
             continue
@@ -517,8 +545,7 @@ def parse_mountinfo(data: bytes) -> tuple[MountSummary, ...]:
             raise ParseError("mountinfo: no ' - ' separator", line) from None
         if sep + 1 >= len(parts):
             raise ParseError("mountinfo: no fstype", line)
-        out.append(MountSummary(parts[4], parts[sep + 1]))
-    return tuple(out)
+        yield parts, parts[sep + 1]
 
 
 def parse_loginuid(data: bytes) -> int | None:
