@@ -347,6 +347,10 @@ class Pipeline:
         records = self.source.drain()
         if len(records) > self.counters.queue_peak:
             self.counters.queue_peak = len(records)
+        warm = self.enricher.warm
+        for r in records:
+            if type(r) is ExecRecord and r.cgroup_id:
+                warm(r.cgroup_id)  # on arrival, before the cgroup can go: see Enricher.warm
         self.window.add(records)
 
     def drain(self, flush: bool = False, until_ns: int | None = None) -> None:
@@ -480,6 +484,7 @@ class Pipeline:
             queue_peak=c.queue_peak, table_size=len(self.table),
             table_evictions=self.table.evictions, kernel=self.source.counters(),
             dropped_writes=self.sink.dropped_writes, decode_errors=c.decode_errors,
+            cgroups=dict(self.enricher.cgroups.stats),
             cpu_time_s=round(ru.ru_utime + ru.ru_stime, 3), rss_bytes=rss,
             peak_rss_bytes=ru.ru_maxrss * 1024)
 

@@ -33,7 +33,7 @@ def exec_and_exit(w, token: str, timeout: float = 30.0) -> tuple[dict, dict]:
             return None
         exits = [e for e in evs if e["event"] == "exit" and e["exec_id"] == execs[0]["exec_id"]]
         return (execs[0], exits[0]) if exits else None
-    return w.until(both, timeout, on_timeout=lambda: f"no exec+exit of {token}")
+    return w.until(both, timeout, what=f"the exec and exit of {token}")
 
 
 def test_each_runtime_naming_names_its_first_and_only_process(watch, cgroup_tree):  # noqa: F811
@@ -116,9 +116,9 @@ def test_a_namespaced_container_has_host_pid_namespaces_and_id_on_one_event(watc
     links = (tmp_path / "ns").read_text().split()
     ns = {k: int(link.split("[")[1].rstrip("]")) for k, link in zip(NS_KEYS, links)}
     ex, xt = exec_and_exit(w, token)
-    assert (ex["pid"], ex["ns"], ex["container_id"], ex["cgroup_id"]) == (
-        host_pid, ns, cid, cgroup_tree.id_of(cg))
-    assert (xt["pid"], xt["ns"], xt["container_id"]) == (host_pid, ns, cid)
+    assert (ex["pid"], ex["vpid"], ex["ns"], ex["container_id"], ex["cgroup_id"]) == (
+        host_pid, 1, ns, cid, cgroup_tree.id_of(cg))
+    assert (xt["pid"], xt["vpid"], xt["ns"], xt["container_id"]) == (host_pid, 1, ns, cid)
     # and they really are other namespaces than the monitor's, where asked for
     mine = {k: os.stat(f"/proc/self/ns/{k}").st_ino for k in NS_KEYS}
     assert {k for k in NS_KEYS if ns[k] != mine[k]} == {"pid", "mnt", "net", "uts"}
