@@ -111,7 +111,7 @@ class Enricher:
         alone in a new cgroup removed after it exited): removed 5 ms after the exit, 8 of 30
         were named when resolved after the hold window, 30 of 30 when resolved on arrival;
         removed at once, 1 and 9 of 30. The answer is cached for container_of."""
-        if cgroup_id and cgroup_id > 0 and cgroup_id not in self._containers:
+        if cgroup_id and cgroup_id >= self._min_cached_id and cgroup_id not in self._containers:
             self.cgroups.resolve(cgroup_id)
 
     def _from_kernel_id(self, cgroup_id: int) -> tuple[bytes | None, str | None] | None:
