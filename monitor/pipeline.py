@@ -35,6 +35,7 @@ from monitor.table import Entry, Key, ProcessTable
 from monitor.text import argv_raw, text, text_or_none, texts
 from monitor.window import HoldWindow
 from userspace.procfs import ProcessGone, ProcFS, ProcFSError
+from userspace.parsers import parse_status
 from userspace.process import read_stat
 from userspace.sweep import Sweep, SweepStats, sort_parents_first
 from userspace.types import Depth, ProcessSnapshot, ProcKey
@@ -80,6 +81,9 @@ class Config:
     max_held: int = 65536  # records the window may hold before it is released regardless
     environ: bool = False
     poll_timeout_ms: int = 100
+    # Encoded events held before they are written (--output-buffer): past it the pipeline
+    # writes at once, and waits if the reader does (see Sink.pending_bytes).
+    output_buffer_bytes: int = 4 << 20
     filters: Filters = field(default_factory=Filters)
 
 
@@ -156,7 +160,10 @@ class Pipeline:
         self.counters.event(ev.event)
         if not self.cfg.filters.match(ev):
             return
-        self.sink.write(ev)
+        sink = self.sink
+        sink.write(ev)
+        if sink.pending_bytes > self.cfg.output_buffer_bytes:
+            sink.flush()
         self.emitted += 1
         if self.cfg.count is not None and self.emitted >= self.cfg.count:
             self.stop_requested = True
@@ -165,6 +172,8 @@ class Pipeline:
         self.counters.event(rec.event)
         if self.cfg.filters.passes_lost_and_stats(rec.event):
             self.sink.write(rec)
+            if self.sink.pending_bytes > self.cfg.output_buffer_bytes:
+                self.sink.flush()
 
     # -- records ---------------------------------------------------------------------------
     def on_exec(self, r: ExecRecord, exited: bool = False, skip_enrichment: bool = False,
@@ -466,11 +475,14 @@ class Pipeline:
     # -- stats and the loop ----------------------------------------------------------------
     def stats(self) -> StatsEvent:
         ru = resource.getrusage(resource.RUSAGE_SELF)
-        rss = 0
+        # RSS now and its peak from our own status: ru_maxrss also counts the parent's pages
+        # that this process shared between its fork and its exec (started from a large
+        # parent, it reported that parent's size).
+        rss = peak = 0
         try:
-            statm = self.fs.read_bytes("self", "statm").split()
-            rss = int(statm[1]) * self.fs.page_size
-        except (ProcFSError, IndexError, ValueError):
+            status = self.fs.read_parsed("self", "status", parse_status)
+            rss, peak = status.vm_rss or 0, status.vm_hwm or 0
+        except ProcFSError:
             pass
         lost = self.source.lost_per_cpu()
         c = self.counters
@@ -484,9 +496,11 @@ class Pipeline:
             queue_peak=c.queue_peak, table_size=len(self.table),
             table_evictions=self.table.evictions, kernel=self.source.counters(),
             dropped_writes=self.sink.dropped_writes, decode_errors=c.decode_errors,
+            output_buffer={"bound_bytes": self.cfg.output_buffer_bytes,
+                           "peak_bytes": max(self.sink.pending_peak, self.sink.pending_bytes)},
             cgroups=dict(self.enricher.cgroups.stats),
             cpu_time_s=round(ru.ru_utime + ru.ru_stime, 3), rss_bytes=rss,
-            peak_rss_bytes=ru.ru_maxrss * 1024)
+            peak_rss_bytes=peak)
 
     def run(self) -> None:
         cfg = self.cfg

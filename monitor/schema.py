@@ -81,6 +81,7 @@ DOCS: dict[str, str] = {
     "kernel": "Counters kept by the BPF programs (exec, fork, exit, thread_create, thread_exit, submit_failed, scratch_missing).",
     "dropped_writes": "Events that could not be written (full disk, I/O error).",
     "decode_errors": "Sensor records that could not be decoded.",
+    "output_buffer": "Encoded events held in memory before they are written: bound_bytes (--output-buffer; past it the monitor writes at once, and when the reader stalls it waits, so the kernel's buffers fill and their losses are reported as lost events instead of memory growing) and peak_bytes.",
     "cgroups": "cgroup id -> container resolution (userspace/cgroups.py): hits, misses, resolved, gone (cgroup removed before its id was resolved), unknown, walks, walk_rate_limited, walk_truncated, not_a_cgroup, denied, error, bad_id, unavailable, evicted_gone, evicted_full.",
     "cpu_time_s": "CPU time used by the monitor.",
     "rss_bytes": "Resident memory of the monitor now.",

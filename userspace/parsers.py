@@ -149,6 +149,7 @@ class Status:
     ns_pid: tuple[int, ...] | None = None
     vm_size: int | None = None  # bytes
     vm_rss: int | None = None  # bytes
+    vm_hwm: int | None = None  # bytes: peak resident set of this program image (since exec)
     threads: int | None = None
     cap_inh: int | None = None
     cap_prm: int | None = None
@@ -237,6 +238,7 @@ _STATUS_KEYS = {
     b"NSpid": ("ns_pid", _ints),
     b"VmSize": ("vm_size", _kb),
     b"VmRSS": ("vm_rss", _kb),
+    b"VmHWM": ("vm_hwm", _kb),
     b"Threads": ("threads", _single),
     b"CapInh": ("cap_inh", _hex),
     b"CapPrm": ("cap_prm", _hex),
