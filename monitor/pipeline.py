@@ -95,8 +95,8 @@ class Counters:
         self.inferred_exits = 0
         self.decode_errors = 0
         self.queue_peak = 0
-        self.reconcile = {"sweeps": 0, "deferred": 0, "missed_zombies_skipped": 0,
-                          "late_exits": 0}
+        self.reconcile = {"sweeps": 0, "deferred": 0, "suspects": 0,
+                          "missed_zombies_skipped": 0, "late_exits": 0}
 
     def event(self, kind: str) -> None:
         self.events[kind] = self.events.get(kind, 0) + 1
@@ -126,6 +126,7 @@ class Pipeline:
         self._last_reconcile = 0.0
         self._reconcile_due: str | None = None
         self._lost_since_reconcile = False
+        self._suspects = reconcile.Suspects()
         self._apply = {ExecRecord: self.on_exec, ForkRecord: self.on_fork,
                        ExitRecord: self.on_exit, LostRecord: self.on_lost,
                        CommRecord: self.on_comm, CredRecord: self.on_cred,
@@ -443,24 +444,49 @@ class Pipeline:
                             lost or self._lost_since_reconcile)
         counters["deferred"] += v.deferred
         counters["missed_zombies_skipped"] += v.zombies_skipped
-        new = [s for s in (sweep.read(pid, ticks) for pid, ticks in v.unknown) if s is not None]
-        for key in v.changed:
+        # What this sweep found is judged only when the next sweep finds it too (see
+        # monitor/reconcile.py, "suspects"): procfs can show an exec's new comm before its
+        # tracepoint has run, and a process stuck there under load for milliseconds would be
+        # called missed. Found processes are read now, so one that is gone by the next sweep
+        # is still reported with what it was.
+        prev = self._suspects
+        now_suspects = reconcile.Suspects()
+        new: list[ProcessSnapshot] = []
+        for key in v.unknown + v.changed:
             entry = self.table.get(key)
+            earlier = prev.snapshots.pop(key, None)
+            if earlier is not None:
+                if entry is None or entry.comm == earlier[1]:
+                    # Still unknown, or still the image from before the exec: a real miss.
+                    new.append(sweep.read(*key) or earlier[0])
+                continue
             snap = sweep.read(*key)
-            if snap is not None and entry is not None and (
-                    text_or_none(snap.exe) != entry.exe or texts(snap.argv) != entry.argv):
+            if snap is None:
+                continue
+            if entry is not None and text_or_none(snap.exe) == entry.exe and texts(snap.argv) == entry.argv:
+                continue  # the same program renamed itself (prctl): no exec was missed
+            now_suspects.snapshots[key] = (snap, entry.comm if entry is not None else None)
+        for key, (snap, comm_then) in prev.snapshots.items():
+            # Suspected last time and gone since: a miss if the sensor never reported it
+            # (still unknown, or still showing the image before the exec), with what it was.
+            entry = self.table.get(key)
+            if entry is None or (entry.comm == comm_then and entry.exe != text_or_none(snap.exe)):
                 new.append(snap)
         for snap in sort_parents_first(new):
             self.counters.missed += 1
             self.on_snapshot(snap, "missed")
-        for key in v.zombies:
-            self.on_exit(ExitRecord(time.monotonic_ns(), key[0], key[1], None), inferred=True,
-                         source="sweep")
-        for key in v.vanished:
-            if self._alive(key):
+        for key in v.zombies + v.vanished:
+            if key not in prev.exits:
+                now_suspects.exits.add(key)
+                continue
+            if key in v.vanished and self._alive(key):
                 continue  # the listing could not read it, yet it lives: do not invent an exit
             self.on_exit(ExitRecord(time.monotonic_ns(), key[0], key[1], None), inferred=True,
                          source="sweep")
+        self._suspects = now_suspects
+        counters["suspects"] += len(now_suspects)
+        if now_suspects:
+            self._reconcile_due = "suspects"  # judge them soon, not a whole interval later
 
     def _alive(self, key: Key) -> bool:
         try:

@@ -65,7 +65,7 @@ DOCS: dict[str, str] = {
     "vpid": "The process ID as seen inside the process's own PID namespace (1 for a container's init); equals pid outside PID namespaces; null when unknown.",
     "image_id": "Identity of the program image: changes on every exec while exec_id (the process) stays. exec_id plus the image's argument-area address (mm->arg_start, procfs <pid>/stat field 48); the same from the sensor and a sweep. Null when the sensor cannot tell.",
     "parent_image_id": "image_id of the parent's program when it forked this process (null when unknown).",
-    "reconcile": "Periodic sweeps: sweeps run, deferred (processes the sensor may still report, left for the next sweep), missed_zombies_skipped (zombies unknown to the table while no loss was reported), late_exits (sensor exits that arrived after an inferred one).",
+    "reconcile": "Periodic sweeps: sweeps run, deferred (processes that appeared after a sweep's watermark, left for the next sweep), suspects (what a sweep found, confirmed or dropped by the next sweep a second later), missed_zombies_skipped (zombies unknown to the table while no loss was reported), late_exits (sensor exits that arrived after an inferred one).",
     "cpu": "CPU whose buffer lost samples (-1 when the sensor cannot tell).",
     "count": "Samples lost.",
     "uptime_s": "Seconds since the monitor started.",
