@@ -108,7 +108,8 @@ class Counters:
 
 class Pipeline:
     def __init__(self, source, sink: Sink, fs: ProcFS, config: Config | None = None,
-                 depth: Depth = Depth.FULL) -> None:
+                 depth: Depth = Depth.FULL, detector=None) -> None:
+        self.detector = detector  # detection (issue 13): monitor/detect Detector, or None
         self.source = source
         self.sink = sink
         self.fs = fs
@@ -152,6 +153,12 @@ class Pipeline:
     # -- emit ------------------------------------------------------------------------------
     def emit_process(self, ev: ProcessEvent) -> None:
         self.counters.event(ev.event)
+        # --- detection (issue 13): every process event, before the output filters; alerts go
+        # out like lost/stats records, so `--events alert` selects them. observe() never raises.
+        if self.detector is not None:
+            for alert in self.detector.observe(ev):
+                self.emit_other(alert)
+        # --- end detection
         if not self.cfg.filters.match(ev):
             return
         self.sink.write(ev)
@@ -547,7 +554,8 @@ class Pipeline:
             table_evictions=self.table.evictions, kernel=self.source.counters(),
             dropped_writes=self.sink.dropped_writes, decode_errors=self.counters.decode_errors,
             cpu_time_s=round(ru.ru_utime + ru.ru_stime, 3), rss_bytes=rss,
-            peak_rss_bytes=ru.ru_maxrss * 1024)
+            peak_rss_bytes=ru.ru_maxrss * 1024,
+            detection=self.detector.counters() if self.detector is not None else None)  # issue 13
 
     def run(self) -> None:
         cfg = self.cfg

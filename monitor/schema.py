@@ -18,7 +18,7 @@ from monitor import events as ev
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "events.schema.json"
 
 DOCS: dict[str, str] = {
-    "event": "Event type: exec, fork, exit, existing (running at start), missed (found by a sweep), lost, stats.",
+    "event": "Event type: exec, fork, exit, existing (running at start), missed (found by a sweep), lost, stats, alert (a detection rule matched).",
     "time": "When it happened (kernel timestamp for sensor events), RFC 3339 UTC with nanoseconds.",
     "source": "Who saw it: bpf, connector or poll (the live sensor), or sweep (a procfs sweep).",
     "pid": "Process ID (the thread group ID: what userspace calls a PID).",
@@ -79,6 +79,22 @@ DOCS: dict[str, str] = {
     "cpu_time_s": "CPU time used by the monitor.",
     "rss_bytes": "Resident memory of the monitor now.",
     "peak_rss_bytes": "Peak resident memory of the monitor.",
+    "detection": "Detection counters, null without detection: rules_loaded, rules_skipped, events_evaluated, rule_evaluations, alerts, alerts_per_rule (rule id -> count), evaluation_errors.",
+    "rule": "The rule that matched: id, title, level, status, author (shown in every alert, as the Detection Rule License requires), tags (ATT&CK ids), references, source (sigma: from --rules; builtin: shipped with procsentry), file.",
+    "matched": "The fields the rule tested that were true on this event, with the event's values (field names as the rule wrote them); for built-in behavioural rules, the evidence (sockets, pipe, files).",
+    "trigger": "The process event type that was evaluated: exec, existing or missed.",
+}
+
+RULE_DOCS: dict[str, str] = {
+    "id": "Rule id (the Sigma rule's UUID; built-in rules use 5e27c0de-0000-4000-8000-0000000000NN).",
+    "title": "What the rule detects, for a responder.",
+    "level": "informational, low, medium, high or critical.",
+    "status": "Sigma status: stable, test, experimental, deprecated, unsupported.",
+    "author": "The rule's author.",
+    "tags": "Tags as the rule gives them: ATT&CK tactics and techniques (attack.t1059.004), CVEs.",
+    "references": "URLs the rule cites.",
+    "source": "sigma (loaded with --rules) or builtin (shipped with procsentry).",
+    "file": "The file the rule came from (for built-in rules, relative to the package).",
 }
 
 PROCESS_EVENTS = ("exec", "fork", "existing", "missed")
@@ -117,8 +133,9 @@ def _object_schema(cls, event_values: tuple[str, ...] | None = None) -> dict:
     props = {}
     for f in dataclasses.fields(cls):
         s = _type_schema(hints[f.name])
-        if f.name in DOCS:
-            s = {"description": DOCS[f.name], **s}
+        docs = RULE_DOCS if cls is ev.RuleInfo else DOCS
+        if f.name in docs:
+            s = {"description": docs[f.name], **s}
         props[f.name] = s
     if event_values is not None:
         props["event"] = {**props["event"], "enum": list(event_values)}
@@ -137,6 +154,7 @@ def build_schema() -> dict:
             _object_schema(ev.ExitEvent, ("exit",)),
             _object_schema(ev.LostEvent, ("lost",)),
             _object_schema(ev.StatsEvent, ("stats",)),
+            _object_schema(ev.AlertEvent, ("alert",)),
         ],
     }
 
@@ -147,7 +165,7 @@ def render() -> str:
 
 def documented_fields() -> set[str]:
     names = set()
-    for cls in (ev.ProcessEvent, ev.ExitEvent, ev.LostEvent, ev.StatsEvent):
+    for cls in (ev.ProcessEvent, ev.ExitEvent, ev.LostEvent, ev.StatsEvent, ev.AlertEvent):
         names |= {f.name for f in dataclasses.fields(cls)}
     return names
 
