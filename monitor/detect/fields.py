@@ -107,14 +107,20 @@ def resolve(ev: Any, name: str) -> Any:
         argv = attr(ev, "argv")
         i = int(m.group(1))
         return argv[i] if argv is not None and i < len(argv) else None
-    if "." in name:  # proc.state, ns.pid, differs.argv
-        obj = ev
-        for part in name.split("."):
-            obj = attr(obj, part)
-            if obj is None:
-                return None
-        return obj
+    if "." in name:  # proc.state, ns.pid, differs.argv; through lists: proc.sockets.remote
+        return _path(ev, name.split("."))
     return attr(ev, name)
+
+
+def _path(obj: Any, parts: list[str]) -> Any:
+    for i, part in enumerate(parts):
+        if isinstance(obj, (list, tuple)):
+            vals = (_path(e, parts[i:]) for e in obj)
+            return tuple(v for v in vals if v is not None)
+        obj = attr(obj, part)
+        if obj is None:
+            return None
+    return obj
 
 
 class View:
