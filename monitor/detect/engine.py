@@ -69,13 +69,20 @@ class Detector:
 
     # -- the per-event path --------------------------------------------------------------------
     def observe(self, ev: Any) -> list[AlertEvent]:
-        kind = attr(ev, "event")
         out: list[AlertEvent] = []
+        try:
+            self._observe(ev, out)
+        except Exception as e:  # noqa: BLE001 - a malformed (replayed) event, never a crash
+            self._error("-", e)
+        return out
+
+    def _observe(self, ev: Any, out: list[AlertEvent]) -> None:
+        kind = attr(ev, "event")
         if kind not in EVALUATED:
             if kind == "exit":
                 for b in self.behaviours:
                     self._run_behaviour(b, ev, None, out)
-            return out
+            return
         self.events_evaluated += 1
         exec_id = attr(ev, "exec_id")
         view = View(ev, self._users.get(attr(ev, "parent_exec_id")))
@@ -85,7 +92,7 @@ class Detector:
                 self._users.popitem(last=False)
         exe = attr(ev, "exe")
         candidates = self._always
-        if exe:
+        if exe and isinstance(exe, str):
             indexed = self._index.get(exe.rsplit("/", 1)[-1].lower())
             if indexed:
                 candidates = candidates + indexed
@@ -98,7 +105,6 @@ class Detector:
                 self._error(rule.info.id, e)
         for b in self.behaviours:
             self._run_behaviour(b, ev, view, out)
-        return out
 
     def _run_behaviour(self, b: "behaviour.Behaviour", ev: Any, view: View | None,
                        out: list[AlertEvent]) -> None:
