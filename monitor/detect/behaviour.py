@@ -98,6 +98,18 @@ class ReverseShell(Behaviour):
     def __init__(self) -> None:
         # pipe inode -> (side, event, monotonic time); side "shell" or "net"
         self._pipes: OrderedDict[int, tuple[str, Any, float]] = OrderedDict()
+        # Socket inodes already reported: the shell's children (every command the attacker
+        # types, and an interactive bash's .bashrc) inherit the socket; one alert per
+        # connection, about the process that first had it, not one per command.
+        self._reported: OrderedDict[int, None] = OrderedDict()
+
+    def _first(self, inodes: list[int]) -> bool:
+        new = not any(i in self._reported for i in inodes)
+        for i in inodes:
+            self._reported[i] = None
+            if len(self._reported) > self.PIPES_KEPT:
+                self._reported.popitem(last=False)
+        return new
 
     def observe(self, ev, view, probe):
         if view is None or attr(ev, "event") not in ("exec", "existing", "missed"):
@@ -108,18 +120,28 @@ class ReverseShell(Behaviour):
             return
         fds = _fd_map(ev)
         if is_shell or _INTERP.match(name):
-            socks = [s for s in (attr(attr(ev, "proc"), "sockets") or ())
-                     if attr(s, "fd") in (0, 1, 2) and attr(s, "protocol") in ("tcp", "udp")]
+            known = {attr(s, "fd"): s for s in (attr(attr(ev, "proc"), "sockets") or ())}
+            socks = [{"fd": fd, "inode": attr(s, "inode"), "protocol": attr(s, "protocol"),
+                      "remote": attr(s, "remote")}
+                     for fd, s in known.items() if fd in (0, 1, 2) and attr(s, "protocol") in ("tcp", "udp")]
+            unknown = [fd for fd in (0, 1, 2) if (fds.get(fd) or "").startswith("socket:") and fd not in known]
+            if not socks and unknown and probe is not None:
+                # The enricher's socket table is cached briefly; a socket connected just
+                # before exec may not be in it. Look at this process now.
+                for s in probe.std_inet_sockets(attr(ev, "pid"), attr(ev, "start_time")):
+                    socks += [{"fd": fd, "inode": s["inode"], "protocol": s["protocol"], "remote": s["remote"]}
+                              for fd in s["fds"]]
             if socks:
-                yield self.info, ev, {"fds": [f"{attr(s, 'fd')}:{fds.get(attr(s, 'fd'), '')}" for s in socks],
-                                      "remote": [attr(s, "remote") for s in socks],
-                                      "protocol": attr(socks[0], "protocol")}
-                return
+                if self._first([s["inode"] for s in socks]):
+                    yield self.info, ev, {"fds": [f"{s['fd']}:{fds.get(s['fd'], '')}" for s in socks],
+                                          "remote": [s["remote"] for s in socks],
+                                          "protocol": socks[0]["protocol"]}
+                return  # else a descendant of a shell already reported: same connection
         if is_shell and probe is not None and (fds.get(0) or "").startswith("/dev/pts/"):
             ppid = attr(ev, "ppid")
             if ppid:
                 socks = probe.std_inet_sockets(ppid, _start_ticks(attr(ev, "parent_exec_id")))
-                if socks:
+                if socks and self._first([s["inode"] for s in socks]):
                     yield self.info, ev, {"fds": [f"0:{fds.get(0)}"], "parent_pid": ppid,
                                           "parent_exe": view.get("ParentImage"),
                                           "parent_sockets": socks}
@@ -333,6 +355,52 @@ class Argv0Mismatch(Behaviour):
         yield self.info, ev, {"argv0": argv[0], "filename": filename, "Image": exe}
 
 
+class ArgvRewritten(Behaviour):
+    """procfs showed another argv moments after exec than the kernel captured at exec (the
+    event's differs.argv): the process may have overwritten its own command line. A process
+    that exec'd again before enrichment (`bash -c 'exec x'`, env -> bash) shows another argv
+    too, and its next exec event arrives after this one (with the same exec_id: exec keeps the
+    start time), so the decision waits CONFIRM_S: a later exec of the same process cancels
+    it; otherwise, on the first event observed after CONFIRM_S (or the process's exit), the
+    alert is raised if the process still runs the same executable (live probe). Replay has no
+    live processes: this rule cannot fire there. Daemons that set their title (nginx,
+    postgres, sshd) do this legitimately, hence low."""
+
+    info = _info(21, "Command line rewritten after exec", "low",
+                 ("attack.defense_evasion", "attack.t1036"))
+    CONFIRM_S = 1.0
+    KEPT = 1024
+
+    def __init__(self) -> None:
+        self._pending: OrderedDict[str, tuple[Any, float]] = OrderedDict()
+
+    def observe(self, ev, view, probe):
+        if probe is None:
+            return
+        now = time.monotonic()
+        exec_id, kind = attr(ev, "exec_id"), attr(ev, "event")
+        if exec_id in self._pending and kind in ("exec", "exit"):
+            pending, _ = self._pending.pop(exec_id)
+            if kind == "exit":
+                yield from self._confirm(pending, probe, gone_ok=True)
+        while self._pending:
+            first_id, (pending, t) = next(iter(self._pending.items()))
+            if now - t < self.CONFIRM_S:
+                break
+            del self._pending[first_id]
+            yield from self._confirm(pending, probe, gone_ok=False)
+        if kind == "exec" and attr(attr(ev, "differs"), "argv") and attr(ev, "exe") and attr(ev, "argv"):
+            self._pending[exec_id] = (ev, now)
+            if len(self._pending) > self.KEPT:
+                self._pending.popitem(last=False)
+
+    def _confirm(self, ev, probe, gone_ok: bool):
+        now_exe = probe.exe(attr(ev, "pid"), attr(ev, "start_time"))
+        if now_exe == attr(ev, "exe") or (gone_ok and now_exe is None):
+            yield self.info, ev, {"argv_at_exec": list(attr(ev, "argv")),
+                                  "argv_now": list(attr(attr(ev, "differs"), "argv"))}
+
+
 def builtin() -> list[Behaviour]:
-    return [ReverseShell(), ServiceAccountShell(), DownloadChmodExec(), Argv0Mismatch()]
+    return [ReverseShell(), ServiceAccountShell(), DownloadChmodExec(), Argv0Mismatch(), ArgvRewritten()]
 

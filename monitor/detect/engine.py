@@ -25,7 +25,7 @@ log = logging.getLogger("procsentry.detect")
 # started) and `missed` (found by a sweep) are processes whose creation the sensor did not
 # report: a reverse shell started a second before the monitor is still one.
 EVALUATED = frozenset(("exec", "existing", "missed"))
-_SEEN_ALERTS = 65536  # (rule, exec_id) pairs remembered so one process alerts once per rule
+_SEEN_ALERTS = 65536  # (rule, exec_id, time) remembered so one process alerts once per rule
 _USERS = 65536  # exec_id -> user, for ParentUser
 
 
@@ -115,7 +115,9 @@ class Detector:
             self._error(b.info.id, e)
 
     def _alert(self, info: RuleInfo, ev: Any, matched: dict, trigger: str, out: list) -> None:
-        key = (info.id, attr(ev, "exec_id"))
+        # exec_id stays the same across a re-exec in one process (exec keeps the start time);
+        # the event time tells the images apart, and `existing` then `missed` of one process.
+        key = (info.id, attr(ev, "exec_id"), attr(ev, "time"))
         if key in self._seen:
             return
         self._seen[key] = None

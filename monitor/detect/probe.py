@@ -44,6 +44,16 @@ class LiveProbe:
         for inode, fds in inodes.items():
             s = table.get(inode)
             if s is not None and s.protocol in ("tcp", "udp"):
-                out.append({"fds": fds, "protocol": s.protocol, "state": s.state,
+                out.append({"fds": fds, "inode": inode, "protocol": s.protocol, "state": s.state,
                             "remote": f"{s.remote_address}:{s.remote_port}"})
         return out
+
+    def exe(self, pid: int, start_ticks: int | None) -> str | None:
+        """The executable path process (pid, start_ticks) runs now; None when gone or reused."""
+        try:
+            if start_ticks is not None and read_stat(self.fs, pid).starttime != start_ticks:
+                return None
+            t = parse_fd_target(self.fs.readlink(pid, "exe"))
+        except (ProcFSError, OSError, ValueError):
+            return None
+        return t.target.decode("utf-8", "backslashreplace")

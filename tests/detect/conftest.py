@@ -1,0 +1,32 @@
+"""The detection tests reuse the pipeline tests' `Watch` harness (tests/pipeline/conftest.py):
+one `procsentry watch` with the built-in pack, started once for the module, whose alerts and
+exec events the tests wait for. Loaded by path: conftest modules are not importable by name."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "procsentry_pipeline_harness", Path(__file__).resolve().parents[1] / "pipeline" / "conftest.py")
+harness = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(harness)
+Watch = harness.Watch
+
+
+@pytest.fixture(scope="module")
+def detecting(shared_sensor):
+    """A monitor with the built-in rules, emitting alerts, execs and the start-up sweep."""
+    del shared_sensor  # only for its skip/fail gate: the monitor below loads its own programs
+    w = Watch("--sensor", "bpf", "--events", "alert,exec,existing", "--sweep-interval", "0",
+              "--stats-interval", "3600")
+    try:
+        w.wait_ready()
+        yield w
+    finally:
+        if w.proc.poll() is None:
+            w.stop()
+        assert not w.invalid, f"{len(w.invalid)} events violate the schema, first: {w.invalid[0]}"
+        assert b"Traceback" not in w.stderr, w.stderr.decode(errors="replace")
+
