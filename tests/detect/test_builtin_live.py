@@ -127,7 +127,7 @@ def test_reverse_shell_bash_dev_tcp(detecting):
         assert a["rule"]["author"] == "procsentry" and a["rule"]["source"] == "builtin"
     finally:
         lst.close()
-    assert p.wait(10) == 0
+    p.wait(10)  # exit, or SIGPIPE when the listener closes first
     # look-alike: an interactive shell fed by a pipe, not a socket
     b = run(["bash", "--norc", "-i"], stdin=subprocess.PIPE)
     b.communicate(b"exit\n", timeout=10)
