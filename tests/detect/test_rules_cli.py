@@ -22,7 +22,7 @@ detection:
 NETWORK = GOOD.replace("000000000001", "000000000002").replace("category: process_creation", "category: network_connection")
 WINDOWS = GOOD.replace("000000000001", "000000000003").replace("product: linux", "product: windows")
 PLACEHOLDER = GOOD.replace("000000000001", "000000000004").replace("Image|endswith: /id", "User|expand: '%admins%'")
-BAD_CONDITION = GOOD.replace("000000000001", "000000000005").replace("condition: sel", "condition: sel and nothere")
+BAD_CONDITION = GOOD.replace("000000000001", "000000000005").replace("condition: sel", "condition: sel and missing_sel")
 AUDITD_SYSCALL = (GOOD.replace("000000000001", "000000000006")
                   .replace("{category: process_creation, product: linux}", "{product: linux, service: auditd}")
                   .replace("sel: {Image|endswith: /id}", "sel: {type: SYSCALL, syscall: ptrace}"))
@@ -50,7 +50,7 @@ def test_rules_check_lists_loaded_and_skipped_with_reasons(tmp_path):
     assert by_file["net.yml"]["id"] == "0b5e0000-0000-4000-8000-000000000002"
     assert "product 'windows'" in by_file["win.yml"]["reason"]
     assert "placeholder" in by_file["ph.yml"]["reason"]
-    assert "nothere" in by_file["cond.yml"]["reason"]
+    assert "missing_sel" in by_file["cond.yml"]["reason"]
     assert "not about EXECVE" in by_file["audit.yml"]["reason"]
     assert by_file["broken.yml"]["id"] is None
 
