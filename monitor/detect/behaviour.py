@@ -112,11 +112,11 @@ class ReverseShell(Behaviour):
         return new
 
     def observe(self, ev, view, probe):
-        if view is None or attr(ev, "event") not in ("exec", "existing", "missed"):
+        if view is None:
             return
-        name = _base(attr(ev, "exe"))
+        name = view.base
         is_shell = name in SHELLS
-        if not is_shell and not _INTERP.match(name) and name not in NET_TOOLS:
+        if not is_shell and name not in NET_TOOLS and not _INTERP.match(name):
             return
         fds = _fd_map(ev)
         if is_shell or _INTERP.match(name):
@@ -190,7 +190,7 @@ class ServiceAccountShell(Behaviour):
         return self._shells[uid]
 
     def observe(self, ev, view, probe):
-        if view is None or _base(attr(ev, "exe")) not in SHELLS:
+        if view is None or view.base not in SHELLS:
             return
         uid = attr(ev, "uid")
         if uid is None or not 0 < uid < self.uid_min:
@@ -230,14 +230,19 @@ class DownloadChmodExec(Behaviour):
     def __init__(self) -> None:
         # (session, path) -> [state "downloaded"|"executable", download exec_id, downloader, time]
         self._files: OrderedDict[tuple[Any, str], list] = OrderedDict()
+        self._executables = 0  # entries in state "executable" (the per-event fast path)
 
     def observe(self, ev, view, probe):
-        if view is None or attr(ev, "event") != "exec":
+        if view is None:
+            return
+        name = view.base
+        if name not in self.DOWNLOADERS and name != "chmod" and not self._executables:
+            return  # the common case: nothing downloaded and made executable is pending
+        if attr(ev, "event") != "exec":
             return
         argv = attr(ev, "argv") or ()
         cwd = attr(ev, "cwd") or "/"
         session = attr(ev, "sessionid")
-        name = _base(attr(ev, "exe"))
         now = time.monotonic()
         if name in self.DOWNLOADERS:
             for path in _download_targets(name, argv):
@@ -252,21 +257,27 @@ class DownloadChmodExec(Behaviour):
                 if st is not None and now - st[3] < self.TTL_S:
                     st[0] = "executable"
                     st.append(" ".join(argv))
+                    self._executables += 1
             return
         for path in {p for p in (attr(ev, "exe"), attr(ev, "filename")) if p}:
             key = (session, _abs(cwd, path))
             st = self._files.get(key)
             if st is not None and st[0] == "executable" and now - st[3] < self.TTL_S:
                 del self._files[key]
+                self._executables -= 1
                 yield self.info, ev, {"file": key[1], "downloaded_by": st[2], "chmod": st[4],
                                       "download_exec_id": st[1]}
                 return
 
     def _remember(self, key, value) -> None:
+        old = self._files.pop(key, None)
+        if old is not None and old[0] == "executable":
+            self._executables -= 1
         self._files[key] = value
-        self._files.move_to_end(key)
         if len(self._files) > self.KEPT:
-            self._files.popitem(last=False)
+            _, dropped = self._files.popitem(last=False)
+            if dropped[0] == "executable":
+                self._executables -= 1
 
 
 _MODE = re.compile(r"[0-7]{3,4}\Z|[ugoa]*[+-=][rwxXstugo]+(,[ugoa]*[+-=][rwxXstugo]+)*\Z")
@@ -375,7 +386,7 @@ class ArgvRewritten(Behaviour):
         self._pending: OrderedDict[str, tuple[Any, float]] = OrderedDict()
 
     def observe(self, ev, view, probe):
-        if probe is None:
+        if probe is None or (not self._pending and attr(ev, "differs") is None):
             return
         now = time.monotonic()
         exec_id, kind = attr(ev, "exec_id"), attr(ev, "event")

@@ -56,7 +56,26 @@ def _node(node, leaves: list, negated: bool) -> Pred:
             return lambda v: a(v) and b(v)
         return lambda v: all(p(v) for p in parts)
     if isinstance(node, C.ConditionOR):
-        parts = [_node(a, leaves, negated) for a in node.args]
+        # A value list (`Image|endswith: [/a, /b, ...]`) arrives as an OR of one leaf per
+        # value; SigmaHQ's lists run to dozens of values. The string values of one field are
+        # merged into one predicate that reads the field once (str.endswith takes a tuple).
+        groups: dict[str, list] = {}
+        rest = []
+        for a in node.args:
+            if (isinstance(a, C.ConditionFieldEqualsValueExpression) and type(a.value) is T.SigmaString
+                    and all(isinstance(p, (str, T.SpecialChars)) for p in a.value.s)):
+                groups.setdefault(a.field, []).append(a.value)
+            else:
+                rest.append(a)
+        parts = []
+        for field, values in groups.items():
+            pred = _any_text(lambda v, f=field: v.lower(f), _merged_test(values))
+            if not negated:
+                leaves.append((field, pred))
+            parts.append(pred)
+        parts += [_node(a, leaves, negated) for a in rest]
+        if len(parts) == 1:
+            return parts[0]
         if len(parts) == 2:
             a, b = parts
             return lambda v: a(v) or b(v)
@@ -121,6 +140,42 @@ def string_test(s: T.SigmaString, cased: bool) -> Callable[[str], bool]:
                  for p in parts)
     m = re.compile(rx, re.DOTALL).fullmatch
     return lambda x: m(x) is not None
+
+
+def _merged_test(values: list) -> Callable[[str], bool]:
+    """One case-insensitive test for several SigmaStrings of a field, OR-ed."""
+    eq: set[str] = set()
+    ends: list[str] = []
+    starts: list[str] = []
+    contains: list[str] = []
+    others: list[Callable[[str], bool]] = []
+    multi = T.SpecialChars.WILDCARD_MULTI
+    for v in values:
+        parts = list(v.s)
+        shape = tuple("s" if isinstance(p, str) else ("*" if p is multi else "?") for p in parts)
+        if shape == ("s",):
+            eq.add(parts[0].lower())
+        elif shape == ("*", "s"):
+            ends.append(parts[1].lower())
+        elif shape == ("s", "*"):
+            starts.append(parts[0].lower())
+        elif shape == ("*", "s", "*"):
+            contains.append(parts[1].lower())
+        else:
+            others.append(string_test(v, False))
+    ends_t, starts_t = tuple(ends), tuple(starts)
+
+    def test(x: str) -> bool:
+        if x in eq or (ends_t and x.endswith(ends_t)) or (starts_t and x.startswith(starts_t)):
+            return True
+        for c in contains:
+            if c in x:
+                return True
+        for o in others:
+            if o(x):
+                return True
+        return False
+    return test
 
 
 def _field_value(field: str, value) -> Pred:

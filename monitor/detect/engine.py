@@ -85,17 +85,17 @@ class Detector:
             return
         self.events_evaluated += 1
         exec_id = attr(ev, "exec_id")
-        view = View(ev, self._users.get(attr(ev, "parent_exec_id")))
+        exe = attr(ev, "exe")
+        base = exe.rsplit("/", 1)[-1].lower() if exe and isinstance(exe, str) else ""
+        view = View(ev, self._users.get(attr(ev, "parent_exec_id")), base)
         if exec_id is not None:
             self._users[exec_id] = attr(ev, "user")
             if len(self._users) > _USERS:
                 self._users.popitem(last=False)
-        exe = attr(ev, "exe")
         candidates = self._always
-        if exe and isinstance(exe, str):
-            indexed = self._index.get(exe.rsplit("/", 1)[-1].lower())
-            if indexed:
-                candidates = candidates + indexed
+        indexed = self._index.get(base)
+        if indexed:
+            candidates = candidates + indexed
         for rule in candidates:
             self.rule_evaluations += 1
             try:

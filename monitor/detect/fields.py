@@ -19,11 +19,9 @@ MISSING = object()
 
 def attr(obj: Any, name: str) -> Any:
     """obj.name for a dataclass record, obj[name] for a replayed JSON dict, None when absent."""
-    if obj is None:
-        return None
-    if isinstance(obj, dict):
+    if type(obj) is dict:
         return obj.get(name)
-    return getattr(obj, name, None)
+    return getattr(obj, name, None)  # None.x is None too
 
 
 def _join(argv) -> str | None:
@@ -126,10 +124,11 @@ def _path(obj: Any, parts: list[str]) -> Any:
 class View:
     """One event as the rules see it: fields resolved lazily, once, lower-cased once."""
 
-    __slots__ = ("ev", "_values", "_lower", "parent_user")
+    __slots__ = ("ev", "_values", "_lower", "parent_user", "base")
 
-    def __init__(self, ev: Any, parent_user: str | None = None) -> None:
+    def __init__(self, ev: Any, parent_user: str | None = None, base: str = "") -> None:
         self.ev = ev
+        self.base = base  # the executable's basename, lower-cased ("" without one)
         self._values: dict[str, Any] = {}
         self._lower: dict[str, Any] = {}
         self.parent_user = parent_user
