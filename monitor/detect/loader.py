@@ -125,8 +125,10 @@ def load(paths: list[str], source: str = "sigma",
         except Exception as e:  # noqa: BLE001 - a rule file must never stop the monitor
             skipped.append(Skipped(None, None, name, f"not loadable: {e}"))
             continue
+        rule_errors = {str(e) for r in collection.rules for e in (getattr(r, "errors", None) or ())}
         for err in getattr(collection, "errors", []) or []:
-            skipped.append(Skipped(None, None, name, f"pySigma: {err}"))
+            if str(err) not in rule_errors:  # pySigma lists a rule's errors in both places
+                skipped.append(Skipped(None, None, name, f"pySigma: {err}"))
         for rule in collection.rules:
             rid = str(rule.id) if getattr(rule, "id", None) else None
             title = getattr(rule, "title", None)
