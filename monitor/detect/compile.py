@@ -36,6 +36,7 @@ Pred = Callable[[View], bool]
 
 KEYWORD_FIELDS = ("CommandLine", "Image", "CurrentDirectory")
 IMAGE_FIELDS = ("Image", "exe")
+SUFFIX = "\x00"  # an index key for "the basename ends with": SUFFIX + the ending
 
 
 class Unsupported(Exception):
@@ -311,7 +312,8 @@ def _fieldref(a, b, starts: bool, ends: bool) -> bool:
 # -- index ---------------------------------------------------------------------------------------
 def required_basenames(node) -> frozenset[str] | None:
     """Lower-cased executable basenames one of which the event's Image must have for the
-    condition to be true, or None when the condition does not constrain Image that way.
+    condition to be true (or, prefixed with SUFFIX, endings of the basename), or None when
+    the condition does not constrain Image that way.
     Sound, not complete: None only costs evaluations, a wrong set would lose alerts."""
     if isinstance(node, C.ConditionAND):
         sets = [s for s in (required_basenames(a) for a in node.args) if s is not None]
@@ -337,6 +339,8 @@ def _image_basename(value) -> frozenset[str] | None:
         tail = parts[1]  # endswith '/name': the basename is exactly name
         if tail.startswith("/") and tail.count("/") == 1 and len(tail) > 1:
             return frozenset((tail[1:].lower(),))
+        if tail and "/" not in tail:  # endswith 'name' (no slash): the basename ends with it
+            return frozenset((SUFFIX + tail.lower(),))
         return None
     if len(parts) == 1 and isinstance(parts[0], str) and parts[0].startswith("/"):
         base = parts[0].rsplit("/", 1)[1]

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from typing import Any, Iterable
 
 from monitor.detect import behaviour
+from monitor.detect.compile import SUFFIX
 from monitor.detect.fields import View, attr
 from monitor.detect.loader import CompiledRule, Skipped, load, load_builtin
 from monitor.events import AlertEvent, RuleInfo
@@ -36,14 +37,18 @@ class Detector:
         self.skipped = skipped
         self.behaviours = list(behaviours)
         self.probe = probe
-        self._index: dict[str, list[CompiledRule]] = {}
+        self._index: dict[str, list[CompiledRule]] = {}  # exact basename -> rules
+        self._suffix: dict[str, list[CompiledRule]] = {}  # basename ending -> rules
         self._always: list[CompiledRule] = []
         for r in rules:
             if r.basenames is None:
                 self._always.append(r)
             else:
                 for b in r.basenames:
-                    self._index.setdefault(b, []).append(r)
+                    if b.startswith(SUFFIX):
+                        self._suffix.setdefault(b[1:], []).append(r)
+                    else:
+                        self._index.setdefault(b, []).append(r)
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._users: OrderedDict[str, str | None] = OrderedDict()
         self.alerts_per_rule: dict[str, int] = {}
@@ -96,6 +101,10 @@ class Detector:
         indexed = self._index.get(base)
         if indexed:
             candidates = candidates + indexed
+        if self._suffix:
+            extra = [r for suffix, rs in self._suffix.items() if base.endswith(suffix) for r in rs]
+            if extra:  # a rule can be under both an exact name and an ending: evaluate it once
+                candidates = list(dict.fromkeys(candidates + extra, None))
         for rule in candidates:
             self.rule_evaluations += 1
             try:

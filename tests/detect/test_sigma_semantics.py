@@ -51,6 +51,8 @@ CASES = [
     ("endswith_is_exact_basename", "sel: {Image|endswith: /bash}\n  condition: sel", PROCESS_CREATION,
      [({"exe": "/usr/bin/bash"}, True), ({"exe": "/usr/bin/rbash"}, False), ({"exe": "/usr/bin/bash.real"}, False),
       ({"exe": "/opt/x/Bash"}, True)]),
+    ("endswith_without_slash_suffix_index", "sel: {Image|endswith: TAB}\n  condition: sel", PROCESS_CREATION,
+     [({"exe": "/usr/bin/crontab"}, True), ({"exe": "/usr/bin/tabs"}, False), ({"exe": "/x/tab"}, True)]),
     ("list_is_or", "sel:\n    Image|endswith: [/wget, /curl]\n  condition: sel", PROCESS_CREATION,
      [({"exe": "/usr/bin/wget"}, True), ({"exe": "/usr/bin/curl"}, True), ({"exe": "/usr/bin/nc"}, False)]),
     ("contains_all", "sel:\n    CommandLine|contains|all: [' -i', '/dev/tcp/']\n  condition: sel", PROCESS_CREATION,
