@@ -26,7 +26,7 @@ class RulesPathError(Exception):
     """A --rules path that does not exist or holds no rule files: a usage error."""
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: the engine de-duplicates candidate lists
 class CompiledRule:
     info: RuleInfo
     match: Pred
