@@ -7,6 +7,8 @@ State is bounded (OrderedDicts trimmed to a size) so a hostile workload cannot g
 """
 from __future__ import annotations
 
+import functools
+import os
 import posixpath
 import pwd
 import re
@@ -335,6 +337,11 @@ def _download_targets(tool: str, argv) -> list[str]:
     return [p for p in out if p and p != "-"]
 
 
+@functools.lru_cache(maxsize=1024)
+def _realpath(path: str) -> str:
+    return os.path.realpath(path)
+
+
 class Argv0Mismatch(Behaviour):
     """argv[0] names a different program than the one executed (`exec -a sshd payload`), the
     usual way to hide in a process list. Symlinks (python3 -> python3.11), login shells
@@ -354,6 +361,10 @@ class Argv0Mismatch(Behaviour):
         a0 = _base(argv[0]).lstrip("-")
         if not a0 or filename.startswith(("/dev/fd/", "/proc/")):
             return
+        if argv[0].startswith("/") and _realpath(argv[0]) == exe:
+            # /bin/sh -> /usr/bin/dash; and #! scripts, whose argv[0] the kernel sets to the
+            # interpreter named on the #! line (argv = [interpreter, script, args...]).
+            return
         names = {_base(exe), _base(filename)}
         if _base(exe) in self.MULTICALL or _base(exe).startswith("ld-linux"):
             return
@@ -371,9 +382,9 @@ class ArgvRewritten(Behaviour):
     event's differs.argv): the process may have overwritten its own command line. A process
     that exec'd again before enrichment (`bash -c 'exec x'`, env -> bash) shows another argv
     too, and its next exec event arrives after this one (with the same exec_id: exec keeps the
-    start time), so the decision waits CONFIRM_S: a later exec of the same process cancels
-    it; otherwise, on the first event observed after CONFIRM_S (or the process's exit), the
-    alert is raised if the process still runs the same executable (live probe). Replay has no
+    start time), so the decision waits CONFIRM_S: a later exec or the exit of the process
+    cancels it; otherwise, on the first event observed after CONFIRM_S, the alert is raised if
+    the process still runs the same executable (live probe). Replay has no
     live processes: this rule cannot fire there. Daemons that set their title (nginx,
     postgres, sshd) do this legitimately, hence low."""
 
@@ -391,23 +402,21 @@ class ArgvRewritten(Behaviour):
         now = time.monotonic()
         exec_id, kind = attr(ev, "exec_id"), attr(ev, "event")
         if exec_id in self._pending and kind in ("exec", "exit"):
-            pending, _ = self._pending.pop(exec_id)
-            if kind == "exit":
-                yield from self._confirm(pending, probe, gone_ok=True)
+            # Re-exec: not a rewrite. Exit: the executable can no longer be checked.
+            del self._pending[exec_id]
         while self._pending:
             first_id, (pending, t) = next(iter(self._pending.items()))
             if now - t < self.CONFIRM_S:
                 break
             del self._pending[first_id]
-            yield from self._confirm(pending, probe, gone_ok=False)
+            yield from self._confirm(pending, probe)
         if kind == "exec" and attr(attr(ev, "differs"), "argv") and attr(ev, "exe") and attr(ev, "argv"):
             self._pending[exec_id] = (ev, now)
             if len(self._pending) > self.KEPT:
                 self._pending.popitem(last=False)
 
-    def _confirm(self, ev, probe, gone_ok: bool):
-        now_exe = probe.exe(attr(ev, "pid"), attr(ev, "start_time"))
-        if now_exe == attr(ev, "exe") or (gone_ok and now_exe is None):
+    def _confirm(self, ev, probe):
+        if probe.exe(attr(ev, "pid"), attr(ev, "start_time")) == attr(ev, "exe"):
             yield self.info, ev, {"argv_at_exec": list(attr(ev, "argv")),
                                   "argv_now": list(attr(attr(ev, "differs"), "argv"))}
 

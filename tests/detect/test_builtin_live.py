@@ -438,7 +438,7 @@ def test_authorized_keys_written_by_one_liner(detecting, workdir):
     _not_alerted(w, AUTH_KEYS, ["sh", "-c", f"grep -c ssh-ed25519 {keys} 2>/dev/null"])
 
 
-def test_kernel_thread_name_and_argv0_masquerade(detecting):
+def test_kernel_thread_name_and_argv0_masquerade(detecting, workdir):
     w = detecting
     p = run(["bash", "-c", "exec -a '[kworker/0:7-events]' /bin/sleep 0.2"])
     ev = exec_event(w, pid=p.pid, argv=["[kworker/0:7-events]", "0.2"])
@@ -455,6 +455,16 @@ def test_kernel_thread_name_and_argv0_masquerade(detecting):
         r.wait(5)
         ev3 = exec_event(w, pid=r.pid, argv=argv)
         assert alerts(w, ARGV0, ev3["exec_id"]) == [] and alerts(w, KTHREAD, ev3["exec_id"]) == []
+    # and a #! script, whose argv[0] the kernel sets to the #! interpreter (/bin/sh -> dash),
+    # as dpkg's maintainer scripts run
+    script = workdir / "postinst"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    r = run([str(script), "configure"])
+    r.wait(5)
+    ev4 = exec_event(w, pid=r.pid, argv=["/bin/sh", str(script), "configure"])
+    assert ev4["exe"] == os.path.realpath("/bin/sh")
+    assert alerts(w, ARGV0, ev4["exec_id"]) == []
 
 
 REWRITER = r"""
@@ -463,7 +473,7 @@ REWRITER = r"""
 int main(int argc, char **argv) {
     if (argc > 2 && strcmp(argv[1], "rewrite") == 0)
         memset(argv[2], 'x', strlen(argv[2]));   /* hide the argument, as malware does */
-    usleep(600000);
+    usleep(3000000);
     return 0;
 }
 """
@@ -478,9 +488,13 @@ def test_argv_rewritten_after_exec(detecting, workdir):
     p = run([str(binary), "rewrite", "secret-arg"])
     ev = exec_event(w, pid=p.pid, argv=[str(binary), "rewrite", "secret-arg"])
     assert ev["differs"]["argv"] == [str(binary), "rewrite", "xxxxxxxxxx"]
+    # The rule decides on the first event after its 1 s re-exec window: make one.
+    time.sleep(1.2)
+    subprocess.run(["/bin/true"], check=True)
     a = wait_alert(w, REWRITTEN, ev["exec_id"])
     assert a["matched"] == {"argv_at_exec": [str(binary), "rewrite", "secret-arg"],
                             "argv_now": [str(binary), "rewrite", "xxxxxxxxxx"]}
+    p.kill()
     p.wait(5)
     benign = _not_alerted(w, REWRITTEN, [str(binary), "keep", "visible-arg"])
     assert benign["differs"] is None
