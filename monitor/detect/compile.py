@@ -36,6 +36,7 @@ Pred = Callable[[View], bool]
 
 KEYWORD_FIELDS = ("CommandLine", "Image", "CurrentDirectory")
 IMAGE_FIELDS = ("Image", "exe")
+PARENT_IMAGE_FIELDS = ("ParentImage", "parent.exe")
 SUFFIX = "\x00"  # an index key for "the basename ends with": SUFFIX + the ending
 
 
@@ -310,20 +311,20 @@ def _fieldref(a, b, starts: bool, ends: bool) -> bool:
 
 
 # -- index ---------------------------------------------------------------------------------------
-def required_basenames(node) -> frozenset[str] | None:
+def required_basenames(node, fields: tuple[str, ...] = IMAGE_FIELDS) -> frozenset[str] | None:
     """Lower-cased executable basenames one of which the event's Image must have for the
     condition to be true (or, prefixed with SUFFIX, endings of the basename), or None when
     the condition does not constrain Image that way.
     Sound, not complete: None only costs evaluations, a wrong set would lose alerts."""
     if isinstance(node, C.ConditionAND):
-        sets = [s for s in (required_basenames(a) for a in node.args) if s is not None]
+        sets = [s for s in (required_basenames(a, fields) for a in node.args) if s is not None]
         return min(sets, key=len) if sets else None
     if isinstance(node, C.ConditionOR):
-        sets = [required_basenames(a) for a in node.args]
+        sets = [required_basenames(a, fields) for a in node.args]
         if not sets or any(s is None for s in sets):
             return None
         return frozenset().union(*sets)
-    if isinstance(node, C.ConditionFieldEqualsValueExpression) and node.field in IMAGE_FIELDS:
+    if isinstance(node, C.ConditionFieldEqualsValueExpression) and node.field in fields:
         return _image_basename(node.value)
     return None
 
@@ -336,10 +337,11 @@ def _image_basename(value) -> frozenset[str] | None:
         return None
     parts = list(value.s)
     if len(parts) == 2 and parts[0] is T.SpecialChars.WILDCARD_MULTI and isinstance(parts[1], str):
-        tail = parts[1]  # endswith '/name': the basename is exactly name
-        if tail.startswith("/") and tail.count("/") == 1 and len(tail) > 1:
-            return frozenset((tail[1:].lower(),))
-        if tail and "/" not in tail:  # endswith 'name' (no slash): the basename ends with it
+        tail = parts[1]
+        if "/" in tail:  # endswith '/name' or '/bin/name': the basename is exactly name
+            base = tail.rsplit("/", 1)[1]
+            return frozenset((base.lower(),)) if base else None
+        if tail:  # endswith 'name' (no slash): the basename ends with it
             return frozenset((SUFFIX + tail.lower(),))
         return None
     if len(parts) == 1 and isinstance(parts[0], str) and parts[0].startswith("/"):

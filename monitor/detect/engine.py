@@ -40,15 +40,15 @@ class Detector:
         self._index: dict[str, list[CompiledRule]] = {}  # exact basename -> rules
         self._suffix: dict[str, list[CompiledRule]] = {}  # basename ending -> rules
         self._always: list[CompiledRule] = []
+        self._pindex: dict[str, list[CompiledRule]] = {}  # exact parent basename -> rules
+        self._psuffix: dict[str, list[CompiledRule]] = {}
         for r in rules:
-            if r.basenames is None:
-                self._always.append(r)
+            if r.basenames is not None:
+                _file(r, r.basenames, self._index, self._suffix)
+            elif r.parent_basenames is not None:
+                _file(r, r.parent_basenames, self._pindex, self._psuffix)
             else:
-                for b in r.basenames:
-                    if b.startswith(SUFFIX):
-                        self._suffix.setdefault(b[1:], []).append(r)
-                    else:
-                        self._index.setdefault(b, []).append(r)
+                self._always.append(r)
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._users: OrderedDict[str, str | None] = OrderedDict()
         self.alerts_per_rule: dict[str, int] = {}
@@ -97,14 +97,14 @@ class Detector:
             self._users[exec_id] = attr(ev, "user")
             if len(self._users) > _USERS:
                 self._users.popitem(last=False)
-        candidates = self._always
-        indexed = self._index.get(base)
-        if indexed:
-            candidates = candidates + indexed
-        if self._suffix:
-            extra = [r for suffix, rs in self._suffix.items() if base.endswith(suffix) for r in rs]
-            if extra:  # a rule can be under both an exact name and an ending: evaluate it once
-                candidates = list(dict.fromkeys(candidates + extra, None))
+        candidates = self._always + _lookup(base, self._index, self._suffix)
+        if self._pindex or self._psuffix:
+            anc = attr(ev, "ancestry")
+            pexe = attr(anc[0], "exe") if anc else None
+            if pexe and isinstance(pexe, str):
+                more = _lookup(pexe.rsplit("/", 1)[-1].lower(), self._pindex, self._psuffix)
+                if more:
+                    candidates = candidates + more
         for rule in candidates:
             self.rule_evaluations += 1
             try:
@@ -165,6 +165,24 @@ class Detector:
 
     def infos(self) -> list[RuleInfo]:
         return [r.info for r in self.rules] + [b.info for b in self.behaviours]
+
+
+def _file(rule: CompiledRule, keys: frozenset[str], exact: dict, suffix: dict) -> None:
+    for k in keys:
+        if k.startswith(SUFFIX):
+            suffix.setdefault(k[1:], []).append(rule)
+        else:
+            exact.setdefault(k, []).append(rule)
+
+
+def _lookup(base: str, exact: dict, suffix: dict) -> list[CompiledRule]:
+    """The rules filed under this basename, exactly or by an ending, each once."""
+    found = exact.get(base, [])
+    if suffix:
+        extra = [r for end, rs in suffix.items() if base.endswith(end) for r in rs]
+        if extra:  # a rule can be under both an exact name and an ending: evaluate it once
+            found = list(dict.fromkeys(found + extra, None))
+    return found
 
 
 def _matched(rule: CompiledRule, view: View) -> dict[str, object]:

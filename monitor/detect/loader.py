@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from monitor.detect.compile import Pred, Unsupported, compile_condition, required_basenames
+from monitor.detect.compile import (PARENT_IMAGE_FIELDS, Pred, Unsupported, compile_condition,
+                                    required_basenames)
 from monitor.events import RuleInfo
 
 log = logging.getLogger("procsentry.detect")
@@ -32,6 +33,7 @@ class CompiledRule:
     match: Pred
     leaves: list[tuple[str, Pred]]
     basenames: frozenset[str] | None  # index key: see compile.required_basenames
+    parent_basenames: frozenset[str] | None = None  # the same on ParentImage, when no Image key
 
 
 @dataclass
@@ -155,19 +157,21 @@ def compile_rule(rule, source: str, file: str) -> CompiledRule:
     conds = rule.detection.parsed_condition
     if not conds:
         raise Unsupported("no condition")
-    preds, leaves, keys = [], [], []
+    preds, leaves, keys, pkeys = [], [], [], []
     for cond in conds:  # several conditions in one rule are alternatives (OR)
         tree = cond.parsed
         p, lv = compile_condition(tree)
         preds.append(p)
         leaves.extend(lv)
         keys.append(required_basenames(tree))
+        pkeys.append(required_basenames(tree, PARENT_IMAGE_FIELDS))
     if len(preds) == 1:
         match = preds[0]
     else:
         match = lambda v: any(p(v) for p in preds)  # noqa: E731
     basenames = None if any(k is None for k in keys) else frozenset().union(*keys)
-    return CompiledRule(_info(rule, source, file), match, leaves, basenames)
+    pbasenames = None if basenames is not None or any(k is None for k in pkeys) else frozenset().union(*pkeys)
+    return CompiledRule(_info(rule, source, file), match, leaves, basenames, pbasenames)
 
 
 def load_builtin() -> tuple[list[CompiledRule], list[Skipped]]:
