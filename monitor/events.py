@@ -174,6 +174,7 @@ class AlertEvent:
 
     event: str  # "alert"
     time: str  # the time of the process event that matched
+    source: str  # the source of that process event (bpf, sweep, connector, poll; replay offline)
     rule: RuleInfo
     pid: int
     exec_id: str

@@ -20,7 +20,7 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "events.schema.json"
 DOCS: dict[str, str] = {
     "event": "Event type: exec, fork, exit, existing (running at start), missed (found by a sweep), lost, stats, alert (a detection rule matched).",
     "time": "When it happened (kernel timestamp for sensor events), RFC 3339 UTC with nanoseconds.",
-    "source": "Who saw it: bpf, connector or poll (the live sensor), or sweep (a procfs sweep).",
+    "source": "Who saw it: bpf, connector or poll (the live sensor), or sweep (a procfs sweep); for an alert, the source of the process event it is about (replay when replayed offline).",
     "pid": "Process ID (the thread group ID: what userspace calls a PID).",
     "ppid": "Parent's PID (real parent at exec; the forking process for fork).",
     "exec_id": "Process identity, unique across PID reuse and reboots: boot id prefix, start_time, pid. The same whether the process was seen by the sensor or a sweep.",

@@ -18,7 +18,9 @@ from typing import Any, Iterator
 
 from monitor.detect.fields import View, attr
 from monitor.events import RuleInfo
+from userspace.procfs import DEFAULT_ROOT
 
+PROC_PREFIX = DEFAULT_ROOT + "/"  # execs through <procfs>/self/fd/N, as passed to execve
 FILE = "monitor/detect/behaviour.py"
 AUTHOR = "procsentry"
 SHELLS = frozenset(("sh", "bash", "dash", "zsh", "ksh", "ksh93", "mksh", "pdksh", "csh", "tcsh",
@@ -359,8 +361,8 @@ class Argv0Mismatch(Behaviour):
         if not argv or not exe or not filename or attr(ev, "exe_fileless"):
             return
         a0 = _base(argv[0]).lstrip("-")
-        if not a0 or filename.startswith(("/dev/fd/", "/proc/")):
-            return
+        if not a0 or filename.startswith(("/dev/fd/", PROC_PREFIX)):
+            return  # fexecve and friends: the path names a descriptor, not a program
         if argv[0].startswith("/") and _realpath(argv[0]) == exe:
             # /bin/sh -> /usr/bin/dash; and #! scripts, whose argv[0] the kernel sets to the
             # interpreter named on the #! line (argv = [interpreter, script, args...]).

@@ -134,7 +134,8 @@ class Detector:
             self._seen.popitem(last=False)
         self.alerts_per_rule[info.id] = self.alerts_per_rule.get(info.id, 0) + 1
         out.append(AlertEvent(
-            event="alert", time=attr(ev, "time"), rule=info, pid=attr(ev, "pid"),
+            event="alert", time=attr(ev, "time"), source=attr(ev, "source") or "replay",
+            rule=info, pid=attr(ev, "pid"),
             exec_id=attr(ev, "exec_id"), exe=attr(ev, "exe"), argv=_tuple(attr(ev, "argv")),
             user=attr(ev, "user"), uid=attr(ev, "uid"), ancestry=_tuple(attr(ev, "ancestry")),
             matched=matched, trigger=trigger))

@@ -80,7 +80,7 @@ AUDITD: dict[str, Callable[[Any], Any]] = {
 }
 
 # Names procsentry adds for rules written against it (its own fields need no entry: any
-# top-level field, and dotted paths into ns/proc/differs, resolve by name).
+# top-level field, and dotted paths into the ns, proc and differs objects, resolve by name).
 EXTRA: dict[str, Callable[[Any], Any]] = {
     "argv0": lambda ev: (attr(ev, "argv") or (None,))[0],
     "ancestry.exe": _ancestry_field("exe"),
