@@ -69,12 +69,13 @@ def main() -> int:
     for al in alerts:
         levels[al.rule.level] = levels.get(al.rule.level, 0) + 1
     best = statistics.median(per_pass)
+    fastest = min(per_pass)
     print(f"rules loaded {c['rules_loaded']} (skipped {c['rules_skipped']}); events {len(events)}, "
           f"process events evaluated {n}; rule evaluations per evaluated event "
           f"{c['rule_evaluations'] / max(n, 1):.1f}; alerts {len(alerts)} {dict(sorted(levels.items()))}; "
           f"evaluation errors {c['evaluation_errors']}")
     print(f"median of {a.passes} passes: {best * 1e6 / max(len(events), 1):.1f} us per event "
-          f"({best * 1e6 / max(n, 1):.1f} us per evaluated process event)")
+          f"({best * 1e6 / max(n, 1):.1f} us per evaluated process event); fastest pass {fastest * 1e6 / max(len(events), 1):.1f} us per event")
     return 0
 
 

@@ -105,8 +105,8 @@ class Detector:
                 more = _lookup(pexe.rsplit("/", 1)[-1].lower(), self._pindex, self._psuffix)
                 if more:
                     candidates = candidates + more
+        self.rule_evaluations += len(candidates)
         for rule in candidates:
-            self.rule_evaluations += 1
             try:
                 if rule.match(view):
                     self._alert(rule.info, ev, _matched(rule, view), kind, out)
