@@ -43,6 +43,9 @@ class Skipped:
     file: str
     reason: str
 
+    def __post_init__(self) -> None:
+        self.reason = " ".join(self.reason.split())  # one line: YAML errors span several
+
 
 def rule_files(paths: list[str]) -> list[Path]:
     """The rule files under each path (files as given, directories recursively, sorted)."""
