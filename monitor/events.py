@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: alert events; stats.detection; alerts carry source
 
 EVENT_TYPES = ("exec", "fork", "exit", "existing", "missed", "lost", "stats", "alert")
 SOURCES = ("bpf", "sweep", "connector", "poll")
