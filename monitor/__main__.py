@@ -25,6 +25,9 @@ examples:
   sudo procsentry watch --dump-bpf           # print the BPF C and the compiler flags, then exit
   sudo procsentry snapshot --format text     # one sweep of procfs, like ps
   procsentry doctor                          # can this host run the BPF sensor?
+  sudo procsentry watch --rules sigma/rules/linux/process_creation --events alert
+  procsentry rules check my-rules/           # which rules load, which are skipped and why
+  procsentry detect --rules my-rules/ < recorded.jsonl   # replay a recorded stream offline
 
 exit status: 0 ok (also after SIGINT/SIGTERM or a closed pipe), 1 error, 2 usage,
 77 missing privileges.
@@ -118,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoded events held in memory before they are written (default 4 MiB); "
                         "a reader that stalls longer makes the kernel's buffers drop (and count) records")
     w.add_argument("--proc-root", metavar="DIR", help="procfs to read (default: the host procfs, or its copy under $HOST_ROOT)")
+    _detection_args(w)
     w.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
     w.add_argument("--record", metavar="FILE", help=argparse.SUPPRESS)
 
@@ -128,10 +132,66 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--environ", action="store_true")
     s.add_argument("--proc-root", metavar="DIR")
 
+    r = sub.add_parser("rules", help="Sigma rules: check which load")
+    rsub = r.add_subparsers(dest="rules_command", required=True)
+    rc = rsub.add_parser("check", help="load rule files and list each rule: loaded, or skipped with the reason")
+    rc.add_argument("paths", nargs="+", metavar="PATH", help="rule files or directories")
+    rc.add_argument("--format", choices=("text", "json"), default="text")
+
+    dt = sub.add_parser("detect", help="replay a recorded JSON-lines stream (stdin) through the rules; print alerts")
+    _detection_args(dt)
+    dt.add_argument("--format", choices=("json", "text"), default="json")
+
     d = sub.add_parser("doctor", help="check that this host can run the BPF sensor")
     d.add_argument("--format", choices=("text", "json"), default="text")
     d.add_argument("--no-load", action="store_true", help="skip the trial load of the programs")
     return p
+
+
+def _detection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rules", action="append", metavar="PATH", default=[],
+                   help="Sigma rule file or directory (repeatable); alerts join the stream")
+    p.add_argument("--no-builtin-rules", action="store_true",
+                   help="do not load procsentry's built-in detections")
+
+
+def _detector(args, probe=None):
+    """The Detector for --rules/--no-builtin-rules, None when there is nothing to evaluate.
+    A bad path is a usage error: one line on stderr, exit status 2 (SystemExit)."""
+    if args.no_builtin_rules and not args.rules:
+        return None
+    from monitor.detect.engine import Detector  # noqa: PLC0415 - pySigma is a heavy import
+    from monitor.detect.loader import RulesPathError  # noqa: PLC0415
+    try:
+        det = Detector.from_paths(args.rules, builtin=not args.no_builtin_rules, probe=probe)
+    except RulesPathError as e:
+        print(f"procsentry: --rules {e}", file=sys.stderr)
+        raise SystemExit(EX_USAGE) from None
+    return det
+
+
+def _report_rules(det) -> None:
+    """Each skipped rule once, with its id and reason, then a summary line (stderr)."""
+    if det is None:
+        return
+    det.report_skipped(sys.stderr)
+    print(f"procsentry: detection: {len(det.rules) + len(det.behaviours)} rules loaded, "
+          f"{len(det.skipped)} skipped", file=sys.stderr)
+
+
+def cmd_rules(args) -> int:
+    from monitor.detect import replay  # noqa: PLC0415
+    return replay.check(args.paths, args.format)
+
+
+def cmd_detect(args) -> int:
+    from monitor.detect import replay  # noqa: PLC0415
+    det = _detector(args)
+    if det is None:
+        print("procsentry: no rules: --no-builtin-rules without --rules", file=sys.stderr)
+        return EX_USAGE
+    _report_rules(det)
+    return replay.replay(det, sys.stdin.buffer, args.format)
 
 
 def cmd_doctor(args) -> int:
@@ -175,12 +235,16 @@ def cmd_watch(args) -> int:
         return sensors.dump_bpf()
     # Everything the user asked for is checked before anything loads: a mistake in the options
     # is a usage error, never a reason to fall back to a weaker sensor; a path that cannot be
-    # written is the user's to fix, found before anything is compiled or loaded.
+    # written, or rules that cannot be read, are the user's to fix, found before anything is
+    # compiled or loaded.
     settings = sensor_settings(args)
     problem = settings.problem()
     if problem is not None:
         print(f"procsentry: {problem}", file=sys.stderr)
         return EX_USAGE
+    from monitor.detect.probe import LiveProbe  # noqa: PLC0415
+    fs = ProcFS(args.proc_root or default_root())
+    detector = _detector(args, probe=LiveProbe(fs))  # a bad rules path exits 2
     try:
         sink = Sink(args.format or "auto", args.output)
     except OutputRefused as e:
@@ -193,7 +257,7 @@ def cmd_watch(args) -> int:
         print(f"procsentry: {e}", file=sys.stderr)
         return EX_NOPERM if e.permission else EX_ERROR
     print(f"procsentry: sensor {source.name}{' (' + note + ')' if note else ''}", file=sys.stderr)
-    fs = ProcFS(args.proc_root or default_root())
+    _report_rules(detector)
     cfg = Config(
         sweep_interval_s=args.sweep_interval, stats_interval_s=args.stats_interval,
         duration_s=args.duration, count=args.count, ancestry_depth=args.ancestry_depth,
@@ -201,7 +265,7 @@ def cmd_watch(args) -> int:
         enrich_delay_ns=int(max(0.0, args.enrich_delay) * 1_000_000),
         filters=Filters(pid=args.pid, uid=args.uid, comm=args.comm, exe=args.exe,
                         events=args.events, container=args.container))
-    pipeline = Pipeline(source, sink, fs, cfg)
+    pipeline = Pipeline(source, sink, fs, cfg, detector=detector)
 
     def stop(signum, frame):
         pipeline.stop_requested = True
@@ -237,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("PROCSENTRY_LOG", "WARNING"),
                         format="procsentry: %(levelname)s %(name)s %(message)s")
     args = build_parser().parse_args(argv)
-    handler = {"watch": cmd_watch, "snapshot": cmd_snapshot, "doctor": cmd_doctor}[args.command]
+    handler = {"watch": cmd_watch, "snapshot": cmd_snapshot, "doctor": cmd_doctor,
+               "rules": cmd_rules, "detect": cmd_detect}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

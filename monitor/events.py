@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# 2: vpid, image_id, parent_image_id, supersedes_inferred; alert events; stats.reconcile,
+# output_buffer, cgroups and detection.
 SCHEMA_VERSION = 2
 
-EVENT_TYPES = ("exec", "fork", "exit", "existing", "missed", "lost", "stats")
+EVENT_TYPES = ("exec", "fork", "exit", "existing", "missed", "lost", "stats", "alert")
 SOURCES = ("bpf", "sweep", "connector", "poll")
 ENRICHMENT = ("full", "partial", "gone")
 
@@ -154,6 +156,46 @@ class StatsEvent:
     cpu_time_s: float
     rss_bytes: int
     peak_rss_bytes: int
+    # Detection counters (monitor/detect/engine.py Detector.counters), null without rules.
+    detection: dict[str, object] | None = None
+    schema: int = SCHEMA_VERSION
+
+
+@dataclass
+class RuleInfo:
+    """The rule behind an alert. `author` is shown in every alert: SigmaHQ's Detection Rule
+    License requires the rule's author to be shown wherever its matches are shown."""
+
+    id: str
+    title: str
+    level: str  # informational | low | medium | high | critical
+    status: str | None
+    author: str | None
+    tags: tuple[str, ...]  # ATT&CK ids and the like, as the rule gives them (attack.t1059.004)
+    references: tuple[str, ...]
+    source: str  # sigma (a rule file given with --rules) | builtin (shipped with procsentry)
+    file: str | None  # the file the rule came from
+
+
+@dataclass
+class AlertEvent:
+    """A rule matched a process event. The process fields are those of the process the rule is
+    about (for a stateful detection, possibly an earlier event than the one that completed it)."""
+
+    event: str  # "alert"
+    time: str  # the time of the process event that matched
+    source: str  # the source of that process event (bpf, sweep, connector, poll; replay offline)
+    rule: RuleInfo
+    pid: int
+    exec_id: str
+    image_id: str | None  # the program image that matched (null where the sensor cannot tell)
+    exe: str | None
+    argv: tuple[str, ...] | None
+    user: str | None
+    uid: int | None
+    ancestry: tuple[Ancestor, ...] | None
+    matched: dict[str, object]  # field name (as the rule names it) -> the event's value
+    trigger: str  # the event type evaluated: exec, existing or missed
     schema: int = SCHEMA_VERSION
 
 

@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import orjson
 
-from monitor.events import ExitEvent, LostEvent, ProcessEvent, StatsEvent
+from monitor.events import AlertEvent, ExitEvent, LostEvent, ProcessEvent, StatsEvent
 from monitor.text import safe
 
 
@@ -47,6 +47,15 @@ def to_text(record: Any) -> bytes:
                 argv += " ..."
             tail = f"{safe(record.exe)} [{argv}] cwd={safe(record.cwd)}"
         return f"{head}{who:<10} {tail}\n".encode()
+    if isinstance(record, AlertEvent):
+        # The rule's author is part of every alert line: SigmaHQ's Detection Rule License
+        # requires it wherever the rule's matches are shown.
+        r = record.rule
+        argv = " ".join(safe(a) for a in record.argv) if record.argv is not None else "-"
+        tags = ",".join(t for t in r.tags if t.startswith("attack.t")) or "-"
+        return (f"{record.time[11:23]} ALERT    {record.pid:>7} {r.level.upper()} {safe(r.title)} "
+                f"[{r.id}, {tags}, by {safe(r.author) if r.author else 'unknown author'}] "
+                f"{safe(record.user or str(record.uid))} {safe(record.exe)} [{argv}]\n").encode()
     if isinstance(record, LostEvent):
         return f"{record.time[11:23]} lost     cpu={record.cpu} count={record.count}\n".encode()
     if isinstance(record, StatsEvent):

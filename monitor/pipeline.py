@@ -104,7 +104,8 @@ class Counters:
 
 class Pipeline:
     def __init__(self, source, sink: Sink, fs: ProcFS, config: Config | None = None,
-                 depth: Depth = Depth.FULL) -> None:
+                 depth: Depth = Depth.FULL, detector=None) -> None:
+        self.detector = detector  # detection (issue 13): monitor/detect Detector, or None
         self.source = source
         self.sink = sink
         self.fs = fs
@@ -159,6 +160,12 @@ class Pipeline:
     # -- emit ------------------------------------------------------------------------------
     def emit_process(self, ev: ProcessEvent) -> None:
         self.counters.event(ev.event)
+        # --- detection (issue 13): every process event, before the output filters; alerts go
+        # out like lost/stats records, so `--events alert` selects them. observe() never raises.
+        if self.detector is not None:
+            for alert in self.detector.observe(ev):
+                self.emit_other(alert)
+        # --- end detection
         if not self.cfg.filters.match(ev):
             return
         sink = self.sink
@@ -526,7 +533,8 @@ class Pipeline:
                            "peak_bytes": max(self.sink.pending_peak, self.sink.pending_bytes)},
             cgroups=dict(self.enricher.cgroups.stats),
             cpu_time_s=round(ru.ru_utime + ru.ru_stime, 3), rss_bytes=rss,
-            peak_rss_bytes=peak)
+            peak_rss_bytes=peak,
+            detection=self.detector.counters() if self.detector is not None else None)
 
     def run(self) -> None:
         cfg = self.cfg

@@ -18,9 +18,9 @@ from monitor import events as ev
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "events.schema.json"
 
 DOCS: dict[str, str] = {
-    "event": "Event type: exec, fork, exit, existing (running at start), missed (found by a sweep), lost, stats.",
+    "event": "Event type: exec, fork, exit, existing (running at start), missed (found by a sweep), lost, stats, alert (a detection rule matched).",
     "time": "When it happened (kernel timestamp for sensor events), RFC 3339 UTC with nanoseconds.",
-    "source": "Who saw it: bpf, connector or poll (the live sensor), or sweep (a procfs sweep).",
+    "source": "Who saw it: bpf, connector or poll (the live sensor), or sweep (a procfs sweep); for an alert, the source of the process event it is about (replay when replayed offline).",
     "pid": "Process ID (the thread group ID: what userspace calls a PID).",
     "ppid": "Parent's PID (real parent at exec; the forking process for fork).",
     "exec_id": "Process identity, unique across PID reuse and reboots: boot id prefix, start_time, pid. The same whether the process was seen by the sensor or a sweep.",
@@ -63,7 +63,7 @@ DOCS: dict[str, str] = {
     "inferred": "True when a sweep found the process gone without a kernel exit record (exit_code and signal are then unknown).",
     "supersedes_inferred": "True on a sensor exit that arrived after a sweep had already inferred this process's exit: this one, with its exit status, is the real one.",
     "vpid": "The process ID as seen inside the process's own PID namespace (1 for a container's init); equals pid outside PID namespaces; null when unknown.",
-    "image_id": "Identity of the program image: changes on every exec while exec_id (the process) stays. exec_id plus the image's argument-area address (mm->arg_start, procfs <pid>/stat field 48); the same from the sensor and a sweep. Null when the sensor cannot tell.",
+    "image_id": "Identity of the program image: changes on every exec while exec_id (the process) stays. exec_id plus a keyed hash of the image's layout (mm->arg_start and mm->end_code, procfs <pid>/stat fields 48 and 27), so the sensor and a sweep derive the same id; the addresses themselves are never output. Null when the sensor cannot tell.",
     "parent_image_id": "image_id of the parent's program when it forked this process (null when unknown).",
     "reconcile": "Periodic sweeps: sweeps run, deferred (processes that appeared after a sweep's watermark, left for the next sweep), suspects (what a sweep found, confirmed or dropped by the next sweep a second later), missed_zombies_skipped (zombies unknown to the table while no loss was reported), late_exits (sensor exits that arrived after an inferred one).",
     "cpu": "CPU whose buffer lost samples (-1 when the sensor cannot tell).",
@@ -86,6 +86,22 @@ DOCS: dict[str, str] = {
     "cpu_time_s": "CPU time used by the monitor.",
     "rss_bytes": "Resident memory of the monitor now.",
     "peak_rss_bytes": "Peak resident memory of the monitor.",
+    "detection": "Detection counters, null without detection: rules_loaded, rules_skipped, events_evaluated, rule_evaluations, alerts, alerts_per_rule (rule id -> count), evaluation_errors.",
+    "rule": "The rule that matched: id, title, level, status, author (shown in every alert, as the Detection Rule License requires), tags (ATT&CK ids), references, source (sigma: from --rules; builtin: shipped with procsentry), file.",
+    "matched": "The fields the rule tested that were true on this event, with the event's values (field names as the rule wrote them); for built-in behavioural rules, the evidence (sockets, pipe, files).",
+    "trigger": "The process event type that was evaluated: exec, existing or missed.",
+}
+
+RULE_DOCS: dict[str, str] = {
+    "id": "Rule id (the Sigma rule's UUID; built-in rules use 5e27c0de-0000-4000-8000-0000000000NN).",
+    "title": "What the rule detects, for a responder.",
+    "level": "informational, low, medium, high or critical.",
+    "status": "Sigma status: stable, test, experimental, deprecated, unsupported.",
+    "author": "The rule's author.",
+    "tags": "Tags as the rule gives them: ATT&CK tactics and techniques (attack.t1059.004), CVEs.",
+    "references": "URLs the rule cites.",
+    "source": "sigma (loaded with --rules) or builtin (shipped with procsentry).",
+    "file": "The file the rule came from (for built-in rules, relative to the package).",
 }
 
 PROCESS_EVENTS = ("exec", "fork", "existing", "missed")
@@ -124,8 +140,9 @@ def _object_schema(cls, event_values: tuple[str, ...] | None = None) -> dict:
     props = {}
     for f in dataclasses.fields(cls):
         s = _type_schema(hints[f.name])
-        if f.name in DOCS:
-            s = {"description": DOCS[f.name], **s}
+        docs = RULE_DOCS if cls is ev.RuleInfo else DOCS
+        if f.name in docs:
+            s = {"description": docs[f.name], **s}
         props[f.name] = s
     if event_values is not None:
         props["event"] = {**props["event"], "enum": list(event_values)}
@@ -144,6 +161,7 @@ def build_schema() -> dict:
             _object_schema(ev.ExitEvent, ("exit",)),
             _object_schema(ev.LostEvent, ("lost",)),
             _object_schema(ev.StatsEvent, ("stats",)),
+            _object_schema(ev.AlertEvent, ("alert",)),
         ],
     }
 
@@ -154,7 +172,7 @@ def render() -> str:
 
 def documented_fields() -> set[str]:
     names = set()
-    for cls in (ev.ProcessEvent, ev.ExitEvent, ev.LostEvent, ev.StatsEvent):
+    for cls in (ev.ProcessEvent, ev.ExitEvent, ev.LostEvent, ev.StatsEvent, ev.AlertEvent):
         names |= {f.name for f in dataclasses.fields(cls)}
     return names
 

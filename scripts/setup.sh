@@ -59,8 +59,9 @@ apt_has_candidate() {
 headers_dir_ok() { [ -e "$1/include/generated/autoconf.h" ] || [ -e "$1/include/linux/kconfig.h" ] || [ -e "$1/Makefile" ]; }
 
 install_system_apt() {
+    # netcat-openbsd: the detection tests run a real nc reverse shell (tests/detect).
     # shellcheck disable=SC2046
-    apt_install $(apt_missing python3-bpfcc python3-venv python3-pip make gcc libc6-dev)
+    apt_install $(apt_missing python3-bpfcc python3-venv python3-pip make gcc libc6-dev netcat-openbsd)
     if headers_dir_ok "/lib/modules/$kernel/build"; then
         return 0
     fi
@@ -89,7 +90,7 @@ install_system_apt() {
 
 install_system_dnf() {
     local missing=() p
-    for p in python3-bcc python3 make gcc; do rpm -q "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    for p in python3-bcc python3 make gcc nmap-ncat; do rpm -q "$p" >/dev/null 2>&1 || missing+=("$p"); done
     if ! headers_dir_ok "/lib/modules/$kernel/build"; then
         if dnf -q list --available "kernel-devel-$kernel" >/dev/null 2>&1 || rpm -q "kernel-devel-$kernel" >/dev/null 2>&1; then
             rpm -q "kernel-devel-$kernel" >/dev/null 2>&1 || missing+=("kernel-devel-$kernel")

@@ -1,0 +1,428 @@
+"""Built-in detections that Sigma cannot express: they need state across events, a join
+between processes, the host's account database, or a live look at another process.
+
+Each Behaviour has a RuleInfo like a Sigma rule (README.md lists them with the YAML ones) and an
+`observe(ev, view, probe)` that yields (rule, the event the alert is about, matched fields).
+State is bounded (OrderedDicts trimmed to a size) so a hostile workload cannot grow it.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import posixpath
+import pwd
+import re
+import time
+from collections import OrderedDict
+from typing import Any, Iterator
+
+from monitor.detect.fields import View, attr
+from monitor.events import RuleInfo
+from userspace.procfs import DEFAULT_ROOT
+
+PROC_PREFIX = DEFAULT_ROOT + "/"  # execs through <procfs>/self/fd/N, as passed to execve
+FILE = "monitor/detect/behaviour.py"
+AUTHOR = "procsentry"
+SHELLS = frozenset(("sh", "bash", "dash", "zsh", "ksh", "ksh93", "mksh", "pdksh", "csh", "tcsh",
+                    "fish", "ash", "busybox", "rbash", "yash"))
+_INTERP = re.compile(r"(python[0-9.]*|perl[0-9.]*|ruby[0-9.]*|php[0-9.]*|lua[0-9.]*|node|nodejs|"
+                     r"tclsh[0-9.]*|expect|irb|pwsh|awk|gawk|mawk|nawk)\Z")
+NET_TOOLS = frozenset(("nc", "ncat", "netcat", "nc.openbsd", "nc.traditional", "socat", "telnet",
+                       "openssl", "cryptcat", "pwncat"))
+Hit = tuple[RuleInfo, Any, dict]
+
+
+def _info(n: int, title: str, level: str, tags: tuple[str, ...], refs: tuple[str, ...] = ()) -> RuleInfo:
+    return RuleInfo(id=f"5e27c0de-0000-4000-8000-{n:012d}", title=title, level=level,
+                    status="experimental", author=AUTHOR, tags=tags, references=refs,
+                    source="builtin", file=FILE)
+
+
+def _base(path: str | None) -> str:
+    return path.rsplit("/", 1)[-1] if path else ""
+
+
+def _fd_map(ev) -> dict[int, str]:
+    """fd number -> target text, from proc.fds ("0:socket:[123]")."""
+    fds = attr(attr(ev, "proc"), "fds") or ()
+    out = {}
+    for item in fds:
+        n, _, target = item.partition(":")
+        if n.isdigit():
+            out[int(n)] = target
+    return out
+
+
+def _pipe(target: str | None) -> int | None:
+    if target and target.startswith("pipe:[") and target.endswith("]"):
+        return int(target[6:-1])
+    return None
+
+
+def _reads_commands(argv) -> bool:
+    """A shell that takes its commands from stdin or a terminal: `sh`, `sh -i`, `bash -s`,
+    not `sh -c CMD` and not `sh script`."""
+    if not argv:
+        return False
+    args = list(argv[1:])
+    if any(a == "-c" or (a.startswith("-") and not a.startswith("--") and "c" in a[1:]) for a in args):
+        return False
+    return all(a.startswith("-") or a.startswith("+") for a in args) or "-i" in args or "-s" in args
+
+
+def _start_ticks(exec_id: str | None) -> int | None:
+    try:
+        return int(exec_id.split(":")[1]) if exec_id else None
+    except (IndexError, ValueError):
+        return None
+
+
+class Behaviour:
+    info: RuleInfo
+
+    def observe(self, ev: Any, view: View | None, probe) -> Iterator[Hit]:
+        raise NotImplementedError
+
+
+class ReverseShell(Behaviour):
+    """A shell or interpreter talking to the network on its standard descriptors:
+    (a) its own fd 0/1/2 is a TCP/UDP socket (bash `>& /dev/tcp/...`, `socat exec:sh`);
+    (b) a shell on a terminal whose parent has a TCP/UDP socket on fd 0/1/2 (python pty.spawn:
+        the socket is the parent's, the shell gets the pty), checked live through the probe;
+    (c) a shell reading commands from stdin joined by a pipe to a network tool (the mkfifo +
+        `nc` pattern: `cat f | sh -i 2>&1 | nc host port > f`). The two execs arrive in either
+        order; pipes seen on the other side are remembered for a while (bounded)."""
+
+    info = _info(1, "Reverse shell: a shell or interpreter with its input/output on a network socket",
+                 "critical", ("attack.execution", "attack.t1059.004"),
+                 ("https://attack.mitre.org/techniques/T1059/004/",))
+    PIPES_KEPT = 4096
+    PIPE_TTL_S = 600.0
+
+    def __init__(self) -> None:
+        # pipe inode -> (side, event, monotonic time); side "shell" or "net"
+        self._pipes: OrderedDict[int, tuple[str, Any, float]] = OrderedDict()
+        # Socket inodes already reported: the shell's children (every command the attacker
+        # types, and an interactive bash's .bashrc) inherit the socket; one alert per
+        # connection, about the process that first had it, not one per command.
+        self._reported: OrderedDict[int, None] = OrderedDict()
+
+    def _first(self, inodes: list[int]) -> bool:
+        new = not any(i in self._reported for i in inodes)
+        for i in inodes:
+            self._reported[i] = None
+            if len(self._reported) > self.PIPES_KEPT:
+                self._reported.popitem(last=False)
+        return new
+
+    def observe(self, ev, view, probe):
+        if view is None:
+            return
+        name = view.base
+        is_shell = name in SHELLS
+        if not is_shell and name not in NET_TOOLS and not _INTERP.match(name):
+            return
+        fds = _fd_map(ev)
+        if is_shell or _INTERP.match(name):
+            known = {attr(s, "fd"): s for s in (attr(attr(ev, "proc"), "sockets") or ())}
+            socks = [{"fd": fd, "inode": attr(s, "inode"), "protocol": attr(s, "protocol"),
+                      "remote": attr(s, "remote")}
+                     for fd, s in known.items() if fd in (0, 1, 2) and attr(s, "protocol") in ("tcp", "udp")]
+            unknown = [fd for fd in (0, 1, 2) if (fds.get(fd) or "").startswith("socket:") and fd not in known]
+            if not socks and unknown and probe is not None:
+                # The enricher's socket table is cached briefly; a socket connected just
+                # before exec may not be in it. Look at this process now.
+                for s in probe.std_inet_sockets(attr(ev, "pid"), attr(ev, "start_time")):
+                    socks += [{"fd": fd, "inode": s["inode"], "protocol": s["protocol"], "remote": s["remote"]}
+                              for fd in s["fds"]]
+            if socks:
+                if self._first([s["inode"] for s in socks]):
+                    yield self.info, ev, {"fds": [f"{s['fd']}:{fds.get(s['fd'], '')}" for s in socks],
+                                          "remote": [s["remote"] for s in socks],
+                                          "protocol": socks[0]["protocol"]}
+                return  # else a descendant of a shell already reported: same connection
+        if is_shell and probe is not None and (fds.get(0) or "").startswith("/dev/pts/"):
+            ppid = attr(ev, "ppid")
+            if ppid:
+                socks = probe.std_inet_sockets(ppid, _start_ticks(attr(ev, "parent_exec_id")))
+                if socks and self._first([s["inode"] for s in socks]):
+                    yield self.info, ev, {"fds": [f"0:{fds.get(0)}"], "parent_pid": ppid,
+                                          "parent_exe": view.get("ParentImage"),
+                                          "parent_sockets": socks}
+                    return
+        side = "shell" if is_shell and _reads_commands(attr(ev, "argv")) else (
+            "net" if name in NET_TOOLS else None)
+        if side is None:
+            return
+        now = time.monotonic()
+        for fd in (0, 1):
+            inode = _pipe(fds.get(fd))
+            if inode is None:
+                continue
+            other = self._pipes.get(inode)
+            if other is not None and other[0] != side and now - other[2] < self.PIPE_TTL_S:
+                shell_ev, net_ev = (ev, other[1]) if side == "shell" else (other[1], ev)
+                del self._pipes[inode]
+                yield self.info, shell_ev, {"pipe": f"pipe:[{inode}]",
+                                            "network_tool": attr(net_ev, "exe"),
+                                            "network_tool_pid": attr(net_ev, "pid"),
+                                            "network_tool_argv": list(attr(net_ev, "argv") or ())}
+                return
+            self._pipes[inode] = (side, ev, now)
+            if len(self._pipes) > self.PIPES_KEPT:
+                self._pipes.popitem(last=False)
+
+
+class ServiceAccountShell(Behaviour):
+    """An account that cannot log in (a nologin/false shell in the account database) and is a
+    system account (0 < uid < UID_MIN from /etc/login.defs) starts a shell that reads commands
+    (interactive, or from stdin): what a web-shell or RCE hands an attacker."""
+
+    info = _info(9, "Service account started an interactive shell", "high",
+                 ("attack.execution", "attack.t1059.004"))
+
+    def __init__(self) -> None:
+        self.uid_min = _login_defs_uid_min()
+        self._shells: dict[int, str | None] = {}
+
+    def _login_shell(self, uid: int) -> str | None:
+        if uid not in self._shells:
+            try:
+                self._shells[uid] = pwd.getpwuid(uid).pw_shell
+            except KeyError:
+                self._shells[uid] = None
+        return self._shells[uid]
+
+    def observe(self, ev, view, probe):
+        if view is None or view.base not in SHELLS:
+            return
+        uid = attr(ev, "uid")
+        if uid is None or not 0 < uid < self.uid_min:
+            return
+        shell = self._login_shell(uid)
+        if shell is None or _base(shell) not in ("nologin", "false", "sync", ""):
+            return
+        if _reads_commands(attr(ev, "argv")):
+            yield self.info, ev, {"uid": uid, "user": attr(ev, "user"), "login_shell": shell,
+                                  "CommandLine": view.get("CommandLine")}
+
+
+def _login_defs_uid_min(path: str = "/etc/login.defs") -> int:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "UID_MIN" and parts[1].isdigit():
+                    return int(parts[1])
+    except OSError:
+        pass
+    return 1000
+
+
+class DownloadChmodExec(Behaviour):
+    """A file fetched by a download tool, made executable with chmod, then executed, within one
+    audit session (sessionid; processes with none share one bucket), within an hour. Paths are
+    resolved against each process's cwd."""
+
+    info = _info(11, "Downloaded file made executable and run (download, chmod +x, exec)", "high",
+                 ("attack.command_and_control", "attack.t1105"))
+    DOWNLOADERS = frozenset(("curl", "wget", "wget2", "fetch", "tftp", "ftp", "aria2c", "scp",
+                             "sftp", "rsync"))
+    TTL_S = 3600.0
+    KEPT = 4096
+
+    def __init__(self) -> None:
+        # (session, path) -> [state "downloaded"|"executable", download exec_id, downloader, time]
+        self._files: OrderedDict[tuple[Any, str], list] = OrderedDict()
+        self._executables = 0  # entries in state "executable" (the per-event fast path)
+
+    def observe(self, ev, view, probe):
+        if view is None:
+            return
+        name = view.base
+        if name not in self.DOWNLOADERS and name != "chmod" and not self._executables:
+            return  # the common case: nothing downloaded and made executable is pending
+        if attr(ev, "event") != "exec":
+            return
+        argv = attr(ev, "argv") or ()
+        cwd = attr(ev, "cwd") or "/"
+        session = attr(ev, "sessionid")
+        now = time.monotonic()
+        if name in self.DOWNLOADERS:
+            for path in _download_targets(name, argv):
+                self._remember((session, _abs(cwd, path)), ["downloaded", attr(ev, "exec_id"),
+                                                            " ".join(argv), now])
+            return
+        if name == "chmod" and len(argv) >= 3 and _adds_exec(argv[1:]):
+            for a in argv[1:]:
+                if a.startswith("-") or _MODE.match(a):
+                    continue
+                st = self._files.get((session, _abs(cwd, a)))
+                if st is not None and now - st[3] < self.TTL_S:
+                    st[0] = "executable"
+                    st.append(" ".join(argv))
+                    self._executables += 1
+            return
+        for path in {p for p in (attr(ev, "exe"), attr(ev, "filename")) if p}:
+            key = (session, _abs(cwd, path))
+            st = self._files.get(key)
+            if st is not None and st[0] == "executable" and now - st[3] < self.TTL_S:
+                del self._files[key]
+                self._executables -= 1
+                yield self.info, ev, {"file": key[1], "downloaded_by": st[2], "chmod": st[4],
+                                      "download_exec_id": st[1]}
+                return
+
+    def _remember(self, key, value) -> None:
+        old = self._files.pop(key, None)
+        if old is not None and old[0] == "executable":
+            self._executables -= 1
+        self._files[key] = value
+        if len(self._files) > self.KEPT:
+            _, dropped = self._files.popitem(last=False)
+            if dropped[0] == "executable":
+                self._executables -= 1
+
+
+_MODE = re.compile(r"[0-7]{3,4}\Z|[ugoa]*[+-=][rwxXstugo]+(,[ugoa]*[+-=][rwxXstugo]+)*\Z")
+
+
+def _adds_exec(args) -> bool:
+    for a in args:
+        if re.fullmatch(r"[0-7]{3,4}", a):
+            return any(int(d) & 1 for d in a[-3:])
+        if _MODE.match(a) and "+" in a and "x" in a.split("+", 1)[1]:
+            return True
+        if _MODE.match(a) and "=" in a and "x" in a.split("=", 1)[1]:
+            return True
+    return False
+
+
+def _abs(cwd: str, path: str) -> str:
+    return posixpath.normpath(path if path.startswith("/") else posixpath.join(cwd, path))
+
+
+def _download_targets(tool: str, argv) -> list[str]:
+    """Where the tool writes: -o/-O/--output/--output-document values, or the URL's basename
+    (curl -O, wget without -O)."""
+    out: list[str] = []
+    urls = [a for a in argv[1:] if "://" in a]
+    it = iter(range(1, len(argv)))
+    explicit = False
+    remote_name = False
+    for i in it:
+        a = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if tool == "curl":
+            if a in ("-o", "--output") and nxt:
+                out.append(nxt)
+                explicit = True
+            elif a.startswith("-o") and len(a) > 2 and not a.startswith("--"):
+                out.append(a[2:])
+                explicit = True
+            elif a in ("-O", "--remote-name"):
+                remote_name = True
+        elif tool in ("wget", "wget2"):
+            if a in ("-O", "--output-document") and nxt:
+                out.append(nxt)
+                explicit = True
+            elif a.startswith("--output-document="):
+                out.append(a.split("=", 1)[1])
+                explicit = True
+            elif a.startswith("-O") and len(a) > 2:
+                out.append(a[2:])
+                explicit = True
+        elif tool in ("scp", "rsync") and i == len(argv) - 1:
+            out.append(a)
+    if (tool in ("wget", "wget2") and not explicit) or remote_name:
+        out += [u.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] for u in urls]
+    return [p for p in out if p and p != "-"]
+
+
+@functools.lru_cache(maxsize=1024)
+def _realpath(path: str) -> str:
+    return os.path.realpath(path)
+
+
+class Argv0Mismatch(Behaviour):
+    """argv[0] names a different program than the one executed (`exec -a sshd payload`), the
+    usual way to hide in a process list. Symlinks (python3 -> python3.11), login shells
+    (`-bash`), multi-call binaries and paths given as /dev/fd/N are not mismatches."""
+
+    info = _info(20, "Process name (argv[0]) does not match the executable", "medium",
+                 ("attack.defense_evasion", "attack.t1036.005"))
+    MULTICALL = frozenset(("busybox", "toybox", "systemd", "coreutils", "sudo", "su", "ld.so"))
+
+    def observe(self, ev, view, probe):
+        if view is None or attr(ev, "event") != "exec":
+            return
+        argv = attr(ev, "argv")
+        exe, filename = attr(ev, "exe"), attr(ev, "filename")
+        if not argv or not exe or not filename or attr(ev, "exe_fileless"):
+            return
+        a0 = _base(argv[0]).lstrip("-")
+        if not a0 or filename.startswith(("/dev/fd/", PROC_PREFIX)):
+            return  # fexecve and friends: the path names a descriptor, not a program
+        if argv[0].startswith("/") and _realpath(argv[0]) == exe:
+            # /bin/sh -> /usr/bin/dash; and #! scripts, whose argv[0] the kernel sets to the
+            # interpreter named on the #! line (argv = [interpreter, script, args...]).
+            return
+        names = {_base(exe), _base(filename)}
+        if _base(exe) in self.MULTICALL or _base(exe).startswith("ld-linux"):
+            return
+        a0l = a0.lower()
+        for n in names:
+            nl = n.lower()
+            # python3 -> python3.11, vi -> vim.basic, x.sh run as x: one is a prefix of the other
+            if nl.startswith(a0l) or a0l.startswith(nl):
+                return
+        yield self.info, ev, {"argv0": argv[0], "filename": filename, "Image": exe}
+
+
+class ArgvRewritten(Behaviour):
+    """procfs showed another argv moments after exec than the kernel captured at exec (the
+    event's differs.argv): the process may have overwritten its own command line. A process
+    that exec'd again before enrichment (`bash -c 'exec x'`, env -> bash) shows another argv
+    too, and its next exec event arrives after this one (with the same exec_id: exec keeps the
+    start time), so the decision waits CONFIRM_S: a later exec or the exit of the process
+    cancels it; otherwise, on the first event observed after CONFIRM_S, the alert is raised if
+    the process still runs the same executable (live probe). Replay has no
+    live processes: this rule cannot fire there. Daemons that set their title (nginx,
+    postgres, sshd) do this legitimately, hence low."""
+
+    info = _info(21, "Command line rewritten after exec", "low",
+                 ("attack.defense_evasion", "attack.t1036"))
+    CONFIRM_S = 1.0
+    KEPT = 1024
+
+    def __init__(self) -> None:
+        self._pending: OrderedDict[str, tuple[Any, float]] = OrderedDict()
+
+    def observe(self, ev, view, probe):
+        if probe is None or (not self._pending and attr(ev, "differs") is None):
+            return
+        now = time.monotonic()
+        exec_id, kind = attr(ev, "exec_id"), attr(ev, "event")
+        if exec_id in self._pending and kind in ("exec", "exit"):
+            # Re-exec: not a rewrite. Exit: the executable can no longer be checked.
+            del self._pending[exec_id]
+        while self._pending:
+            first_id, (pending, t) = next(iter(self._pending.items()))
+            if now - t < self.CONFIRM_S:
+                break
+            del self._pending[first_id]
+            yield from self._confirm(pending, probe)
+        if kind == "exec" and attr(attr(ev, "differs"), "argv") and attr(ev, "exe") and attr(ev, "argv"):
+            self._pending[exec_id] = (ev, now)
+            if len(self._pending) > self.KEPT:
+                self._pending.popitem(last=False)
+
+    def _confirm(self, ev, probe):
+        if probe.exe(attr(ev, "pid"), attr(ev, "start_time")) == attr(ev, "exe"):
+            yield self.info, ev, {"argv_at_exec": list(attr(ev, "argv")),
+                                  "argv_now": list(attr(attr(ev, "differs"), "argv"))}
+
+
+def builtin() -> list[Behaviour]:
+    return [ReverseShell(), ServiceAccountShell(), DownloadChmodExec(), Argv0Mismatch(), ArgvRewritten()]
+

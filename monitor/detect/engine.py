@@ -1,0 +1,207 @@
+"""The detector: every process event in, alerts out, never an exception.
+
+Cost. SigmaHQ's Linux rules nearly all require `Image|endswith: '/name'`; rules are indexed by
+the executable basenames they require (compile.required_basenames), so an event is tested only
+against the rules for its own basename plus the few rules that constrain something else.
+
+Failure. A rule that raises while evaluating (a compiler bug, a value of an unexpected type in
+a replayed stream) is counted in `evaluation_errors`, reported once per rule on stderr through
+logging, and the other rules still run: detection must never stop the monitor.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Any, Iterable
+
+from monitor.detect import behaviour
+from monitor.detect.compile import SUFFIX
+from monitor.detect.fields import View, attr
+from monitor.detect.loader import CompiledRule, Skipped, load, load_builtin
+from monitor.events import AlertEvent, RuleInfo
+
+log = logging.getLogger("procsentry.detect")
+
+# Process creation, as Sigma means it, is an exec. `existing` (running when the monitor
+# started) and `missed` (found by a sweep) are processes whose creation the sensor did not
+# report: a reverse shell started a second before the monitor is still one.
+EVALUATED = frozenset(("exec", "existing", "missed"))
+_SEEN_ALERTS = 65536  # (rule, exec_id, time) remembered so one process alerts once per rule
+_USERS = 65536  # exec_id -> user, for ParentUser
+
+
+class Detector:
+    def __init__(self, rules: list[CompiledRule], skipped: list[Skipped],
+                 behaviours: Iterable[behaviour.Behaviour] = (), probe=None) -> None:
+        self.rules = rules
+        self.skipped = skipped
+        self.behaviours = list(behaviours)
+        self.probe = probe
+        self._index: dict[str, list[CompiledRule]] = {}  # exact basename -> rules
+        self._suffix: dict[str, list[CompiledRule]] = {}  # basename ending -> rules
+        self._always: list[CompiledRule] = []
+        self._pindex: dict[str, list[CompiledRule]] = {}  # exact parent basename -> rules
+        self._psuffix: dict[str, list[CompiledRule]] = {}
+        for r in rules:
+            if r.basenames is not None:
+                _file(r, r.basenames, self._index, self._suffix)
+            elif r.parent_basenames is not None:
+                _file(r, r.parent_basenames, self._pindex, self._psuffix)
+            else:
+                self._always.append(r)
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._users: OrderedDict[str, str | None] = OrderedDict()
+        self.alerts_per_rule: dict[str, int] = {}
+        self.errors_per_rule: dict[str, int] = {}
+        self.events_evaluated = 0
+        self.rule_evaluations = 0
+
+    @classmethod
+    def from_paths(cls, paths: list[str] | None, builtin: bool = True, probe=None) -> "Detector":
+        """Built-in pack (unless builtin=False) plus the rules under paths. RulesPathError for a
+        bad path is the caller's usage error."""
+        rules: list[CompiledRule] = []
+        skipped: list[Skipped] = []
+        if builtin:
+            r, s = load_builtin()
+            rules += r
+            skipped += s
+        if paths:
+            r, s = load(paths)
+            rules += r
+            skipped += s
+        return cls(rules, skipped, behaviour.builtin() if builtin else (), probe=probe)
+
+    # -- the per-event path --------------------------------------------------------------------
+    def observe(self, ev: Any) -> list[AlertEvent]:
+        out: list[AlertEvent] = []
+        try:
+            self._observe(ev, out)
+        except Exception as e:  # noqa: BLE001 - a malformed (replayed) event, never a crash
+            self._error("-", e)
+        return out
+
+    def _observe(self, ev: Any, out: list[AlertEvent]) -> None:
+        kind = attr(ev, "event")
+        if kind not in EVALUATED:
+            if kind == "exit":
+                for b in self.behaviours:
+                    self._run_behaviour(b, ev, None, out)
+            return
+        self.events_evaluated += 1
+        exec_id = attr(ev, "exec_id")
+        exe = attr(ev, "exe")
+        base = exe.rsplit("/", 1)[-1].lower() if exe and isinstance(exe, str) else ""
+        view = View(ev, self._users.get(attr(ev, "parent_exec_id")), base)
+        if exec_id is not None:
+            self._users[exec_id] = attr(ev, "user")
+            if len(self._users) > _USERS:
+                self._users.popitem(last=False)
+        candidates = self._always + _lookup(base, self._index, self._suffix)
+        if self._pindex or self._psuffix:
+            anc = attr(ev, "ancestry")
+            pexe = attr(anc[0], "exe") if anc else None
+            if pexe and isinstance(pexe, str):
+                more = _lookup(pexe.rsplit("/", 1)[-1].lower(), self._pindex, self._psuffix)
+                if more:
+                    candidates = candidates + more
+        self.rule_evaluations += len(candidates)
+        for rule in candidates:
+            try:
+                if rule.match(view):
+                    self._alert(rule.info, ev, _matched(rule, view), kind, out)
+            except Exception as e:  # noqa: BLE001 - see the module docstring
+                self._error(rule.info.id, e)
+        for b in self.behaviours:
+            self._run_behaviour(b, ev, view, out)
+
+    def _run_behaviour(self, b: "behaviour.Behaviour", ev: Any, view: View | None,
+                       out: list[AlertEvent]) -> None:
+        try:
+            for info, target, matched in b.observe(ev, view, self.probe):
+                self._alert(info, target, matched, attr(target, "event") or "exec", out)
+        except Exception as e:  # noqa: BLE001 - see the module docstring
+            self._error(b.info.id, e)
+
+    def _alert(self, info: RuleInfo, ev: Any, matched: dict, trigger: str, out: list) -> None:
+        # exec_id stays the same across a re-exec in one process (exec keeps the start time):
+        # one alert per rule per image (image_id; the event time where the image is unknown,
+        # which also tells `existing` then `missed` of one process apart).
+        key = (info.id, attr(ev, "exec_id"), attr(ev, "image_id") or attr(ev, "time"))
+        if key in self._seen:
+            return
+        self._seen[key] = None
+        if len(self._seen) > _SEEN_ALERTS:
+            self._seen.popitem(last=False)
+        self.alerts_per_rule[info.id] = self.alerts_per_rule.get(info.id, 0) + 1
+        out.append(AlertEvent(
+            event="alert", time=attr(ev, "time"), source=attr(ev, "source") or "replay",
+            rule=info, pid=attr(ev, "pid"),
+            exec_id=attr(ev, "exec_id"), image_id=attr(ev, "image_id"), exe=attr(ev, "exe"),
+            argv=_tuple(attr(ev, "argv")),
+            user=attr(ev, "user"), uid=attr(ev, "uid"), ancestry=_tuple(attr(ev, "ancestry")),
+            matched=matched, trigger=trigger))
+
+    def _error(self, rule_id: str, e: Exception) -> None:
+        n = self.errors_per_rule.get(rule_id, 0) + 1
+        self.errors_per_rule[rule_id] = n
+        if n == 1:
+            log.warning("rule %s failed to evaluate (%s: %s); counted in stats detection.evaluation_errors",
+                        rule_id, type(e).__name__, e)
+
+    # -- reporting -----------------------------------------------------------------------------
+    def counters(self) -> dict[str, object]:
+        return {
+            "rules_loaded": len(self.rules) + len(self.behaviours),
+            "rules_skipped": len(self.skipped),
+            "events_evaluated": self.events_evaluated,
+            "rule_evaluations": self.rule_evaluations,
+            "alerts": sum(self.alerts_per_rule.values()),
+            "alerts_per_rule": dict(self.alerts_per_rule),
+            "evaluation_errors": sum(self.errors_per_rule.values()),
+        }
+
+    def report_skipped(self, stream) -> None:
+        """Each skipped rule once, at start, with its id and the reason."""
+        for s in self.skipped:
+            print(f"procsentry: rule skipped: {s.id or '-'} ({s.file}): {s.reason}", file=stream)
+
+    def infos(self) -> list[RuleInfo]:
+        return [r.info for r in self.rules] + [b.info for b in self.behaviours]
+
+
+def _file(rule: CompiledRule, keys: frozenset[str], exact: dict, suffix: dict) -> None:
+    for k in keys:
+        if k.startswith(SUFFIX):
+            suffix.setdefault(k[1:], []).append(rule)
+        else:
+            exact.setdefault(k, []).append(rule)
+
+
+def _lookup(base: str, exact: dict, suffix: dict) -> list[CompiledRule]:
+    """The rules filed under this basename, exactly or by an ending, each once."""
+    found = exact.get(base, [])
+    if suffix:
+        extra = [r for end, rs in suffix.items() if base.endswith(end) for r in rs]
+        if extra:  # a rule can be under both an exact name and an ending: evaluate it once
+            found = list(dict.fromkeys(found + extra, None))
+    return found
+
+
+def _matched(rule: CompiledRule, view: View) -> dict[str, object]:
+    """The fields of the rule's positive leaves that are true on this event, with the event's
+    values: what a responder needs to see why it fired."""
+    out: dict[str, object] = {}
+    for field, pred in rule.leaves:
+        if field in out:
+            continue
+        try:
+            if pred(view):
+                out[field] = view.get(field) if field != "keywords" else view.get("CommandLine")
+        except Exception:  # noqa: BLE001 - reporting must not lose the alert
+            continue
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
+
+
+def _tuple(v):
+    return tuple(v) if isinstance(v, list) else v

@@ -1,0 +1,166 @@
+"""The field taxonomy: what a Sigma field name means on a procsentry process event.
+
+SigmaHQ's linux/process_creation rules are written against Sysmon for Linux's event 1, its
+auditd rules against auditd's EXECVE records, and rules written for procsentry use procsentry's
+own field names. One event answers all three vocabularies; README.md ("Detection: field
+mapping") documents the table below.
+
+A View wraps one event (a ProcessEvent from the live pipeline, or the dict of a JSON line
+replayed by `procsentry detect`) and computes each field at most once, on first use: most
+rules are never evaluated for most events (see engine.py), so most fields are never built.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+MISSING = object()
+
+
+def attr(obj: Any, name: str) -> Any:
+    """obj.name for a dataclass record, obj[name] for a replayed JSON dict, None when absent."""
+    if type(obj) is dict:
+        return obj.get(name)
+    return getattr(obj, name, None)  # None.x is None too
+
+
+def _join(argv) -> str | None:
+    # Sysmon for Linux builds CommandLine by joining argv with single spaces, unquoted.
+    return None if argv is None else " ".join(argv)
+
+
+def _parent(ev):
+    anc = attr(ev, "ancestry")
+    return anc[0] if anc else None
+
+
+def _basename(path: str | None) -> str | None:
+    return None if path is None else path.rsplit("/", 1)[-1]
+
+
+def _ancestry_field(name: str) -> Callable[[Any], Any]:
+    def get(ev):
+        anc = attr(ev, "ancestry")
+        if anc is None:
+            return None
+        if name == "argv":  # each ancestor's command line, as CommandLine is built
+            return tuple(_join(attr(a, "argv")) for a in anc if attr(a, "argv") is not None)
+        return tuple(v for a in anc if (v := attr(a, name)) is not None)
+    return get
+
+
+# Sysmon for Linux (event 1, process creation) names -> procsentry. ParentUser needs state
+# (ancestors carry no uid) and is supplied by the engine; see View.parent_user.
+SYSMON: dict[str, Callable[[Any], Any]] = {
+    "Image": lambda ev: attr(ev, "exe"),
+    "CommandLine": lambda ev: _join(attr(ev, "argv")),
+    "CurrentDirectory": lambda ev: attr(ev, "cwd"),
+    "User": lambda ev: attr(ev, "user"),
+    # Sysmon for Linux fills LogonId from the process's uid (two SigmaHQ OMIGOD rules test
+    # `LogonId: 0` for root), so it is the uid here too.
+    "LogonId": lambda ev: attr(ev, "uid"),
+    "ProcessId": lambda ev: attr(ev, "pid"),
+    "ParentProcessId": lambda ev: attr(ev, "ppid"),
+    "ProcessGuid": lambda ev: attr(ev, "exec_id"),
+    "ParentProcessGuid": lambda ev: attr(ev, "parent_exec_id"),
+    "ParentImage": lambda ev: attr(_parent(ev), "exe"),
+    "ParentCommandLine": lambda ev: _join(attr(_parent(ev), "argv")),
+    "OriginalFileName": lambda ev: _basename(attr(ev, "exe")),
+}
+
+# auditd EXECVE record fields (a0..aN are handled in View.get).
+AUDITD: dict[str, Callable[[Any], Any]] = {
+    "type": lambda ev: "EXECVE",
+    "argc": lambda ev: attr(ev, "argc") if attr(ev, "argc") is not None else (
+        len(attr(ev, "argv")) if attr(ev, "argv") is not None else None),
+    "exe": lambda ev: attr(ev, "exe"),
+    "cwd": lambda ev: attr(ev, "cwd"),
+    "auid": lambda ev: attr(ev, "loginuid"),
+    "ses": lambda ev: attr(ev, "sessionid"),
+}
+
+# Names procsentry adds for rules written against it (its own fields need no entry: any
+# top-level field, and dotted paths into the ns, proc and differs objects, resolve by name).
+EXTRA: dict[str, Callable[[Any], Any]] = {
+    "argv0": lambda ev: (attr(ev, "argv") or (None,))[0],
+    "ancestry.exe": _ancestry_field("exe"),
+    "ancestry.argv": _ancestry_field("argv"),
+    "ancestry.pid": _ancestry_field("pid"),
+    "ancestry.exec_id": _ancestry_field("exec_id"),
+    "parent.exe": lambda ev: attr(_parent(ev), "exe"),
+    "parent.argv": lambda ev: attr(_parent(ev), "argv"),
+}
+
+RESOLVERS: dict[str, Callable[[Any], Any]] = {**SYSMON, **AUDITD, **EXTRA}
+_AUDIT_ARG = re.compile(r"a([0-9]+)\Z")
+
+
+def resolve(ev: Any, name: str) -> Any:
+    """The value of field `name` on event `ev` (None when the event has no such value)."""
+    fn = RESOLVERS.get(name)
+    if fn is not None:
+        return fn(ev)
+    m = _AUDIT_ARG.match(name)
+    if m is not None:
+        argv = attr(ev, "argv")
+        i = int(m.group(1))
+        return argv[i] if argv is not None and i < len(argv) else None
+    if "." in name:  # proc.state, ns.pid, differs.argv; through lists: proc.sockets.remote
+        return _path(ev, name.split("."))
+    return attr(ev, name)
+
+
+def _path(obj: Any, parts: list[str]) -> Any:
+    for i, part in enumerate(parts):
+        if isinstance(obj, (list, tuple)):
+            vals = (_path(e, parts[i:]) for e in obj)
+            return tuple(v for v in vals if v is not None)
+        obj = attr(obj, part)
+        if obj is None:
+            return None
+    return obj
+
+
+class View:
+    """One event as the rules see it: fields resolved lazily, once, lower-cased once."""
+
+    __slots__ = ("ev", "_values", "_lower", "parent_user", "base")
+
+    def __init__(self, ev: Any, parent_user: str | None = None, base: str = "") -> None:
+        self.ev = ev
+        self.base = base  # the executable's basename, lower-cased ("" without one)
+        self._values: dict[str, Any] = {}
+        self._lower: dict[str, Any] = {}
+        self.parent_user = parent_user
+
+    def get(self, name: str) -> Any:
+        v = self._values.get(name, MISSING)
+        if v is MISSING:
+            v = self.parent_user if name == "ParentUser" else resolve(self.ev, name)
+            self._values[name] = v
+        return v
+
+    def lower(self, name: str) -> Any:
+        """The field as text, lower-cased (a tuple for list fields); None when absent."""
+        v = self._lower.get(name, MISSING)
+        if v is MISSING:
+            v = _as_text(self.get(name), True)
+            self._lower[name] = v
+        return v
+
+    def text(self, name: str) -> Any:
+        return _as_text(self.get(name), False)
+
+
+def _as_text(v: Any, low: bool) -> Any:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return v.lower() if low else v
+    if isinstance(v, bool):  # Sigma compares booleans as the words true/false
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return tuple(t for x in v if (t := _as_text(x, low)) is not None and not isinstance(t, tuple))
+    if isinstance(v, (int, float)):
+        return str(v)
+    return None  # objects (ns, proc) are not strings: match their dotted fields instead

@@ -1,0 +1,183 @@
+"""Load Sigma rule files with pySigma and compile the ones procsentry can evaluate.
+
+Every file is loaded on its own (`SigmaCollection.load_ruleset([file], collect_errors=True)`),
+so one broken file is one skipped entry with its reason, never a failed start. A rule is
+skipped, with its id and the reason, when pySigma reports errors for it, when its log source
+is not process creation (Sysmon-style `category: process_creation` on Linux, or auditd EXECVE
+records), or when the compiler meets something it cannot evaluate.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from monitor.detect.compile import (PARENT_IMAGE_FIELDS, Pred, Unsupported, compile_condition,
+                                    required_basenames)
+from monitor.events import RuleInfo
+
+log = logging.getLogger("procsentry.detect")
+
+BUILTIN_DIR = Path(__file__).resolve().parent / "rules"
+RULE_SUFFIXES = (".yml", ".yaml")
+
+
+class RulesPathError(Exception):
+    """A --rules path that does not exist or holds no rule files: a usage error."""
+
+
+@dataclass(eq=False)  # hashed by identity: the engine de-duplicates candidate lists
+class CompiledRule:
+    info: RuleInfo
+    match: Pred
+    leaves: list[tuple[str, Pred]]
+    basenames: frozenset[str] | None  # index key: see compile.required_basenames
+    parent_basenames: frozenset[str] | None = None  # the same on ParentImage, when no Image key
+
+
+@dataclass
+class Skipped:
+    id: str | None
+    title: str | None
+    file: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        self.reason = " ".join(self.reason.split())  # one line: YAML errors span several
+
+
+def rule_files(paths: list[str]) -> list[Path]:
+    """The rule files under each path (files as given, directories recursively, sorted)."""
+    out: list[Path] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            found = sorted(f for f in path.rglob("*") if f.suffix in RULE_SUFFIXES and f.is_file())
+            if not found:
+                raise RulesPathError(f"{p}: no .yml rule files in this directory")
+            out.extend(found)
+        elif path.is_file():
+            out.append(path)
+        elif path.exists():
+            raise RulesPathError(f"{p}: not a file or directory")
+        else:
+            raise RulesPathError(f"{p}: no such file or directory")
+    return out
+
+
+def logsource_problem(rule) -> str | None:
+    """Why this rule's log source is not one procsentry's events answer (None when it is)."""
+    ls = rule.logsource
+    category, product, service = ls.category, ls.product, ls.service
+    if product not in (None, "linux"):
+        return f"log source product {product!r}: procsentry sees Linux processes"
+    if category == "process_creation" and service is None:
+        return None
+    if service == "auditd" and category is None:
+        # auditd rules are about many record types; procsentry's execs answer EXECVE only.
+        if _mentions_execve(rule):
+            return None
+        return "auditd rule not about EXECVE records (procsentry has process executions only)"
+    return (f"log source category={category} product={product} service={service}: "
+            "only process_creation and auditd EXECVE rules are evaluated")
+
+
+def _mentions_execve(rule) -> bool:
+    for det in rule.detection.detections.values():
+        for item in _items(det):
+            if getattr(item, "field", None) == "type" and any(
+                    str(v).upper() == "EXECVE" for v in getattr(item, "value", [])):
+                return True
+    return False
+
+
+def _items(det):
+    for item in getattr(det, "detection_items", []):
+        if hasattr(item, "detection_items"):
+            yield from _items(item)
+        else:
+            yield item
+
+
+def _level(rule) -> str:
+    lv = rule.level
+    return getattr(lv, "name", str(lv) if lv is not None else "medium").lower()
+
+
+def _info(rule, source: str, file: str) -> RuleInfo:
+    status = rule.status
+    return RuleInfo(
+        id=str(rule.id) if rule.id else f"{file}:{rule.title}",
+        title=str(rule.title), level=_level(rule),
+        status=getattr(status, "name", status).lower() if status is not None else None,
+        author=rule.author, tags=tuple(f"{t.namespace}.{t.name}" for t in (rule.tags or ())),
+        references=tuple(str(r) for r in (rule.references or ())), source=source, file=file)
+
+
+def load(paths: list[str], source: str = "sigma",
+         display: Callable[[Path], str] = str) -> tuple[list[CompiledRule], list[Skipped]]:
+    """Load and compile every rule under paths. Raises RulesPathError for a bad path only."""
+    from sigma.collection import SigmaCollection  # noqa: PLC0415 - heavy import, only with rules
+    from sigma.rule import SigmaRule  # noqa: PLC0415
+
+    loaded: list[CompiledRule] = []
+    skipped: list[Skipped] = []
+    for f in rule_files(paths):
+        name = display(f)
+        try:
+            collection = SigmaCollection.load_ruleset([f], collect_errors=True)
+        except Exception as e:  # noqa: BLE001 - a rule file must never stop the monitor
+            skipped.append(Skipped(None, None, name, f"not loadable: {e}"))
+            continue
+        rule_errors = {str(e) for r in collection.rules for e in (getattr(r, "errors", None) or ())}
+        for err in getattr(collection, "errors", []) or []:
+            if str(err) not in rule_errors:  # pySigma lists a rule's errors in both places
+                skipped.append(Skipped(None, None, name, f"pySigma: {err}"))
+        for rule in collection.rules:
+            rid = str(rule.id) if getattr(rule, "id", None) else None
+            title = getattr(rule, "title", None)
+            if not isinstance(rule, SigmaRule):
+                skipped.append(Skipped(rid, title, name, f"{type(rule).__name__}: only detection rules are evaluated"))
+                continue
+            if rule.errors:
+                skipped.append(Skipped(rid, title, name, "pySigma: " + "; ".join(str(e) for e in rule.errors)))
+                continue
+            try:
+                problem = logsource_problem(rule)
+                if problem:
+                    skipped.append(Skipped(rid, title, name, problem))
+                    continue
+                loaded.append(compile_rule(rule, source, name))
+            except Unsupported as e:
+                skipped.append(Skipped(rid, title, name, str(e)))
+            except Exception as e:  # noqa: BLE001 - pySigma raises its own errors lazily
+                skipped.append(Skipped(rid, title, name, f"{type(e).__name__}: {e}"))
+    return loaded, skipped
+
+
+def compile_rule(rule, source: str, file: str) -> CompiledRule:
+    conds = rule.detection.parsed_condition
+    if not conds:
+        raise Unsupported("no condition")
+    preds, leaves, keys, pkeys = [], [], [], []
+    for cond in conds:  # several conditions in one rule are alternatives (OR)
+        tree = cond.parsed
+        p, lv = compile_condition(tree)
+        preds.append(p)
+        leaves.extend(lv)
+        keys.append(required_basenames(tree))
+        pkeys.append(required_basenames(tree, PARENT_IMAGE_FIELDS))
+    if len(preds) == 1:
+        match = preds[0]
+    else:
+        match = lambda v: any(p(v) for p in preds)  # noqa: E731
+    basenames = None if any(k is None for k in keys) else frozenset().union(*keys)
+    pbasenames = None if basenames is not None or any(k is None for k in pkeys) else frozenset().union(*pkeys)
+    return CompiledRule(_info(rule, source, file), match, leaves, basenames, pbasenames)
+
+
+def load_builtin() -> tuple[list[CompiledRule], list[Skipped]]:
+    root = BUILTIN_DIR.parent.parent.parent
+    return load([str(BUILTIN_DIR)], "builtin",
+                display=lambda p: str(p.relative_to(root)) if p.is_relative_to(root) else str(p))

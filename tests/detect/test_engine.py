@@ -1,0 +1,76 @@
+"""The detector in-process: a rule that raises is counted and reported, never raised, and the
+other rules still run; the text format shows the rule's author; counters add up."""
+from __future__ import annotations
+
+import logging
+
+from monitor.detect.engine import Detector
+from monitor.detect.loader import CompiledRule, load
+from monitor.events import AlertEvent, RuleInfo
+from monitor.output import to_json, to_text
+
+RULE = """title: id run
+id: 0b5e0000-0000-4000-8000-0000000000aa
+status: test
+author: Jane Roe
+level: low
+tags: [attack.t1033]
+logsource: {category: process_creation, product: linux}
+detection:
+  sel: {Image|endswith: /id}
+  condition: sel
+"""
+
+
+def info(rid: str) -> RuleInfo:
+    return RuleInfo(id=rid, title="broken", level="high", status="test", author="x", tags=(),
+                    references=(), source="sigma", file="f.yml")
+
+
+def event(**kw) -> dict:
+    ev = {"event": "exec", "time": "2026-12-01T10:00:00.000000000Z", "pid": 42, "exec_id": "b:1:42",
+          "exe": "/usr/bin/id", "argv": ["id", "-u"], "user": "root", "uid": 0, "ancestry": None}
+    ev.update(kw)
+    return ev
+
+
+def test_a_failing_rule_is_counted_and_reported_once_and_others_still_alert(tmp_path, caplog):
+    (tmp_path / "r.yml").write_text(RULE)
+    good, skipped = load([str(tmp_path)])
+    assert skipped == []
+
+    def explode(view):
+        raise KeyError("boom")
+
+    bad = CompiledRule(info("0b5e0000-0000-4000-8000-0000000000bb"), explode, [], None)
+    det = Detector([bad, *good], [])
+    with caplog.at_level(logging.WARNING, logger="procsentry.detect"):
+        first = det.observe(event())
+        second = det.observe(event(pid=43, exec_id="b:1:43"))
+    assert [(a.rule.id, a.pid) for a in first + second] == [
+        ("0b5e0000-0000-4000-8000-0000000000aa", 42), ("0b5e0000-0000-4000-8000-0000000000aa", 43)]
+    c = det.counters()
+    assert c["evaluation_errors"] == 2
+    assert c["alerts_per_rule"] == {"0b5e0000-0000-4000-8000-0000000000aa": 2}
+    assert c["rules_loaded"] == 2 and c["rules_skipped"] == 0 and c["events_evaluated"] == 2
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "0b5e0000-0000-4000-8000-0000000000bb" in warnings[0]
+
+
+def test_same_process_image_alerts_once_per_rule(tmp_path):
+    (tmp_path / "r.yml").write_text(RULE)
+    det = Detector(*load([str(tmp_path)]))
+    assert len(det.observe(event())) == 1
+    assert det.observe(event()) == []  # the same event again (a replayed duplicate)
+    assert len(det.observe(event(time="2026-12-01T10:00:01.000000000Z"))) == 1  # a re-exec
+
+
+def test_text_and_json_show_the_author(tmp_path):
+    (tmp_path / "r.yml").write_text(RULE)
+    det = Detector(*load([str(tmp_path)]))
+    [alert] = det.observe(event())
+    assert isinstance(alert, AlertEvent)
+    line = to_text(alert).decode()
+    assert line == ("10:00:00.000 ALERT         42 LOW id run [0b5e0000-0000-4000-8000-0000000000aa, "
+                    "attack.t1033, by Jane Roe] root /usr/bin/id [id -u]\n")
+    assert b'"author":"Jane Roe"' in to_json(alert)

@@ -1,0 +1,91 @@
+"""`procsentry rules check`, bad rule paths, and rules that cannot be evaluated: each is
+reported once with its id and reason and skipped, never a crash."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+GOOD = """title: good
+id: 0b5e0000-0000-4000-8000-000000000001
+status: test
+author: A
+level: low
+logsource: {category: process_creation, product: linux}
+detection:
+  sel: {Image|endswith: /id}
+  condition: sel
+"""
+NETWORK = GOOD.replace("000000000001", "000000000002").replace("category: process_creation", "category: network_connection")
+WINDOWS = GOOD.replace("000000000001", "000000000003").replace("product: linux", "product: windows")
+PLACEHOLDER = GOOD.replace("000000000001", "000000000004").replace("Image|endswith: /id", "User|expand: '%admins%'")
+BAD_CONDITION = GOOD.replace("000000000001", "000000000005").replace("condition: sel", "condition: sel and missing_sel")
+AUDITD_SYSCALL = (GOOD.replace("000000000001", "000000000006")
+                  .replace("{category: process_creation, product: linux}", "{product: linux, service: auditd}")
+                  .replace("sel: {Image|endswith: /id}", "sel: {type: SYSCALL, syscall: ptrace}"))
+
+
+def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "monitor", *args], input=stdin, capture_output=True,
+                          cwd=REPO, timeout=120)
+
+
+def test_rules_check_lists_loaded_and_skipped_with_reasons(tmp_path):
+    for name, text in [("good.yml", GOOD), ("net.yml", NETWORK), ("win.yml", WINDOWS), ("ph.yml", PLACEHOLDER),
+                       ("cond.yml", BAD_CONDITION), ("audit.yml", AUDITD_SYSCALL),
+                       ("broken.yml", "title: [unclosed\n")]:
+        (tmp_path / name).write_text(text)
+    r = run("rules", "check", "--format", "json", str(tmp_path))
+    assert r.returncode == 1  # some rules were skipped
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    by_file = {Path(row["file"]).name: row for row in rows}
+    assert by_file["good.yml"]["status"] == "loaded"
+    assert by_file["good.yml"]["indexed_by_image"] == ["id"]
+    assert {n for n, row in by_file.items() if row["status"] == "skipped"} == {
+        "net.yml", "win.yml", "ph.yml", "cond.yml", "audit.yml", "broken.yml"}
+    assert "category=network_connection" in by_file["net.yml"]["reason"]
+    assert by_file["net.yml"]["id"] == "0b5e0000-0000-4000-8000-000000000002"
+    assert "product 'windows'" in by_file["win.yml"]["reason"]
+    assert "placeholder" in by_file["ph.yml"]["reason"]
+    assert "missing_sel" in by_file["cond.yml"]["reason"]
+    assert "not about EXECVE" in by_file["audit.yml"]["reason"]
+    assert by_file["broken.yml"]["id"] is None
+
+
+def test_rules_check_text_and_exit_zero_when_all_load(tmp_path):
+    (tmp_path / "good.yml").write_text(GOOD)
+    r = run("rules", "check", str(tmp_path / "good.yml"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().splitlines()[-1] == "1 loaded, 0 skipped"
+
+
+def test_bad_rules_path_is_a_one_line_usage_error(tmp_path):
+    for args in (["detect", "--rules", str(tmp_path / "nope")],
+                 ["watch", "--rules", str(tmp_path / "nope"), "--duration", "1"],
+                 ["rules", "check", str(tmp_path / "nope")]):
+        r = run(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        lines = r.stderr.decode().splitlines()
+        assert len(lines) == 1 and lines[0].endswith(f"{tmp_path / 'nope'}: no such file or directory"), lines
+        assert r.stdout == b""
+
+
+def test_detect_skips_unusable_rules_but_evaluates_the_rest(tmp_path):
+    (tmp_path / "good.yml").write_text(GOOD)
+    (tmp_path / "net.yml").write_text(NETWORK)
+    event = {"event": "exec", "time": "2026-12-01T10:00:00.000000000Z", "pid": 7, "exec_id": "b:1:7",
+             "exe": "/usr/bin/id", "argv": ["id"], "user": "root", "uid": 0}
+    stream = (json.dumps(event) + "\n" + "garbage\n" + json.dumps([1, 2]) + "\n"
+              + json.dumps({"event": "exec", "exe": 5, "argv": "notalist", "pid": 8, "exec_id": "x"}) + "\n").encode()
+    r = run("detect", "--no-builtin-rules", "--rules", str(tmp_path), stdin=stream)
+    assert r.returncode == 0, r.stderr
+    alerts = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(a["rule"]["id"], a["pid"], a["matched"]) for a in alerts] == [
+        ("0b5e0000-0000-4000-8000-000000000001", 7, {"Image": "/usr/bin/id"})]
+    err = r.stderr.decode()
+    assert "rule skipped: 0b5e0000-0000-4000-8000-000000000002" in err
+    assert "2 lines not JSON objects" in err
+    assert "1 rules loaded, 1 skipped" in err
