@@ -165,6 +165,10 @@ class Sink:
     def write(self, record: Any) -> None:
         self._pending.append(self.encode(record))
 
+    def write_encoded(self, data: bytes) -> None:
+        """An already encoded line (the delivery fan-out encodes once for every output)."""
+        self._pending.append(data)
+
     def flush(self) -> None:
         if not self._pending:
             return
