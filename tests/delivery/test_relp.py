@@ -1,0 +1,98 @@
+"""The RELP client against a real rsyslogd (imrelp -> omfile), and its frame parser on
+hostile bytes."""
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from monitor.delivery import syslog5424
+from monitor.delivery.relp import MAX_TXNR, ProtocolError, RelpTransport, frame, parse_frames
+from monitor.delivery.spool import Record
+from monitor.delivery.transport import DeliveryError, Outcome
+from monitor.delivery.urls import parse
+from servers import Rsyslog, SilentPeer
+
+pytestmark = pytest.mark.root
+
+
+def rec(seq: int, body: bytes) -> Record:
+    return Record(seq, 0, body + b"\n", (1, seq))
+
+
+@pytest.fixture
+def rsyslog(tmp_path):
+    s = Rsyslog(tmp_path / "rsyslog").start()
+    yield s
+    s.kill()
+
+
+def test_frames_parse_incrementally_and_reject_garbage():
+    buf = bytearray(b"1 rsp 6 200 OK\n2 rsp 0\n3 serverclose 0\n4 rsp 10 200 O")
+    assert parse_frames(buf) == [(1, b"rsp", b"200 OK"), (2, b"rsp", b""), (3, b"serverclose", b"")]
+    assert bytes(buf) == b"4 rsp 10 200 O"  # incomplete: kept for the next read
+    buf += b"K\nabc\n"
+    assert parse_frames(buf) == [(4, b"rsp", b"200 OK\nabc")]
+    assert buf == bytearray()
+    for garbage in (b"HTTP/1.1 400 Bad Request\r\n", b"1 rsp x 200\n", b"1 rsp 3 abcd\n", b"12345678901234 rsp 0\n"):
+        with pytest.raises(ProtocolError):
+            parse_frames(bytearray(garbage))
+    assert frame(7, b"syslog", b"hello") == b"7 syslog 5 hello\n"
+    assert frame(8, b"close") == b"8 close 0\n"
+
+
+def test_syslog_message_is_rfc5424_with_the_json_as_msg():
+    fields = syslog5424.header_fields("web 1")  # a space is not PRINTUSASCII: NILVALUE
+    msg = syslog5424.message(fields, b'{"seq":1,"host":{},"event":"exec","x":1}\n', b"2026-12-01T00:00:00.000000Z")
+    pid = fields.split()[2].decode()
+    assert msg == (b'<110>1 2026-12-01T00:00:00.000000Z - procsentry ' + pid.encode() +
+                   b' exec - {"seq":1,"host":{},"event":"exec","x":1}')
+
+
+def test_open_send_and_close_against_rsyslogd(rsyslog):
+    t = RelpTransport(parse(f"relp://127.0.0.1:{rsyslog.port}"), 5.0, "testhost")
+    t.connect()
+    assert t.server_software.startswith("librelp,")
+    bodies = [b'{"seq":%d,"event":"exec","argv":["caf\xc3\xa9","a\\"b"]}' % i for i in range(1, 3001)]
+    out = t.deliver([rec(i + 1, b) for i, b in enumerate(bodies)])
+    assert out == [Outcome.OK] * 3000 and t.broken is None
+    t.close()
+    # RELP acknowledged after omfile wrote: the file holds exactly these lines, in order.
+    assert rsyslog.out.read_bytes() == b"".join(b + b"\n" for b in bodies)
+
+
+def test_txnr_must_be_exact_and_wraps_after_999999999(rsyslog):
+    # librelp checks that each TXNR is the previous + 1: a client that skips one is closed
+    # on (serverclose), which is why the client numbers every frame it sends, open included.
+    t = RelpTransport(parse(f"relp://127.0.0.1:{rsyslog.port}"), 5.0, "testhost")
+    t.connect()
+    assert t.deliver([rec(1, b'{"event":"exec"}')]) == [Outcome.OK]
+    t.txnr += 5
+    assert t.deliver([rec(2, b'{"event":"exec"}')]) == []
+    assert "serverclose" in t.broken
+    t.close()
+    # The wrap itself (sending 10^9 frames to a real server is not a test's job).
+    t.txnr = MAX_TXNR - 2
+    assert [t._next_txnr() for _ in range(4)] == [MAX_TXNR - 1, MAX_TXNR, 1, 2]
+
+
+def test_server_shutdown_is_a_broken_session_not_a_hang(rsyslog):
+    t = RelpTransport(parse(f"relp://127.0.0.1:{rsyslog.port}"), 5.0, "testhost")
+    t.connect()
+    assert t.deliver([rec(1, b'{"event":"exec"}')]) == [Outcome.OK]
+    rsyslog.kill(signal.SIGTERM)  # rsyslog sends serverclose to its RELP clients
+    out = t.deliver([rec(2, b'{"event":"exec"}')])
+    assert out == [] and t.broken is not None
+    t.close()
+    with pytest.raises(DeliveryError, match="connect 127.0.0.1"):
+        t.connect()
+
+
+def test_silent_server_times_out_the_open():
+    peer = SilentPeer()
+    try:
+        t = RelpTransport(parse(f"relp://127.0.0.1:{peer.port}"), 0.5, "testhost")
+        with pytest.raises(DeliveryError, match="no RELP answer within 0.5s"):
+            t.connect()
+    finally:
+        peer.close()
