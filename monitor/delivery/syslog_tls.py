@@ -41,6 +41,13 @@ class SyslogTLSTransport(Transport):
     def close(self) -> None:
         if self.sock is not None:
             try:
+                if self.broken is None:
+                    # close_notify: the collector sees a clean end, not a truncation attack.
+                    self.sock.settimeout(1.0)
+                    self.sock.unwrap()
+            except (OSError, ValueError):
+                pass
+            try:
                 self.sock.close()
             except OSError:
                 pass

@@ -1,12 +1,8 @@
-"""Fixtures for the delivery tests: the `watch` harness of tests/pipeline (reused, not copied)
-and helpers to read what the monitor wrote locally."""
+"""Fixtures for the delivery tests: the `watch` harness of tests/pipeline, reused, not copied."""
 from __future__ import annotations
 
 import importlib.util
-import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,35 +17,3 @@ Watch = _harness.Watch
 watch = _harness.watch  # the fixture: every monitor it starts is killed at teardown
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Complete JSON lines (a line cut by a SIGKILL mid-write is skipped)."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_bytes().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
-
-
-def wait_for(predicate, timeout: float, what: str, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
-
-
-def last_stats(path: Path, url: str) -> dict | None:
-    stats = [e for e in read_jsonl(path) if e["event"] == "stats" and url in e.get("delivery", {})]
-    return stats[-1]["delivery"][url] if stats else None
-
-
-def storm(progs: Path, n: int, exe: str = "/bin/true") -> subprocess.Popen:
-    """fork+exec `exe` n times as fast as possible (tests/progs/fork_storm.c)."""
-    return subprocess.Popen([str(progs / "fork_storm"), str(n), exe], stdout=subprocess.DEVNULL)

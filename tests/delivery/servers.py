@@ -87,9 +87,9 @@ class Rsyslog(Server):
             lines.append('module(load="imrelp")')
             inp = f'input(type="imrelp" port="{self.port}" address="127.0.0.1" maxDataSize="{max_message}"'
             if tls:
+                # certvalid: the client must present a certificate signed by the CA.
                 inp += (f' tls="on" tls.cacert="{tls["ca"]}" tls.mycert="{tls["cert"]}"'
-                        f' tls.myprivkey="{tls["key"]}" tls.authmode="certvalid"' if tls.get("client_auth") else
-                        f' tls="on" tls.cacert="{tls["ca"]}" tls.mycert="{tls["cert"]}" tls.myprivkey="{tls["key"]}"')
+                        f' tls.myprivkey="{tls["key"]}" tls.authmode="certvalid"')
             lines.append(inp + ")")
         else:  # syslog over TLS, octet counting (RFC 5425)
             lines[0] = (f'global(workDirectory="{self.dir}/work" maxMessageSize="{max_message}" '
@@ -161,9 +161,14 @@ def make_ca(d: Path, name: str, host: str = "127.0.0.1") -> dict:
     run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={host}")
     run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
         "-out", str(cert), "-days", "1", "-extfile", str(ext))
-    for p in (ca_key, key):
+    # a client certificate from the same CA (imrelp with TLS asks for one)
+    ckey, ccsr, ccert = (d / f"{name}-{x}" for x in ("client.key", "client.csr", "client.pem"))
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ckey), "-out", str(ccsr), "-subj", "/CN=procsentry client")
+    run("x509", "-req", "-in", str(ccsr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+        "-out", str(ccert), "-days", "1", "-extfile", str(ext))
+    for p in (ca_key, key, ckey):
         os.chmod(p, 0o600)
-    return {"ca": str(ca), "cert": str(cert), "key": str(key)}
+    return {"ca": str(ca), "cert": str(cert), "key": str(key), "client_cert": str(ccert), "client_key": str(ckey)}
 
 
 class SilentPeer:
