@@ -38,11 +38,12 @@ class RedisTransport(Transport):
             t = self.dest.tls
             kw = dict(ssl=True, ssl_ca_certs=t.ca if t else None, ssl_certfile=t.cert if t else None,
                       ssl_keyfile=t.key if t else None, ssl_cert_reqs="required", ssl_check_hostname=True)
-        # No retries inside redis-py: the worker owns reconnects, backoff and resending.
-        self.client = redis.Redis(host=self.dest.host, port=self.dest.port, socket_timeout=self.timeout,
-                                  socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 0),
-                                  single_connection_client=True, lib_name=None, lib_version=None, **kw)
         try:
+            # No retries inside redis-py: the worker owns reconnects, backoff and resending.
+            # (With single_connection_client the constructor already connects.)
+            self.client = redis.Redis(host=self.dest.host, port=self.dest.port, socket_timeout=self.timeout,
+                                      socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 0),
+                                      single_connection_client=True, lib_name=None, lib_version=None, **kw)
             self.client.ping()
             if self.dest.mode == "stream":
                 kind = self.client.type(self.dest.key)

@@ -13,6 +13,7 @@ reported as a gap.
 """
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -27,6 +28,8 @@ from monitor.delivery.syslog_tls import SyslogTLSTransport
 from monitor.delivery.transport import DeliveryError, Outcome, Transport
 from monitor.delivery.urls import Destination
 from monitor.events import DestinationStats
+
+log = logging.getLogger(__name__)
 
 # Room kept free for `dropped` records, so the record that reports a gap always fits.
 MARKER_RESERVE = 4096
@@ -181,6 +184,24 @@ class Channel:
 
     # -- the worker thread -----------------------------------------------------------------------
     def _work(self) -> None:
+        # A bug or an unforeseen library error must not end delivery for good: it is reported
+        # in stats, the connection is dropped, and the worker starts over from the ack cursor.
+        while True:
+            try:
+                self._deliver_loop()
+                return
+            except Exception as e:  # noqa: BLE001
+                log.exception("delivery to %s failed", self.dest.url)
+                self.last_error = f"internal error: {type(e).__name__}: {e}"
+                try:
+                    self.transport.close()
+                except Exception:  # noqa: BLE001
+                    pass
+                self.connected = False
+                if self._stop.wait(self.opts.retry_initial) and time.monotonic() > self._stop_by:
+                    return
+
+    def _deliver_loop(self) -> None:
         backoff = Backoff(self.opts.retry_initial, self.opts.retry_max)
         bucket = TokenBucket(self.opts.drain_rate)
         pos = self.spool.acked_pos

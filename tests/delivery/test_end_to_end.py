@@ -144,11 +144,11 @@ def test_collector_down_beyond_the_spool_reports_the_exact_gap(watch, tmp_path, 
     rs = Rsyslog(tmp_path / "rsyslog")  # not started yet: the collector is down
     url = f"relp://127.0.0.1:{rs.port}?max_size=512k"
     local = tmp_path / "local.jsonl"
-    w = watch("--output", url, "--output", str(local), "--spool-size", "64k", "--stats-interval", "0.5",
+    w = watch("--output", url, "--output", str(local), "--spool-size", "1m", "--stats-interval", "0.5",
               "--retry-max", "0.5")
-    load = storm(progs, 300)
+    load = storm(progs, 1500)  # ~4,500 events of ~1.3 KB: several times the 1 MiB spool
     assert load.wait(120) == 0
-    wait_for(lambda: (last_stats(local, url) or {}).get("dropped", 0) > 100, 30, "drops counted")
+    wait_for(lambda: (last_stats(local, url) or {}).get("dropped", 0) > 1000, 30, "drops counted")
     rs.start()
     wait_for(lambda: any(r["event"] == "dropped" for r in rs.records()), 60, "the dropped event at rsyslog")
     # delivery resumes: a new workload arrives
@@ -159,19 +159,29 @@ def test_collector_down_beyond_the_spool_reports_the_exact_gap(watch, tmp_path, 
     assert w.stop() == 0
     received = rs.records()
     dropped = [r for r in received if r["event"] == "dropped"]
-    assert len(dropped) == 1
-    d = dropped[0]
-    assert d["reason"] == "spool_full" and d["destination"] == url and d["seq"] is None
+    assert dropped and all(d["reason"] == "spool_full" and d["destination"] == url and d["seq"] is None
+                           for d in dropped)
+    first = dropped[0]
     want = {e["seq"] for e in emitted(local)}
     gap = want - set(seqs(received))
-    assert gap == set(range(d["first_seq"], d["last_seq"] + 1))
-    assert d["count"] == len(gap) == d["last_seq"] - d["first_seq"] + 1
+    # Every seq that did not arrive is covered by exactly one dropped record, and nothing else
+    # is: the counts add up to the gap. (One run while the collector was down; on a busy host
+    # a few short runs may follow while the backlog drains.)
+    covered = [s for d in dropped for s in range(d["first_seq"], d["last_seq"] + 1)]
+    assert len(covered) == len(set(covered)) == sum(d["count"] for d in dropped)
+    assert set(covered) == gap
+    assert first["count"] >= 1000
     final = last_stats(local, url)
-    assert final["dropped"] == d["count"]
-    # the dropped record sits in seq order: after the last event before the gap
-    order = [r.get("seq") or r["last_seq"] for r in received]
-    assert received.index(d) == order.index(d["last_seq"])
-    report("spool full", dropped=d["count"], first=d["first_seq"], last=d["last_seq"], delivered=len(received))
+    assert final["dropped"] >= sum(d["count"] for d in dropped)
+    # each dropped record sits in seq order: right after the last event before its gap
+    for d in dropped:
+        i = received.index(d)
+        before = [r["seq"] for r in received[:i] if r.get("seq") is not None]
+        assert before and before[-1] < d["first_seq"]
+        nxt = next(r["seq"] for r in received[i + 1:] if r.get("seq") is not None)
+        assert nxt > d["last_seq"]
+    report("spool full", runs=len(dropped), dropped=sum(d["count"] for d in dropped), first_run=first["count"],
+           delivered=len(received))
 
 
 def test_tls_with_the_right_ca_delivers_and_another_ca_is_refused_in_clear_never(watch, tmp_path):
