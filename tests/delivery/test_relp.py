@@ -3,6 +3,7 @@ hostile bytes."""
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -11,9 +12,11 @@ from monitor.delivery.relp import MAX_TXNR, ProtocolError, RelpTransport, frame,
 from monitor.delivery.spool import Record
 from monitor.delivery.transport import DeliveryError, Outcome
 from monitor.delivery.urls import parse
+from delivery_helpers import wait_for
 from servers import Rsyslog, SilentPeer
 
 pytestmark = pytest.mark.root
+REPO = Path(__file__).resolve().parents[2]
 
 
 def rec(seq: int, body: bytes) -> Record:
@@ -96,3 +99,32 @@ def test_silent_server_times_out_the_open():
             t.connect()
     finally:
         peer.close()
+
+
+class ShippedSnippet(Rsyslog):
+    """contrib/rsyslog-procsentry.conf as shipped, with only its port, output file and work
+    directory moved into the test's directory."""
+
+    def __init__(self, workdir):
+        super().__init__(workdir)
+        text = (REPO / "contrib" / "rsyslog-procsentry.conf").read_text()
+        assert 'port="2514"' in text and "/var/log/procsentry/events.jsonl" in text
+        text = text.replace('port="2514"', f'port="{self.port}"')
+        text = text.replace("/var/log/procsentry/events.jsonl", str(self.out))
+        self.conf.write_text(f'global(workDirectory="{self.dir}/work")\n' + text)
+
+
+def test_the_shipped_rsyslog_snippet_stores_a_40k_event_whole(tmp_path):
+    s = ShippedSnippet(tmp_path / "snippet").start()
+    try:
+        t = RelpTransport(parse(f"relp://127.0.0.1:{s.port}?max_size=512k"), 5.0, "testhost")
+        t.connect()
+        big = b'{"seq":1,"host":{},"event":"exec","argv":["' + b"x" * 40000 + b'"]}'
+        assert t.deliver([rec(1, big), rec(2, b'{"seq":2,"event":"exit"}')]) == [Outcome.OK, Outcome.OK]
+        t.close()
+        # the snippet's ruleset queue writes asynchronously
+        wait_for(lambda: s.out.exists() and s.out.read_bytes().count(b"\n") >= 2, 10, "both lines in the file")
+        assert s.out.read_bytes() == big + b"\n" + b'{"seq":2,"event":"exit"}\n'
+        assert oct(s.out.stat().st_mode & 0o777) == "0o600"
+    finally:
+        s.kill()
