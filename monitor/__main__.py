@@ -71,10 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the system's CAs)")
     w.add_argument("--tls-cert", metavar="FILE", help="client certificate for TLS destinations")
     w.add_argument("--tls-key", metavar="FILE", help="key of --tls-cert")
-    w.add_argument("--state-dir", metavar="DIR",
-                   default=os.environ.get("PROCSENTRY_STATE_DIR", "/var/lib/procsentry"),
-                   help="the persisted seq and the delivery spools (default /var/lib/procsentry, "
-                        "or $PROCSENTRY_STATE_DIR)")
+    w.add_argument("--state-dir", metavar="DIR", default=None,
+                   help="the persisted seq and the delivery spools (default $PROCSENTRY_STATE_DIR, "
+                        "else /var/lib/procsentry as root, ~/.local/state/procsentry otherwise)")
     w.add_argument("--spool-size", metavar="SIZE", default="256m",
                    help="disk spool per network destination, e.g. 64m (default 256m); when full, "
                         "new events are dropped, counted and reported by a `dropped` event")
@@ -169,7 +168,7 @@ def delivery_options(args):
 def cmd_watch(args) -> int:
     from monitor import sensors  # noqa: PLC0415
     from monitor.delivery.fanout import FanOut  # noqa: PLC0415
-    from monitor.delivery.state import StateError  # noqa: PLC0415
+    from monitor.delivery.state import StateError, default_state_dir  # noqa: PLC0415
     from monitor.delivery.urls import UsageError  # noqa: PLC0415
     from monitor.pipeline import Config, Filters, Pipeline  # noqa: PLC0415
     from userspace.procfs import ProcFS, default_root  # noqa: PLC0415
@@ -189,7 +188,7 @@ def cmd_watch(args) -> int:
     print(f"procsentry: sensor {source.name}{' (' + note + ')' if note else ''}", file=sys.stderr)
     fs = ProcFS(args.proc_root or default_root())
     try:
-        sink = FanOut(dests, args.format or "auto", args.state_dir, delivery)
+        sink = FanOut(dests, args.format or "auto", args.state_dir or default_state_dir(), delivery)
     except StateError as e:
         print(f"procsentry: {e}", file=sys.stderr)
         source.close()

@@ -93,7 +93,7 @@ class FanOut:
             except OSError as e:
                 # The spool's disk failed (full, I/O error): the batch is lost for this
                 # destination; counted like a full spool, never fatal for the pipeline.
-                c.dropped += len(batch)
+                c.spool_full += len(batch)
                 c.last_error = f"spool: {e.strerror or e}"
         for s in self.locals:
             s.flush()
@@ -106,6 +106,8 @@ class FanOut:
 
     def _close_quietly(self) -> None:
         errors = []
+        for c in self.channels:
+            c.stop()  # all at once: shutdown waits for the slowest destination, not their sum
         for c in self.channels:
             try:
                 c.close()

@@ -115,13 +115,16 @@ class Spool:
     def _open_write(self, n: int) -> None:
         name = _seg_name(n)
         self._wfd = open_file(self.dir_fd, name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, f"{self.label}/{name}")
-        self.write_seg = n
-        self.sizes.setdefault(n, os.fstat(self._wfd).st_size)
+        size = os.fstat(self._wfd).st_size
+        with self._lock:
+            self.write_seg = n
+            self.sizes.setdefault(n, size)
 
     # -- the pipeline side ----------------------------------------------------------------------
     @property
     def bytes(self) -> int:
-        return sum(self.sizes.values())
+        with self._lock:  # the worker deletes segments from this dict
+            return sum(self.sizes.values())
 
     def fits(self, nbytes: int, reserve: int = 0) -> bool:
         return self.bytes + HDR.size + nbytes <= self.capacity - reserve

@@ -15,7 +15,15 @@ import stat
 
 from monitor.events import Host
 
-DEFAULT_STATE_DIR = "/var/lib/procsentry"
+def default_state_dir() -> str:
+    """$PROCSENTRY_STATE_DIR, else /var/lib/procsentry for root and the XDG state directory
+    for anyone else (the poll sensor runs without privileges)."""
+    if os.environ.get("PROCSENTRY_STATE_DIR"):
+        return os.environ["PROCSENTRY_STATE_DIR"]
+    if os.geteuid() == 0:
+        return "/var/lib/procsentry"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "procsentry")
 
 
 class StateError(Exception):
@@ -89,8 +97,10 @@ class StateDir:
     def __init__(self, path: str) -> None:
         self.path = path
         parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            raise StateError(f"--state-dir {path}: {parent} does not exist")
+        try:
+            os.makedirs(parent, 0o755, exist_ok=True)
+        except OSError as e:
+            raise StateError(f"--state-dir {path}: cannot create {parent} ({e.strerror})") from None
         self.fd = open_dir(os.path.abspath(path))
         self._lock_fd = open_file(self.fd, "lock", os.O_RDWR | os.O_CREAT, f"{path}/lock")
         try:

@@ -113,7 +113,9 @@ class Channel:
         # figures (each written by one thread only; read for stats)
         self.acknowledged = 0
         self.reconnects = 0
-        self.dropped = 0  # every event this destination will not receive (all reasons)
+        # Each counter has one writing thread: spool_full and too_large the pipeline's (offer),
+        # refused the worker's. `dropped` in stats is their sum.
+        self.spool_full = 0
         self.too_large = 0
         self.refused = 0
         self.resent = 0
@@ -150,7 +152,6 @@ class Channel:
                 # event is replaced by a `dropped` record with reason too_large.
                 m = self._marker(self.dest.url, "too_large", seq, seq, 1)
                 self.too_large += 1
-                self.dropped += 1
                 if fits(len(m), MARKER_RESERVE):
                     out.append((seq, 0, m))
                     used += HDR.size + len(m)
@@ -165,7 +166,7 @@ class Channel:
                     self._run_first = seq
                 self._run_last = seq
                 self._run_count += 1
-                self.dropped += 1
+                self.spool_full += 1
         self.spool.append(out)
 
     def _close_run(self, out, used, force: bool = False) -> int:
@@ -242,7 +243,6 @@ class Channel:
                 r = records[0]
                 substitute[r.seq] = self._marker(self.dest.url, "refused", r.seq, r.seq, 1)
                 self.refused += 1
-                self.dropped += 1
                 self.last_error = f"seq {r.seq} refused by the destination (it closed the session on it)"
             sending = [Record(r.seq, r.sub, substitute.get(r.seq, r.payload), r.end) if r.sub == 0 else r
                        for r in records]
@@ -287,7 +287,6 @@ class Channel:
             # Refused by the destination with an answer (not a broken session): put a
             # `dropped` record in its place, once; a refused marker is counted and given up.
             self.refused += 1
-            self.dropped += 1
             self.last_error = f"seq {r.seq} refused: {why}"
             if r.seq in substitute:
                 continue
@@ -300,20 +299,24 @@ class Channel:
     def figures(self) -> DestinationStats:
         return DestinationStats(
             acknowledged=self.acknowledged, pending=max(0, self.spool.pending), spool_bytes=self.spool.bytes,
-            reconnects=self.reconnects, dropped=self.dropped, too_large=self.too_large, resent=self.resent,
+            reconnects=self.reconnects, dropped=self.spool_full + self.too_large + self.refused, too_large=self.too_large, resent=self.resent,
             duplicates=self.duplicates, connected=self.connected, last_error=self.last_error)
 
+    def stop(self) -> None:
+        """Deliver what is pending for up to close_grace seconds more, then stop (the rest
+        stays in the spool for the next start). Returns at once; close() waits."""
+        if not self._stop.is_set():
+            self._stop_by = time.monotonic() + self.opts.close_grace
+            self._stop.set()
+            with self.spool.data_ready:
+                self.spool.data_ready.notify_all()
+
     def close(self) -> None:
-        """Deliver what is pending for up to close_grace seconds, then stop; the rest stays in
-        the spool for the next start."""
-        self._stop_by = time.monotonic() + self.opts.close_grace
-        self._stop.set()
-        with self.spool.data_ready:
-            self.spool.data_ready.notify_all()
+        self.stop()
         if self.thread.is_alive():
             # A worker blocked on a silent destination is left behind (a daemon thread) rather
             # than holding up the exit; what it had not delivered is still in the spool.
-            self.thread.join(self.opts.close_grace + 0.5)
+            self.thread.join(max(0.0, self._stop_by - time.monotonic()) + 0.5)
         if self._run_count:
             # Still dropping at exit: the record of the gap goes to the spool (its reserve is
             # kept for this), so the next start delivers it.
