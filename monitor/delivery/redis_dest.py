@@ -43,7 +43,7 @@ class RedisTransport(Transport):
             # (With single_connection_client the constructor already connects.)
             self.client = redis.Redis(host=self.dest.host, port=self.dest.port, socket_timeout=self.timeout,
                                       socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 0),
-                                      single_connection_client=True, lib_name=None, lib_version=None, **kw)
+                                      single_connection_client=True, **kw)
             self.client.ping()
             if self.dest.mode == "stream":
                 kind = self.client.type(self.dest.key)
