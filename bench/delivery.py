@@ -66,15 +66,22 @@ class StampedRsyslog(Rsyslog):
         self.conf.write_text(text)
 
     def stored(self) -> list[tuple[float, dict]]:
-        out = []
+        # incremental: the file grows to tens of MB and is polled every 20 ms
+        if not hasattr(self, "_parsed"):
+            self._parsed, self._off = [], 0
         if self.out.exists():
-            for line in self.out.read_bytes().splitlines():
+            with open(self.out, "rb") as f:
+                f.seek(self._off)
+                data = f.read()
+            end = data.rfind(b"\n") + 1
+            self._off += end
+            for line in data[:end].splitlines():
                 ts, _, body = line.partition(b" ")
                 try:
-                    out.append((parse_time(ts.decode()), json.loads(body)))
+                    self._parsed.append((parse_time(ts.decode()), json.loads(body)))
                 except ValueError:
                     pass
-        return out
+        return self._parsed
 
 
 class StampedRedis(Redis):
@@ -84,7 +91,7 @@ class StampedRedis(Redis):
 
     def start(self, wait: bool = True):
         super().start(wait)
-        self.arrivals: list[tuple[float, dict]] = []
+        self.arrivals = getattr(self, "arrivals", [])
         self._stop = False
         self._t = threading.Thread(target=self._read, daemon=True)
         self._t.start()
@@ -127,14 +134,15 @@ def run_one(kind: str, tmp: Path, fork_storm: Path, storm_n: int, moderate_n: in
         server = StampedRedis(d / "redis").start()
         outputs += ["--output", f"redis://127.0.0.1:{server.port}/{StampedRedis.KEY}"]
     w = subprocess.Popen([sys.executable, "-m", "monitor", "watch", "--state-dir", str(state), *outputs,
-                          "--stats-interval", "600", "--format", "json"], cwd=REPO,
+                          "--stats-interval", "600", "--format", "json", "--retry-max", "0.5"], cwd=REPO,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stored = (lambda: server.stored()) if server else (lambda: [(0.0, e) for e in read_lines(local)])
 
     def wait_seq(seq: int, timeout: float = 600) -> float:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if any(e.get("seq") == seq for _t, e in stored()[-5000:]):
+            got = stored()
+            if any(e.get("seq") == seq for _t, e in got[-5000:]):
                 return time.time()
             time.sleep(0.02)
         raise SystemExit(f"{kind}: seq {seq} not stored after {timeout}s")
@@ -171,7 +179,19 @@ def run_one(kind: str, tmp: Path, fork_storm: Path, storm_n: int, moderate_n: in
             if e.get("event") == "exec" and e.get("argv") and len(e["argv"]) == 2 and e["argv"][1] in tokens:
                 lat.append((t_stored - parse_time(e["time"])) * 1000)
         lat.sort()
-        return {"kind": kind, "storm_s": storm_s, "events": last_seq - first_seq + 1,
+        drain_eps = None
+        if server:
+            # backlog: the collector down during a 5,000-exec storm, then back; the spool
+            # drains at --drain-rate (default 10,000 events/s) at most
+            before = max(e["seq"] for e in read_lines(local))
+            server.kill()
+            subprocess.run([str(fork_storm), "5000", "/bin/true"], stdout=subprocess.DEVNULL, check=True)
+            time.sleep(0.5)
+            backlog_last = max(e["seq"] for e in read_lines(local))
+            t_up = time.time()
+            server.start()
+            drain_eps = (backlog_last - before) / (wait_seq(backlog_last) - t_up)
+        return {"drain_eps": drain_eps, "kind": kind, "storm_s": storm_s, "events": last_seq - first_seq + 1,
                 "delivered_eps": delivered_eps, "cpu_s_per_1k": (cpu1 - cpu0) / TICK / storm_n * 1000,
                 "lat_n": len(lat),
                 "p50": lat[len(lat) // 2] if lat and server else None,
@@ -201,12 +221,12 @@ def main() -> int:
     lines = [f"Delivery benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.uname().release}, "
              f"{os.cpu_count()} CPUs; storm {args.storm} execs of /bin/true as fast as possible; moderate "
              f"{args.moderate} /bin/true at 200/s)", "",
-             "| destination | storm time | events | delivered events/s | monitor CPU-s / 1k execs | vs file | latency p50 / p99 (moderate) |",
-             "|---|---|---|---|---|---|---|"]
+             "| destination | storm time | events | delivered events/s (storm) | backlog drain events/s | monitor CPU-s / 1k execs | vs file | latency p50 / p99 (moderate) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lat = f"{r['p50']:.1f} / {r['p99']:.1f} ms" if r["p50"] is not None else "n/a"
         lines.append(f"| {r['kind']}{' (+ file)' if r['kind'] != 'file' else ''} | {r['storm_s']:.2f} s | {r['events']} | "
-                     f"{r['delivered_eps']:.0f} | {r['cpu_s_per_1k']:.3f} | {r['cpu_s_per_1k'] / base:.2f}x | {lat} |")
+                     f"{r['delivered_eps']:.0f} | {'n/a' if r['drain_eps'] is None else round(r['drain_eps'])} | {r['cpu_s_per_1k']:.3f} | {r['cpu_s_per_1k'] / base:.2f}x | {lat} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
