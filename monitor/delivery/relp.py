@@ -101,6 +101,7 @@ class RelpTransport(Transport):
 
     def connect(self) -> None:
         self.broken = None
+        self.peer_closed = False
         self.buf.clear()
         self.txnr = 0
         self.sock = connect_socket(self.dest, self.timeout, self.tls)
@@ -140,7 +141,7 @@ class RelpTransport(Transport):
             except (socket.timeout, ssl.SSLWantReadError):
                 raise DeliveryError(f"no RELP answer within {self.timeout:g}s") from None
             if not chunk:
-                raise DeliveryError("the RELP server closed the connection")
+                raise _PeerClosed("the RELP server closed the connection")
             self.buf += chunk
             for f in parse_frames(self.buf):
                 if f[1] == b"serverclose":
@@ -191,10 +192,20 @@ class RelpTransport(Transport):
                 absorb(got)
                 deadline = time.monotonic() + self.timeout  # progress: the server is alive
         except _ServerClose as e:
+            # rsyslog sends serverclose when it stops, and also when it aborts a session on a
+            # frame above its maxDataSize (imrelp oversizeMode="abort"): the worker tells them
+            # apart by probing with that event alone.
             absorb(e.got)
-            self.broken = "the RELP server is shutting down (serverclose)"
+            self.broken = "the RELP server closed the session (serverclose)"
+            self.peer_closed = True
+        except _PeerClosed as e:
+            self.broken = str(e)
+            self.peer_closed = True
         except DeliveryError as e:
             self.broken = str(e)
+        except (ConnectionResetError, BrokenPipeError) as e:
+            self.broken = f"RELP: {_why(e)}"
+            self.peer_closed = True
         except (OSError, socket.timeout) as e:
             self.broken = f"RELP: {_why(e)}"
         return prefix()
@@ -215,6 +226,10 @@ class RelpTransport(Transport):
         except OSError:
             pass
         self.sock = None
+
+
+class _PeerClosed(DeliveryError):
+    pass
 
 
 class _ServerClose(DeliveryError):

@@ -32,6 +32,10 @@ class Transport:
         self.dest = dest
         self.timeout = timeout
         self.broken: str | None = None
+        # The peer ended the session itself (EOF or reset) in the middle of a window: with
+        # RELP, how a server rejects a message it will never take (or it is stopping: the worker
+        # probes with the head event alone to tell). Timeouts and Redis never set it.
+        self.peer_closed = False
         self.refusals: dict[int, str] = {}  # batch index -> the destination's reason
 
     def connect(self) -> None:

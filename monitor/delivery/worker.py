@@ -257,8 +257,8 @@ class Channel:
                 for r in records[:len(outcomes)]:
                     substitute.pop(r.seq, None)
             if self.transport.broken is not None:
-                if not outcomes and "within" not in self.transport.broken and "timed out" not in self.transport.broken:
-                    stalls += 1  # the session died under this window (not a slow server)
+                if not outcomes and self.transport.peer_closed:
+                    stalls += 1  # the server ended the session under this window
                 self.last_error = self.transport.broken
                 self.transport.close()
                 self.connected = False

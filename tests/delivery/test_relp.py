@@ -72,7 +72,7 @@ def test_txnr_must_be_exact_and_wraps_after_999999999(rsyslog):
     assert t.deliver([rec(1, b'{"event":"exec"}')]) == [Outcome.OK]
     t.txnr += 5
     assert t.deliver([rec(2, b'{"event":"exec"}')]) == []
-    assert "serverclose" in t.broken
+    assert "serverclose" in t.broken and t.peer_closed
     t.close()
     # The wrap itself (sending 10^9 frames to a real server is not a test's job).
     t.txnr = MAX_TXNR - 2
@@ -128,3 +128,34 @@ def test_the_shipped_rsyslog_snippet_stores_a_40k_event_whole(tmp_path):
         assert oct(s.out.stat().st_mode & 0o777) == "0o600"
     finally:
         s.kill()
+
+
+def test_an_event_the_server_aborts_the_session_on_becomes_a_refused_record(tmp_path):
+    # A mismatched collector: imrelp takes 8k and aborts the session above it, while this
+    # procsentry was told max_size=512k. Without care the event would block the stream forever.
+    from monitor.delivery.fanout import FanOut  # noqa: PLC0415
+    from monitor.delivery.urls import parse_all  # noqa: PLC0415
+    from monitor.delivery.worker import Options  # noqa: PLC0415
+    from monitor.events import LostEvent  # noqa: PLC0415
+
+    rs = Rsyslog(tmp_path / "rsyslog", max_message="8k")
+    rs.conf.write_text(rs.conf.read_text().replace('maxDataSize="8k"', 'maxDataSize="8k" oversizeMode="abort"'))
+    rs.start()
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    f = FanOut(parse_all([f"relp://127.0.0.1:{rs.port}?max_size=512k"]), "json", str(state),
+               Options(retry_initial=0.05, retry_max=0.2, timeout=5))
+    f.start()
+    try:
+        f.write(LostEvent("lost", "t", "bpf", 0, 1))
+        f.write(LostEvent("lost", "t" * 20000, "bpf", 0, 2))
+        f.write(LostEvent("lost", "t", "bpf", 0, 3))
+        f.flush()
+        got = wait_for(lambda: (lambda r: r if len(r) == 3 else None)(rs.records()), 30, "three records")
+    finally:
+        f.close()
+        rs.kill()
+    assert [r["seq"] for r in got] == [1, None, 3]
+    assert got[1] == {**got[1], "event": "dropped", "reason": "refused", "first_seq": 2, "last_seq": 2, "count": 1}
+    ch = f.channels[0]
+    assert ch.refused == 1 and ch.figures().dropped == 1 and "refused by the destination" in ch.last_error
