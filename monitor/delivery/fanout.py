@@ -12,11 +12,11 @@ thread, so a slow or dead collector never holds up the pipeline.
 """
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
 
+from monitor.clock import Clock
 from monitor.delivery.state import Sequencer, StateDir, read_host
 from monitor.delivery.urls import Destination
 from monitor.delivery.worker import Channel, Options
@@ -24,15 +24,10 @@ from monitor.events import DroppedEvent, StatsEvent
 from monitor.output import Sink, to_json
 
 
-def _now() -> str:
-    ns = time.time_ns()
-    sec, frac = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
-
-
 class FanOut:
     def __init__(self, dests: list[Destination], fmt: str, state_dir: str, opts: Options | None = None) -> None:
         self.opts = opts or Options()
+        self._clock = Clock()
         self.host = read_host()
         self._host_json = orjson.dumps(self.host)
         self.state = StateDir(state_dir)
@@ -128,6 +123,6 @@ class FanOut:
     def _marker(self, destination: str, reason: str, first: int, last: int, count: int) -> bytes:
         """A `dropped` record for one destination: it carries no seq of its own (it is not an
         event every output sees), only the range it stands for."""
-        rec = DroppedEvent(event="dropped", time=_now(), source="delivery", destination=destination,
+        rec = DroppedEvent(event="dropped", time=self._clock.now(), source="delivery", destination=destination,
                            reason=reason, first_seq=first, last_seq=last, count=count)
         return self.stamp(to_json(rec), None)
