@@ -67,18 +67,20 @@ class Backoff:
 
 
 class TokenBucket:
-    """At most `rate` events per second, with a burst of one second's worth."""
+    """At most `rate` events per second, with a burst of a tenth of a second's worth (at least
+    one window): a backlog drains at the rate, not at the rate plus a second's burst."""
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, window: int = 1) -> None:
         self.rate = rate
-        self.tokens = rate
+        self.burst = max(rate / 10, window)
+        self.tokens = self.burst
         self.at = time.monotonic()
 
     def available(self) -> int:
         if self.rate <= 0:
             return 1 << 30
         now = time.monotonic()
-        self.tokens = min(self.rate, self.tokens + (now - self.at) * self.rate)
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
         self.at = now
         return int(self.tokens)
 
@@ -204,7 +206,7 @@ class Channel:
 
     def _deliver_loop(self) -> None:
         backoff = Backoff(self.opts.retry_initial, self.opts.retry_max)
-        bucket = TokenBucket(self.opts.drain_rate)
+        bucket = TokenBucket(self.opts.drain_rate, self.opts.window)
         pos = self.spool.acked_pos
         ever_connected = False
         stalls = 0  # established sessions in a row that ended without any acknowledgement
