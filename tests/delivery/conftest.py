@@ -17,3 +17,12 @@ Watch = _harness.Watch
 watch = _harness.watch  # the fixture: every monitor it starts is killed at teardown
 
 
+
+
+@pytest.fixture(autouse=True)
+def _no_server_outlives_its_test():
+    """Collectors started by a test are killed after it, whatever its outcome."""
+    import servers  # noqa: PLC0415
+    yield
+    while servers.RUNNING:
+        servers.RUNNING.pop().kill()

@@ -41,6 +41,9 @@ def wait_listening(port: int, proc: subprocess.Popen, log: Path, timeout: float 
     pytest.fail(f"server not listening on {port} after {timeout}s: {log.read_text(errors='replace')[-2000:]}")
 
 
+RUNNING: list["Server"] = []  # killed by the autouse fixture in conftest.py after each test
+
+
 class Server:
     """Start/kill/restart one server on a fixed port and data directory."""
 
@@ -58,12 +61,16 @@ class Server:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                          cwd=self.dir, start_new_session=True)
+        if self not in RUNNING:
+            RUNNING.append(self)
         if wait:
             wait_listening(self.port, self.proc, self.log)
         return self
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc and self.proc.poll() is None:
+            if sig != signal.SIGCONT:
+                self.proc.send_signal(signal.SIGCONT)  # a stopped server cannot handle SIGTERM
             self.proc.send_signal(sig)
             self.proc.wait(15)
 
