@@ -16,6 +16,7 @@ in it is acknowledged.
 """
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import threading
@@ -23,6 +24,8 @@ import zlib
 from dataclasses import dataclass
 
 from monitor.delivery.state import StateError, open_file
+
+log = logging.getLogger(__name__)
 
 HDR = struct.Struct("<IIQI")  # payload length, crc32(payload), seq, sub (0 event, 1 dropped marker)
 CURSOR_WIDTH = 41
@@ -136,6 +139,13 @@ class Spool:
             return
         chunk: list[bytes] = []
         size = 0
+        with self._lock:
+            caught_up = self.pending == 0 and self.sizes[self.write_seg] >= self.segment_size // 2
+        if caught_up:
+            # Everything so far is acknowledged: start a new segment so this one's space comes
+            # back (space is reclaimed per segment). Only this thread, the writer, ever rotates:
+            # rotating from the worker raced with a write in progress and corrupted the sizes.
+            self._rotate()
         for seq, sub, payload in records:
             frame = HDR.pack(len(payload), zlib.crc32(payload), seq, sub) + payload
             if self.sizes[self.write_seg] + size + len(frame) > self.segment_size and \
@@ -168,13 +178,6 @@ class Spool:
         with self._lock:
             self._reclaim()
 
-    def maybe_rotate_idle(self) -> None:
-        """Everything acknowledged and the segment large: start a new one so this one's space
-        comes back (space is reclaimed per segment)."""
-        with self._lock:
-            idle = self.pending == 0 and self.sizes[self.write_seg] >= self.segment_size // 2
-        if idle:
-            self._rotate()
 
     def end_locked(self) -> tuple[int, int]:
         """Where the next record will go (call with data_ready held)."""
@@ -203,6 +206,13 @@ class Spool:
                 want = min(limit - off, max(max_bytes - total, HDR.size))
                 data = os.pread(fd, want, off)
                 i = 0
+                if not data:
+                    # Shorter on disk than accounted (cannot happen unless the file was cut
+                    # behind our back): move on rather than spin on it forever.
+                    log.warning("%s: segment %d ends at %d, expected %d", self.label, seg, off, limit)
+                    with self._lock:
+                        self.sizes[seg] = off
+                    continue
                 while i + HDR.size <= len(data) and len(out) < max_records and total < max_bytes:
                     length, crc, rseq, sub = HDR.unpack_from(data, i)
                     end = i + HDR.size + length

@@ -234,10 +234,11 @@ class Channel:
                 n = 1  # probe with the head event alone: is it the one the server rejects?
             records = self.spool.read(pos, n, 8 << 20)
             if not records:
-                self.spool.maybe_rotate_idle()
                 with self.spool.data_ready:
-                    if self.spool.end_locked() <= pos:
-                        self.spool.data_ready.wait(0.2 if not self._stop.is_set() else 0.05)
+                    # Wait for the writer; never spin (if the spool says there is more but
+                    # nothing could be read, the short wait keeps this from eating a CPU).
+                    idle = self.spool.end_locked() <= pos
+                    self.spool.data_ready.wait((0.2 if idle else 0.01) if not self._stop.is_set() else 0.05)
                 continue
             if stalls >= 3 and records[0].seq not in substitute:
                 # The server took the session down three times on this event alone: it will

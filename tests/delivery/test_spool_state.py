@@ -158,3 +158,19 @@ def test_bad_output_is_a_one_line_usage_error_before_anything_loads(args, why):
     lines = p.stderr.decode().splitlines()
     assert len(lines) == 1 and why in lines[0], p.stderr
     assert b"sensor" not in p.stderr  # nothing was loaded
+
+
+def test_after_catching_up_the_writer_starts_a_new_segment_and_the_reader_follows(tmp_path):
+    # The state a stalled benchmark run was found in: cursor at the very end of the write
+    # segment, everything acknowledged. The next append must rotate (in the writer, the only
+    # thread that rotates) and the reader must continue in the new segment.
+    s = spool_at(tmp_path / "s", segment=4096)
+    s.append([(i, 0, b"x" * 1000) for i in range(1, 4)])
+    got = s.read(s.acked_pos, 100, 1 << 20)
+    s.ack(got[-1].end, 3)
+    assert s.pending == 0 and s.acked_pos == (s.write_seg, s.sizes[s.write_seg])
+    old = s.write_seg
+    s.append([(4, 0, b"y" * 10)])
+    assert s.write_seg == old + 1
+    assert not (tmp_path / "s" / f"{old:016d}.seg").exists()  # its space came back
+    assert [r.seq for r in s.read(s.acked_pos, 100, 1 << 20)] == [4]
