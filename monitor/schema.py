@@ -134,14 +134,15 @@ def _type_schema(tp) -> dict:
 def _object_schema(cls, event_values: tuple[str, ...] | None = None, envelope: bool = False) -> dict:
     hints = typing.get_type_hints(cls)
     props = {}
-    if envelope:
-        # seq and host are spliced in front of every record by the watch sink (events.Envelope).
-        props = {k: v for k, v in _object_schema(ev.Envelope)["properties"].items()}
     for f in dataclasses.fields(cls):
         s = _type_schema(hints[f.name])
         if f.name in DOCS:
             s = {"description": DOCS[f.name], **s}
         props[f.name] = s
+    if envelope:
+        # seq and host are spliced after every record's own fields by the watch sink
+        # (monitor/delivery/fanout.py; events.Envelope); snapshot records do not have them.
+        props.update(_object_schema(ev.Envelope)["properties"])
     if event_values is not None:
         props["event"] = {**props["event"], "enum": list(event_values)}
     return {"type": "object", "properties": props, "required": [f.name for f in dataclasses.fields(cls)],

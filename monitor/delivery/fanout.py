@@ -3,7 +3,7 @@
 It has the interface of monitor/output.py's Sink (write, flush, close, dropped_writes), so the
 pipeline does not know whether events go to stdout, a file, or a collector across the
 network. This is the one place seq is assigned: a record gets the next number as it is
-written, and `seq` and `host` are spliced at the front of its encoded JSON (the record itself
+written, and `seq` and `host` are spliced at the end of its encoded JSON (the record itself
 is built without them; the schema lists them in monitor/events.py's Envelope).
 
 Local outputs (stdout, files) are written in the pipeline thread as before. Each network
@@ -63,9 +63,11 @@ class FanOut:
         return self.locals[0].format if self.locals else "json"
 
     def stamp(self, body: bytes, seq: int | None) -> bytes:
-        """{"seq":N,"host":{...}, + the record's own fields. body is orjson's `{...}\\n`."""
-        return b'{"seq":%s,"host":%s,%s' % (b"null" if seq is None else str(seq).encode(),
-                                            self._host_json, body[1:])
+        """The record's own fields + ,"seq":N,"host":{...}. body is orjson's `{...}\\n`.
+        At the end, not the front: readers that look for `"event":"stats"` near the start
+        of a line (bench/contenders.py does) keep working."""
+        return b'%s,"seq":%s,"host":%s}\n' % (body[:-2], b"null" if seq is None else str(seq).encode(),
+                                               self._host_json)
 
     def write(self, record: Any) -> None:
         if isinstance(record, StatsEvent):

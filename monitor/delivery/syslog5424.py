@@ -28,8 +28,8 @@ def header_fields(hostname: str) -> bytes:
 
 
 def msgid(payload: bytes) -> bytes:
-    # The event type sits near the start (after seq and host) of every record.
-    m = _EVENT.search(payload, 0, 512)
+    # The event type is the first field of every record.
+    m = _EVENT.search(payload, 0, 64)
     return m.group(1) if m else b"-"
 
 
