@@ -21,6 +21,9 @@ examples:
   sudo procsentry watch --events exec --format text
   sudo procsentry watch --exe '/usr/bin/*sh' --uid www-data   # shells run by www-data
   sudo procsentry watch --output /var/log/procsentry.jsonl --stats-interval 60
+  sudo procsentry watch --output relp://collector:2514 --output /var/log/procsentry.jsonl
+  sudo procsentry watch --output relp+tls://collector:2514 --tls-ca /etc/ssl/fleet-ca.pem
+  sudo procsentry watch --output 'redis://10.0.0.5:6379/procsentry:web1'
   sudo procsentry watch --sensor connector   # without BPF: the netlink process connector
   sudo procsentry watch --dump-bpf           # print the BPF C and the compiler flags, then exit
   sudo procsentry snapshot --format text     # one sweep of procfs, like ps
@@ -88,8 +91,30 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     w.add_argument("--format", choices=("json", "text"), default=None,
                    help="default: text on a terminal, JSON lines otherwise")
-    w.add_argument("--output", metavar="FILE", help="append events to FILE (created 0600; a symlink, a non-regular file or "
-                        "another user's file is refused)")
+    w.add_argument("--output", metavar="DEST", action="append",
+                   help="where events go (repeatable): FILE or file:FILE (appended, created 0600), "
+                        "- (stdout), relp://HOST:PORT, relp+tls://HOST:PORT, redis://HOST:PORT/KEY "
+                        "(?mode=list for RPUSH), rediss://HOST:PORT/KEY, syslog+tls://HOST:PORT "
+                        "(no acknowledgement); network URLs take ?max_size=SIZE. Default: stdout. "
+                        "A file that is a symlink, not a regular file or another user's is refused")
+    w.add_argument("--tls-ca", metavar="FILE", help="CA certificate(s) that sign the collectors' certificates "
+                   "(default: the system's CAs)")
+    w.add_argument("--tls-cert", metavar="FILE", help="client certificate for TLS destinations")
+    w.add_argument("--tls-key", metavar="FILE", help="key of --tls-cert")
+    w.add_argument("--state-dir", metavar="DIR", default=None,
+                   help="the persisted seq and the delivery spools (default $PROCSENTRY_STATE_DIR, "
+                        "else /var/lib/procsentry as root, ~/.local/state/procsentry otherwise)")
+    w.add_argument("--spool-size", metavar="SIZE", default="256m",
+                   help="disk spool per network destination, e.g. 64m (default 256m); when full, "
+                        "new events are dropped, counted and reported by a `dropped` event")
+    w.add_argument("--drain-rate", type=float, default=10000.0, metavar="N",
+                   help="events per second at most to each destination, so a recovering "
+                        "collector is not flooded by the backlog (0: no cap; default 10000)")
+    w.add_argument("--retry-max", type=_positive(float), default=30.0, metavar="S",
+                   help="longest wait between reconnection attempts (exponential backoff "
+                        "with jitter from 0.5 s; default 30)")
+    w.add_argument("--ack-timeout", type=_positive(float), default=10.0, metavar="S",
+                   help="connect, handshake and acknowledgement timeout (default 10)")
     w.add_argument("--pid", type=int, help="only events of this process")
     w.add_argument("--uid", type=_user, metavar="USER",
                    help="only processes with this real or effective user (name or uid)")
@@ -225,12 +250,36 @@ def sensor_settings(args):
         record_path=args.record)
 
 
+def delivery_options(args):
+    """--output and the delivery options, checked before anything loads: (destinations,
+    Options). Raises monitor.delivery.urls.UsageError with one line."""
+    from monitor.delivery import urls  # noqa: PLC0415
+    from monitor.delivery.worker import Options  # noqa: PLC0415
+
+    dests = urls.parse_all(args.output, args.tls_ca, args.tls_cert, args.tls_key)
+    spool = urls.parse_size(args.spool_size, "--spool-size")
+    if spool < 64 << 10:
+        raise urls.UsageError(f"--spool-size {args.spool_size}: at least 64k")
+    if args.drain_rate < 0:
+        raise urls.UsageError("--drain-rate must be 0 (no cap) or positive")
+    return dests, Options(spool_size=spool, drain_rate=args.drain_rate, retry_max=args.retry_max,
+                          timeout=args.ack_timeout)
+
+
 def cmd_watch(args) -> int:
     from monitor import sensors  # noqa: PLC0415
-    from monitor.output import OutputRefused, Sink  # noqa: PLC0415
+    from monitor.delivery.fanout import FanOut  # noqa: PLC0415
+    from monitor.delivery.state import StateError, default_state_dir  # noqa: PLC0415
+    from monitor.delivery.urls import UsageError  # noqa: PLC0415
+    from monitor.output import OutputRefused  # noqa: PLC0415
     from monitor.pipeline import Config, Filters, Pipeline  # noqa: PLC0415
     from userspace.procfs import ProcFS, default_root  # noqa: PLC0415
 
+    try:
+        dests, delivery = delivery_options(args)
+    except UsageError as e:
+        print(f"procsentry watch: {e}", file=sys.stderr)
+        return EX_USAGE
     if args.dump_bpf:
         return sensors.dump_bpf()
     # Everything the user asked for is checked before anything loads: a mistake in the options
@@ -246,10 +295,16 @@ def cmd_watch(args) -> int:
     fs = ProcFS(args.proc_root or default_root())
     detector = _detector(args, probe=LiveProbe(fs))  # a bad rules path exits 2
     try:
-        sink = Sink(args.format or "auto", args.output)
+        sink = FanOut(dests, args.format or "auto", args.state_dir or default_state_dir(), delivery)
     except OutputRefused as e:
         print(f"procsentry: --output: {e}", file=sys.stderr)
         return EX_USAGE
+    except StateError as e:
+        print(f"procsentry: {e}", file=sys.stderr)
+        return EX_ERROR
+    except OSError as e:
+        print(f"procsentry: cannot open {e.filename or 'an output'}: {e.strerror}", file=sys.stderr)
+        return EX_ERROR
     try:
         source, note = sensors.choose(settings)
     except sensors.NoSensor as e:
@@ -258,6 +313,7 @@ def cmd_watch(args) -> int:
         return EX_NOPERM if e.permission else EX_ERROR
     print(f"procsentry: sensor {source.name}{' (' + note + ')' if note else ''}", file=sys.stderr)
     _report_rules(detector)
+    sink.start()
     cfg = Config(
         sweep_interval_s=args.sweep_interval, stats_interval_s=args.stats_interval,
         duration_s=args.duration, count=args.count, ancestry_depth=args.ancestry_depth,

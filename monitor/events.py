@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 # output_buffer, cgroups and detection.
 SCHEMA_VERSION = 2
 
-EVENT_TYPES = ("exec", "fork", "exit", "existing", "missed", "lost", "stats", "alert")
-SOURCES = ("bpf", "sweep", "connector", "poll")
+EVENT_TYPES = ("exec", "fork", "exit", "existing", "missed", "lost", "stats", "alert", "dropped")
+SOURCES = ("bpf", "sweep", "connector", "poll", "delivery")
 ENRICHMENT = ("full", "partial", "gone")
 
 
@@ -132,6 +132,57 @@ class LostEvent:
 
 
 @dataclass
+class Host:
+    """Which host an event comes from, so a collector receiving many hosts can tell them apart."""
+
+    name: str  # the hostname (uname nodename)
+    machine_id: str | None  # /etc/machine-id: stable across renames and DHCP; null if unreadable
+
+
+@dataclass
+class Envelope:
+    """Fields the sink adds to every record of `watch` as it writes it (monitor/delivery/fanout.py
+    splices them into the encoded JSON, so records are built without them). Listed here so the
+    schema and README document them with every event type."""
+
+    seq: int | None  # per host, +1 for every event emitted, persisted across restarts
+    host: Host
+
+
+@dataclass
+class DestinationStats:
+    """One destination's figures in a `stats` event (monitor/delivery/worker.py keeps them)."""
+
+    acknowledged: int
+    pending: int
+    spool_bytes: int
+    reconnects: int
+    dropped: int
+    too_large: int
+    resent: int
+    duplicates: int
+    connected: bool
+    last_error: str | None
+
+
+@dataclass
+class DroppedEvent:
+    """Events one destination will never receive: the spool was full (drop-newest policy), the
+    event was larger than the destination accepts, or the destination refused it. Delivered
+    to that destination only, in seq order, once it accepts events again."""
+
+    event: str
+    time: str
+    source: str
+    destination: str
+    reason: str  # spool_full | too_large | refused
+    first_seq: int
+    last_seq: int
+    count: int
+    schema: int = SCHEMA_VERSION
+
+
+@dataclass
 class StatsEvent:
     event: str
     time: str
@@ -197,6 +248,9 @@ class AlertEvent:
     matched: dict[str, object]  # field name (as the rule names it) -> the event's value
     trigger: str  # the event type evaluated: exec, existing or missed
     schema: int = SCHEMA_VERSION
+    # Filled by the delivery sink as it writes this record (the pipeline does not know the
+    # destinations): destination -> figures. Empty with stdout or file output only.
+    delivery: dict[str, DestinationStats] = field(default_factory=dict)
 
 
 def split_wait_status(status: int) -> tuple[int | None, int | None, bool]:

@@ -179,6 +179,11 @@ class Sink:
         self._pending += self.encode(record)
         self._pending_events += 1
 
+    def write_encoded(self, data: bytes) -> None:
+        """An already encoded line (the delivery fan-out encodes once for every output)."""
+        self._pending += data
+        self._pending_events += 1
+
     def flush(self) -> None:
         if not self._pending:
             return

@@ -18,9 +18,13 @@ from monitor import events as ev
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "events.schema.json"
 
 DOCS: dict[str, str] = {
-    "event": "Event type: exec, fork, exit, existing (running at start), missed (found by a sweep), lost, stats, alert (a detection rule matched).",
+    "event": "Event type: exec, fork, exit, existing (running at start), missed (found by a sweep), lost, stats, alert (a detection rule matched), dropped (a destination will not receive a seq range).",
+    "seq": "Per-host event number: +1 for every event `watch` emits, to every output, persisted across restarts in --state-dir, so a collector sees gaps and duplicates. Null on `dropped` events (they go to one destination only). Present on every event of `watch`, absent from `snapshot`.",
+    "host": "The host that emitted the event: name (hostname) and machine_id (/etc/machine-id, null if unreadable). Present on every event of `watch`.",
+    "name": "Host name (uname nodename).",
+    "machine_id": "/etc/machine-id of the host.",
     "time": "When it happened (kernel timestamp for sensor events), RFC 3339 UTC with nanoseconds.",
-    "source": "Who saw it: bpf, connector or poll (the live sensor), or sweep (a procfs sweep); for an alert, the source of the process event it is about (replay when replayed offline).",
+    "source": "Who saw it: bpf, connector or poll (the live sensor), sweep (a procfs sweep), or delivery (a dropped event); for an alert, the source of the process event it is about (replay when replayed offline).",
     "pid": "Process ID (the thread group ID: what userspace calls a PID).",
     "ppid": "Parent's PID (real parent at exec; the forking process for fork).",
     "exec_id": "Process identity, unique across PID reuse and reboots: boot id prefix, start_time, pid. The same whether the process was seen by the sensor or a sweep.",
@@ -67,7 +71,22 @@ DOCS: dict[str, str] = {
     "parent_image_id": "image_id of the parent's program when it forked this process (null when unknown).",
     "reconcile": "Periodic sweeps: sweeps run, deferred (processes that appeared after a sweep's watermark, left for the next sweep), suspects (what a sweep found, confirmed or dropped by the next sweep a second later), missed_zombies_skipped (zombies unknown to the table while no loss was reported), late_exits (sensor exits that arrived after an inferred one).",
     "cpu": "CPU whose buffer lost samples (-1 when the sensor cannot tell).",
-    "count": "Samples lost.",
+    "count": "lost: samples lost; dropped: events in the range this destination will not receive.",
+    "destination": "The --output URL the dropped events were meant for.",
+    "reason": "Why they were dropped: spool_full (the destination was down longer than the spool holds; newest dropped), too_large (larger than the destination's max_size), refused (the destination rejected it).",
+    "first_seq": "First seq of the dropped range.",
+    "last_seq": "Last seq of the dropped range (every seq in between is dropped).",
+    "delivery": "Per network destination (its --output URL): acknowledged, pending, spool_bytes, reconnects, dropped, too_large, resent, duplicates, connected, last_error.",
+    "acknowledged": "Events the destination acknowledged (duplicates included).",
+    "pending": "Events in the spool not yet acknowledged.",
+    "spool_bytes": "Disk used by the destination's spool (acknowledged records stay until their segment is freed).",
+    "reconnects": "Connections made again after a loss.",
+    "dropped": "Events this destination will not receive, all reasons (each reported by a dropped event).",
+    "too_large": "Events larger than the destination's max_size (dropped, reported).",
+    "resent": "Events sent again after a reconnect or restart because their acknowledgement had not arrived: possible duplicates at the collector.",
+    "duplicates": "Resent events the destination reported it already had (Redis streams).",
+    "connected": "Connected to the destination now.",
+    "last_error": "The last error talking to the destination, null if none yet.",
     "uptime_s": "Seconds since the monitor started.",
     "events": "Events emitted so far, per type.",
     "lost": "Lost samples in total.",
@@ -135,7 +154,7 @@ def _type_schema(tp) -> dict:
     raise TypeError(f"no JSON Schema mapping for {tp!r}")
 
 
-def _object_schema(cls, event_values: tuple[str, ...] | None = None) -> dict:
+def _object_schema(cls, event_values: tuple[str, ...] | None = None, envelope: bool = False) -> dict:
     hints = typing.get_type_hints(cls)
     props = {}
     for f in dataclasses.fields(cls):
@@ -144,6 +163,10 @@ def _object_schema(cls, event_values: tuple[str, ...] | None = None) -> dict:
         if f.name in docs:
             s = {"description": docs[f.name], **s}
         props[f.name] = s
+    if envelope:
+        # seq and host are spliced after every record's own fields by the watch sink
+        # (monitor/delivery/fanout.py; events.Envelope); snapshot records do not have them.
+        props.update(_object_schema(ev.Envelope)["properties"])
     if event_values is not None:
         props["event"] = {**props["event"], "enum": list(event_values)}
     return {"type": "object", "properties": props, "required": [f.name for f in dataclasses.fields(cls)],
@@ -157,11 +180,12 @@ def build_schema() -> dict:
         "title": f"procsentry event stream, schema version {ev.SCHEMA_VERSION}",
         "description": "One JSON object per line. Generated from monitor/events.py by `python -m monitor.schema`.",
         "oneOf": [
-            _object_schema(ev.ProcessEvent, PROCESS_EVENTS),
-            _object_schema(ev.ExitEvent, ("exit",)),
-            _object_schema(ev.LostEvent, ("lost",)),
-            _object_schema(ev.StatsEvent, ("stats",)),
-            _object_schema(ev.AlertEvent, ("alert",)),
+            _object_schema(ev.ProcessEvent, PROCESS_EVENTS, envelope=True),
+            _object_schema(ev.ExitEvent, ("exit",), envelope=True),
+            _object_schema(ev.LostEvent, ("lost",), envelope=True),
+            _object_schema(ev.StatsEvent, ("stats",), envelope=True),
+            _object_schema(ev.DroppedEvent, ("dropped",), envelope=True),
+            _object_schema(ev.AlertEvent, ("alert",), envelope=True),
         ],
     }
 
@@ -172,7 +196,7 @@ def render() -> str:
 
 def documented_fields() -> set[str]:
     names = set()
-    for cls in (ev.ProcessEvent, ev.ExitEvent, ev.LostEvent, ev.StatsEvent, ev.AlertEvent):
+    for cls in (ev.ProcessEvent, ev.ExitEvent, ev.LostEvent, ev.StatsEvent, ev.AlertEvent, ev.DroppedEvent, ev.Envelope):
         names |= {f.name for f in dataclasses.fields(cls)}
     return names
 

@@ -24,7 +24,7 @@ def test_usage_error_exits_2():
     assert p.returncode == 2
     assert p.stderr.decode() == (
         "procsentry watch: error: argument --events: unknown event type(s): bogus; choose from "
-        "exec, fork, exit, existing, missed, lost, stats, alert (see procsentry watch --help)\n")
+        "exec, fork, exit, existing, missed, lost, stats, alert, dropped (see procsentry watch --help)\n")
 
 
 @pytest.mark.parametrize("value", ["3", "0", "-8"])
@@ -115,7 +115,14 @@ def test_help_has_examples():
 
 @pytest.mark.root
 def test_watch_without_privileges_is_one_sentence_and_status_77():
-    p = run("watch", "--sensor", "bpf", user=NOBODY)
+    import shutil  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+    state = tempfile.mkdtemp(prefix="procsentry-nobody-", dir="/tmp")  # what nobody would own
+    os.chown(state, NOBODY, NOBODY)
+    try:
+        p = run("watch", "--sensor", "bpf", "--state-dir", state, user=NOBODY)
+    finally:
+        shutil.rmtree(state)
     assert p.returncode == 77, p.stderr
     lines = p.stderr.decode().strip().splitlines()
     assert b"Traceback" not in p.stderr

@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "userspace"))
-
-from cgroupfixture import TRUE, cgroup_tree, random_container_ids, runtime_schemes  # noqa: E402, F401
+from tests.support.cgroups import TRUE, cgroup_tree, random_container_ids, runtime_schemes  # noqa: F401
 
 pytestmark = pytest.mark.bpf
 

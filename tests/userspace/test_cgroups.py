@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cgroupfixture import TRUE, cgroup_tree, runtime_schemes  # noqa: F401  (a fixture)
+from tests.support.cgroups import TRUE, cgroup_tree, runtime_schemes  # noqa: F401  (a fixture)
 from monitor.enrich import Enricher
 from userspace import parsers as P
 from userspace.cgroups import Cgroup, CgroupResolver, find_cgroup2_mount, kernfs_id_of
