@@ -210,6 +210,9 @@ class StatsEvent:
     # Detection counters (monitor/detect/engine.py Detector.counters), null without rules.
     detection: dict[str, object] | None = None
     schema: int = SCHEMA_VERSION
+    # Filled by the delivery sink as it writes this record (the pipeline does not know the
+    # destinations): destination -> figures. Empty with stdout or file output only.
+    delivery: dict[str, DestinationStats] = field(default_factory=dict)
 
 
 @dataclass
