@@ -470,8 +470,8 @@ class Pipeline:
             snap = sweep.read(*key)
             if snap is None:
                 continue
-            if entry is not None and text_or_none(snap.exe) == entry.exe and texts(snap.argv) == entry.argv:
-                continue  # the same program renamed itself (prctl): no exec was missed
+            if entry is not None and _same_image(entry, snap):
+                continue  # the same program renamed itself (prctl, setproctitle): no exec missed
             now_suspects.snapshots[key] = (snap, entry.comm if entry is not None else None)
         for key, (snap, comm_then) in prev.snapshots.items():
             # Suspected last time and gone since: a miss if the sensor never reported it
@@ -576,6 +576,17 @@ class Pipeline:
 
 FLUSH_EVERY_S = 0.005
 BATCH_SLACK_MS = 5
+
+
+def _same_image(entry: Entry, snap: ProcessSnapshot) -> bool:
+    """Is snap still the program image the table has for entry? By image_id where both sides
+    know it (an exec always maps a new image; a process that renames itself and rewrites its
+    argv, as stress-ng's children do, keeps it), else by exe and argv."""
+    if entry.image_id is not None:
+        found = snap.image_id
+        if found is not None:
+            return found == entry.image_id
+    return text_or_none(snap.exe) == entry.exe and texts(snap.argv) == entry.argv
 
 
 def _differences(r: ExecRecord, snap: ProcessSnapshot) -> dict[str, object] | None:

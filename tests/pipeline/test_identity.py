@@ -86,3 +86,25 @@ def test_a_process_in_a_pid_namespace_reports_its_own_pid_too(watch):
     exits = w.until(lambda evs: [e for e in evs if e["event"] == "exit" and e["pid"] == shell["pid"]],
                     30, what="the namespaced shell's exit")
     assert exits[0]["vpid"] == 1
+
+
+def test_a_process_that_renames_itself_is_not_a_missed_exec(watch, progs):
+    # comm and argv change without an exec (prctl + argv rewritten in place): the sweep sees a
+    # new comm, but the image is the same (image_id), so nothing was missed.
+    w = watch("--sweep-interval", "1")
+    w.wait_ready()
+    p = subprocess.Popen([str(progs / "rename_self"), "4", "x" * 40], stdout=subprocess.PIPE)
+    try:
+        pid = int(p.stdout.readline())
+        (ex,) = w.until(lambda evs: [e for e in evs if e["event"] == "exec" and e["pid"] == pid],
+                        30, what="the exec of rename_self")
+        assert ex["argv"] == [str(progs / "rename_self"), "4", "x" * 40]
+        assert p.wait(30) == 0  # four seconds: three or more sweeps saw it renamed
+        xt = w.until(lambda evs: [e for e in evs if e["event"] == "exit" and e["pid"] == pid],
+                     30, what="its exit")[0]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert xt["exit_code"] == 0 and xt["inferred"] is False
+    assert [e for e in w.snapshot() if e["event"] == "missed" and e["pid"] == pid] == []
