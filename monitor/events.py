@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 SCHEMA_VERSION = 2
 
-EVENT_TYPES = ("exec", "fork", "exit", "existing", "missed", "lost", "stats")
+EVENT_TYPES = ("exec", "fork", "exit", "existing", "missed", "lost", "stats", "start")
 SOURCES = ("bpf", "sweep", "connector", "poll")
 ENRICHMENT = ("full", "partial", "gone")
 
@@ -152,6 +152,24 @@ class StatsEvent:
     cpu_time_s: float
     rss_bytes: int
     peak_rss_bytes: int
+    schema: int = SCHEMA_VERSION
+
+
+@dataclass
+class StartEvent:
+    """The first record of every run (monitor/agent.py): which agent started, with what, and
+    how the run before it ended."""
+
+    event: str
+    time: str
+    source: str
+    version: str
+    sensor: str
+    settings_hash: str
+    config: str | None
+    previous_end: str | None  # clean | crash; null when no earlier run is recorded
+    previous_start: str | None
+    previous_stop: str | None
     schema: int = SCHEMA_VERSION
 
 

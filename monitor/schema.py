@@ -18,7 +18,7 @@ from monitor import events as ev
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "events.schema.json"
 
 DOCS: dict[str, str] = {
-    "event": "Event type: exec, fork, exit, existing (running at start), missed (found by a sweep), lost, stats.",
+    "event": "Event type: exec, fork, exit, existing (running at start), missed (found by a sweep), lost, stats, start.",
     "time": "When it happened (kernel timestamp for sensor events), RFC 3339 UTC with nanoseconds.",
     "source": "Who saw it: bpf, connector or poll (the live sensor), or sweep (a procfs sweep).",
     "pid": "Process ID (the thread group ID: what userspace calls a PID).",
@@ -84,6 +84,13 @@ DOCS: dict[str, str] = {
     "cpu_time_s": "CPU time used by the monitor.",
     "rss_bytes": "Resident memory of the monitor now.",
     "peak_rss_bytes": "Peak resident memory of the monitor.",
+    "version": "procsentry version of the agent that started.",
+    "sensor": "The live sensor it runs with: bpf, connector or poll.",
+    "settings_hash": "Digest of the effective settings (configuration file and command line): equal hashes, equal settings.",
+    "config": "The configuration file read, null without one.",
+    "previous_end": "How the previous run with this state directory ended: clean (an orderly stop), crash (killed, crashed or the host went down without stopping it); null when none is recorded.",
+    "previous_start": "When the previous run started, null when unknown.",
+    "previous_stop": "When the previous run stopped, null after a crash or when unknown.",
 }
 
 PROCESS_EVENTS = ("exec", "fork", "existing", "missed")
@@ -142,6 +149,7 @@ def build_schema() -> dict:
             _object_schema(ev.ExitEvent, ("exit",)),
             _object_schema(ev.LostEvent, ("lost",)),
             _object_schema(ev.StatsEvent, ("stats",)),
+            _object_schema(ev.StartEvent, ("start",)),
         ],
     }
 
@@ -152,7 +160,7 @@ def render() -> str:
 
 def documented_fields() -> set[str]:
     names = set()
-    for cls in (ev.ProcessEvent, ev.ExitEvent, ev.LostEvent, ev.StatsEvent):
+    for cls in (ev.ProcessEvent, ev.ExitEvent, ev.LostEvent, ev.StatsEvent, ev.StartEvent):
         names |= {f.name for f in dataclasses.fields(cls)}
     return names
 
