@@ -63,14 +63,17 @@ class WriteFailed(OSError):
 
 class RotatingFile:
     def __init__(self, path: str, rotation: Rotation | None = None) -> None:
-        from monitor.output import open_output  # noqa: PLC0415 - output imports this module
+        from monitor.output import OutputRefused, open_output  # noqa: PLC0415 - output imports us
 
         self._open = open_output
         self.path = path
         self.rotation = rotation
         self.name = os.path.basename(path)
-        self.dir_fd = os.open(os.path.dirname(os.path.abspath(path)),
-                              os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self.dir_fd = os.open(os.path.dirname(os.path.abspath(path)),
+                                  os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise OutputRefused(f"cannot open {path}: {e.strerror}") from None
         try:
             self.fd = open_output(path, dir_fd=self.dir_fd, name=self.name)
         except BaseException:

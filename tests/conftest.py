@@ -102,3 +102,12 @@ def progs(tmp_path_factory) -> Path:
         exe = out / src.stem
         subprocess.run(["cc", "-O1", "-pthread", "-o", str(exe), str(src)], check=True)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _own_state_dir(tmp_path_factory, monkeypatch):
+    """Every test's `procsentry watch` keeps its seq and spools in a directory of its own
+    ($PROCSENTRY_STATE_DIR, the default of --state-dir): never the host's /var/lib/procsentry,
+    and never one another test or another checkout holds (a state directory is locked by the
+    procsentry using it)."""
+    monkeypatch.setenv("PROCSENTRY_STATE_DIR", str(tmp_path_factory.mktemp("state")))

@@ -24,7 +24,7 @@ def test_usage_error_exits_2():
     assert p.returncode == 2
     assert p.stderr.decode() == (
         "procsentry watch: error: argument --events: unknown event type(s): bogus; choose from "
-        "exec, fork, exit, existing, missed, lost, stats (see procsentry watch --help)\n")
+        "exec, fork, exit, existing, missed, lost, stats, start (see procsentry watch --help)\n")
 
 
 def test_uid_accepts_a_user_name_or_a_number():
