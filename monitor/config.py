@@ -98,10 +98,14 @@ def watch_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 # -- reading -----------------------------------------------------------------------------------
 def _line_of(text: str, key: str) -> int | None:
     """The line where key is set at the top level (tomllib does not report positions)."""
-    pat = re.compile(r'^\s*(?:"%s"|\'%s\'|%s)\s*=' % ((re.escape(key),) * 3))
+    name = r'(?:"%s"|\'%s\'|%s)' % ((re.escape(key),) * 3)
+    pat = re.compile(r'^\s*%s\s*=' % name)
+    table = re.compile(r'^\s*\[\[?\s*%s\s*[\].]' % name)
     for n, line in enumerate(text.splitlines(), 1):
+        if table.match(line):
+            return n
         if line.lstrip().startswith("["):
-            return None  # a table: top-level keys come before the first one
+            return None  # another table: top-level keys come before the first one
         if pat.match(line):
             return n
     return None
@@ -136,8 +140,10 @@ def _convert_one(k: Key, value: Any) -> Any:
         # The option's own type function, given the text the command line would give it.
         try:
             v = tp(str(value))
-        except (argparse.ArgumentTypeError, ValueError, TypeError) as e:
-            raise ValueError(str(e) or f"invalid value {value!r}") from None
+        except argparse.ArgumentTypeError as e:
+            raise ValueError(str(e)) from None
+        except (ValueError, TypeError):
+            raise ValueError(f"invalid value {value!r}") from None
         # A number in quotes for an option whose value is a number is the wrong type.
         if isinstance(value, str) and isinstance(v, (int, float)) and _NUMBER.match(value):
             raise ValueError(f"expected a number, not a string (write {value.strip()} without quotes)")
