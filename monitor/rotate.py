@@ -130,6 +130,13 @@ class RotatingFile:
         mine = os.fstat(self.fd)
         return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
+    def _exists(self, name: str) -> bool:
+        try:
+            os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
     def rotate(self) -> bool:
         """FILE -> FILE.1 -> ... -> FILE.N (the oldest dropped), then a new FILE. False when it
         could not be done (said once on stderr; writing goes on into the current file)."""
@@ -140,11 +147,13 @@ class RotatingFile:
                 if n == 0:
                     os.unlink(self.name, dir_fd=d)
                 else:
-                    for i in range(n - 1, 0, -1):
-                        try:
-                            os.rename(f"{self.name}.{i}", f"{self.name}.{i + 1}", src_dir_fd=d, dst_dir_fd=d)
-                        except FileNotFoundError:
-                            pass
+                    # Shift only the backups there are (FILE.1 .. FILE.top, up to the first gap):
+                    # the rename onto FILE.N drops the oldest.
+                    top = 0
+                    while top < n and self._exists(f"{self.name}.{top + 1}"):
+                        top += 1
+                    for i in range(min(top, n - 1), 0, -1):
+                        os.rename(f"{self.name}.{i}", f"{self.name}.{i + 1}", src_dir_fd=d, dst_dir_fd=d)
                     os.rename(self.name, f"{self.name}.1", src_dir_fd=d, dst_dir_fd=d)
             new = self._open(self.path, dir_fd=d, name=self.name, exclusive=True)
         except OSError as e:
