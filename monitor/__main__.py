@@ -273,6 +273,9 @@ def with_config(parser, args, argv) -> int | None:
     except config.ConfigError as e:
         print(f"procsentry: config: {e}", file=sys.stderr)
         return EX_USAGE
+    if args.max_size and not args.output:
+        print("procsentry: --max-size rotates the --output file: give --output FILE", file=sys.stderr)
+        return EX_USAGE
     args.settings_hash = config.settings_hash(config.watch_parser(parser), args)
     return None
 
