@@ -412,10 +412,15 @@ class Agent:
 
 
 # -- procsentry status -------------------------------------------------------------------------
-EX_OK, EX_LOSING, EX_NOT_RUNNING = 0, 1, 3  # 3: LSB's "program is not running"
+# LSB's status codes: 3 "program is not running", 4 "program or service status is unknown"
+EX_OK, EX_LOSING, EX_NOT_RUNNING, EX_UNKNOWN = 0, 1, 3, 4
 
 
 def status(state_dir: str, fmt: str = "text") -> int:
+    if os.path.isdir(state_dir) and not os.access(state_dir, os.R_OK | os.X_OK):
+        print(f"procsentry: cannot read {state_dir}: permission denied (run it as root)",
+              file=sys.stderr)
+        return EX_UNKNOWN
     st = read_status(state_dir)
     if st is None:
         print(f"procsentry is not running (no status in {state_dir})")

@@ -182,9 +182,17 @@ def load(path: str, watch: argparse.ArgumentParser) -> dict[str, Any]:
     """The file's settings, converted: {dest: value}. Raises ConfigError (one line)."""
     try:
         with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
             raw = f.read()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    # The file tells a root daemon where to write: one that someone else can change would let
+    # them choose (an output file, a rules path). It must be ours and writable by us alone.
+    if st.st_uid not in (os.geteuid(), 0):
+        raise ConfigError(f"{path}: owned by uid {st.st_uid}, not {os.geteuid()}; refusing to use it")
+    if st.st_mode & 0o022:
+        raise ConfigError(f"{path}: writable by group or others (mode "
+                          f"{st.st_mode & 0o7777:04o}); refusing to use it")
     try:
         text = raw.decode("utf-8")
         data = tomllib.loads(text)

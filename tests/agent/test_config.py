@@ -170,6 +170,21 @@ def test_unreadable_or_missing_file_exit_2(tmp_path):
 
 
 @pytest.mark.root
+def test_a_file_others_can_change_is_refused(tmp_path):
+    f = tmp_path / "p.toml"
+    f.write_text("count = 1\n")
+    f.chmod(0o666)
+    p = run("config", "check", str(f))
+    assert (p.returncode, p.stderr) == (
+        2, f"procsentry: config: {f}: writable by group or others (mode 0666); refusing to use it\n")
+    f.chmod(0o644)
+    os.chown(f, 65534, 65534)
+    p = run("watch", "--config", str(f))
+    assert (p.returncode, p.stderr) == (
+        2, f"procsentry: config: {f}: owned by uid 65534, not 0; refusing to use it\n")
+
+
+@pytest.mark.root
 def test_file_unreadable_to_a_user_exit_2(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("needs root to run as another user")
