@@ -189,12 +189,18 @@ def read_status(state_dir: str) -> dict | None:
         os.close(fd)
 
 
+def _procfs():
+    from userspace.procfs import ProcFS, default_root  # noqa: PLC0415
+    return ProcFS(default_root())
+
+
 def _start_ticks(pid: int) -> int | None:
+    """The process's start time (stat field 22): with the pid, it names one process."""
+    from userspace.procfs import ProcFSError  # noqa: PLC0415
+    from userspace.process import read_stat  # noqa: PLC0415
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return int(data[data.rindex(b")") + 2:].split()[19])
-    except (OSError, ValueError, IndexError):
+        return read_stat(_procfs(), pid).starttime
+    except ProcFSError:
         return None
 
 
@@ -277,10 +283,10 @@ def _now() -> str:
 
 
 def _boot_id() -> str | None:
+    from userspace.procfs import ProcFSError  # noqa: PLC0415
     try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
+        return _procfs().boot_id()
+    except ProcFSError:
         return None
 
 
