@@ -18,14 +18,31 @@ res=$vm_dir/results/agent-systemd
 rm -rf "$state" "$res"
 mkdir -p "$res" "$state/opt" "$state/varlib" "$state/varlog" "$state/varcache" "$state/etcproc" "$state/usrlocal/bin"
 cp -a /etc/systemd/system "$state/etcsystemd"
+# The guest script runs as a service of the guest's systemd (virtme-ng's own command path
+# through a serial getty did not run here), from the unit directory that persists.
+cat > "$state/etcsystemd/agent-check.service" <<UNIT
+[Unit]
+Description=procsentry agent check (vagrant/agent-systemd-guest.sh)
+After=network.target
+[Service]
+Type=simple
+Environment=PIP_NO_INDEX=1 PIP_FIND_LINKS=/vmres/wheels
+ExecStart=/bin/bash -c '$repo/vagrant/agent-systemd-guest.sh \$(cat /vmres/phase) $repo'
+StandardOutput=journal+console
+UNIT
+mkdir -p "$state/etcsystemd/multi-user.target.wants"
+ln -sfn ../agent-check.service "$state/etcsystemd/multi-user.target.wants/agent-check.service"
+# pip in the guest has no index: the wheels make install needs, fetched here once.
+"$repo/.venv/bin/python" -m pip download -q -d "$res/wheels" orjson pyroute2 prometheus_client \
+    setuptools wheel >/dev/null
+# Few mappings: each adds to the kernel command line, and past a point vng fails silently.
 maps=(--rwdir "/vmres=$res" --rwdir "/opt=$state/opt" --rwdir "/etc/systemd/system=$state/etcsystemd"
       --rwdir "/etc/procsentry=$state/etcproc" --rwdir "/var/lib/procsentry=$state/varlib"
-      --rwdir "/var/log/procsentry=$state/varlog" --rwdir "/var/cache/procsentry=$state/varcache"
-      --rwdir "/usr/local=$state/usrlocal" --overlay-rwdir /var)
+      --overlay-rwdir /var --overlay-rwdir /usr/local)
 for phase in 1 2; do
     t0=$(date +%s)
-    PATH=$vm_dir/tools/venv/bin:$PATH timeout 1800 "$vng" --systemd --disable-kvm --force-9p --cpus 2 --memory 2G --network user \
-        -r "$kernel" "${maps[@]}" -- "$repo/vagrant/agent-systemd-guest.sh" "$phase" "$repo" \
-        > "$res/vng$phase.log" 2>&1 || true
+    echo "$phase" > "$res/phase"
+    PATH=$vm_dir/tools/venv/bin:$PATH timeout --foreground 1500 "$vng" --systemd --disable-kvm --force-9p --cpus 2 --memory 2G \
+        -r "$kernel" "${maps[@]}" -- sleep 3000 > "$res/vng$phase.log" 2>&1 < /dev/null || true
     echo "boot $phase: $(cat "$res/boot$phase.result" 2>/dev/null || echo 'no result') ($(( $(date +%s) - t0 )) s)"
 done

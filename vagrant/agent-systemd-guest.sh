@@ -33,8 +33,8 @@ if [ "$phase" = 1 ]; then
     make -C "$repo" install || fail "make install"
     say "make install took $((SECONDS - t0))s"
     systemctl is-enabled procsentry.service || fail "not enabled"
-    wait_for 600 "procsentry status exit 0 (running, not losing events)" /usr/local/bin/procsentry status
-    /usr/local/bin/procsentry status
+    wait_for 600 "procsentry status exit 0 (running, not losing events)" /opt/procsentry/bin/procsentry status
+    /opt/procsentry/bin/procsentry status
     /bin/echo agent-vm-marker-1 >/dev/null
     wait_for 120 "the marker exec in $events" grep -q '"agent-vm-marker-1"' "$events"
     ls -l /var/log/procsentry /var/lib/procsentry
@@ -54,7 +54,7 @@ if [ "$phase" = 1 ]; then
 else
     wait_for 600 "procsentry.service active after boot" systemctl is-active procsentry.service
     systemctl status procsentry.service --no-pager | head -12
-    wait_for 600 "procsentry status exit 0" /usr/local/bin/procsentry status
+    wait_for 600 "procsentry status exit 0" /opt/procsentry/bin/procsentry status
     starts
     last=$(starts | tail -1)
     say "this boot's start event: $last"
@@ -65,7 +65,6 @@ else
     ! systemctl is-active -q procsentry.service || fail "still active after uninstall"
     [ ! -e /etc/systemd/system/procsentry.service ] || fail "unit left behind"
     [ ! -e /opt/procsentry/bin ] || fail "/opt/procsentry left behind"
-    [ ! -e /usr/local/bin/procsentry ] || fail "/usr/local/bin/procsentry left behind"
     [ -e "$events" ] || fail "the events file (data) should stay"
     systemctl status procsentry.service --no-pager 2>&1 | head -3
     echo PASS > "$res/boot2.result"
