@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from monitor import config
+from monitor.events import EVENT_TYPES
 from monitor.__main__ import build_parser, with_config
 
 if sys.version_info >= (3, 11):
@@ -137,7 +138,7 @@ def test_command_line_overrides_the_file(tmp_path):
     ('comm = 12\n', "{f}:1: comm: expected a string, not an integer"),
     ('sensor = "ebpf"\n', "{f}:1: sensor: 'ebpf' is not one of auto, bpf, connector, poll"),
     ('events = "exec,forks"\n',
-     "{f}:1: events: unknown event type(s): forks; choose from exec, fork, exit, existing, missed, lost, stats, start"),
+     "{f}:1: events: unknown event type(s): forks; choose from " + ", ".join(EVENT_TYPES)),
     ('perf_pages = 100\n', "{f}:1: perf_pages: must be a power of two, not 100"),
     ('max_size = "ten megs"\n',
      "{f}:1: max_size: not a size: 'ten megs' (e.g. 4096, 64k, 100m, 1g)"),

@@ -116,7 +116,7 @@ def test_uninstall_removes_an_unchanged_default_config(installed, tmp_path):
                                                      "var/log/procsentry"]
 
 
-def test_logrotate_snippet_parses(installed):
+def test_logrotate_snippet_parses(installed):  # root: the module's pytestmark
     logrotate = shutil.which("logrotate") or "/usr/sbin/logrotate"
     if not os.path.exists(logrotate):
         pytest.fail("logrotate is missing: scripts/setup.sh installs it")

@@ -63,6 +63,7 @@ def verify(unit_text: str, name: str = "procsentry.service") -> subprocess.Compl
                               timeout=120)
 
 
+@pytest.mark.root
 def test_systemd_analyze_verify(installed):
     """`systemd-analyze verify` (it needs no running systemd) on the unit as shipped, with only
     the install prefix pointed at the staged install (verify checks that ExecStart exists)."""
@@ -74,6 +75,7 @@ def test_systemd_analyze_verify(installed):
     assert "Failed to parse protect system value" in p.stderr
 
 
+@pytest.mark.root
 def test_systemd_analyze_security_exposure(installed):
     p = subprocess.run([analyze(), "security", "--offline=yes", f"--root={installed}",
                         "procsentry.service"], capture_output=True, text=True, timeout=120)
