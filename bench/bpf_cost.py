@@ -49,6 +49,10 @@ def main() -> int:
         stop.set()
         t.join()
         sensor.close()
+    if not s1:
+        print(f"the {type(sensor).__name__} backend reads no per-program statistics: run it "
+              "without PROCSENTRY_BCC_READER=1 (x86-64)", file=sys.stderr)
+        return 1
     print(f"kernel {os.uname().release}; {n} fork+exec+exit of /bin/true (other activity on the "
           "host is counted too)")
     for tp in s1:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """procsentry benchmark: completeness and cost, side by side with what a user would otherwise run.
 
-    sudo make bench          the full run (about 15 minutes); writes bench/RESULTS.md
+    sudo make bench          the full run (its duration heads bench/RESULTS.md); writes it
     sudo make bench-smoke    baseline + procsentry bpf, 200 execs, one repetition (seconds)
 
 Every contender (no monitor, `ps -ef` polling, procsentry's poll/connector/bpf sensors, forkstat,

@@ -19,9 +19,6 @@
 #ifndef NR_CPUS_MAX
 #define NR_CPUS_MAX 128
 #endif
-#ifndef PERF_PAGES
-#define PERF_PAGES 256
-#endif
 /* signal_struct.flags bit set by do_group_exit/zap_other_threads (include/linux/sched/signal.h);
  * unchanged since 2.6. */
 #define SIGNAL_GROUP_EXIT 0x00000004

@@ -1,6 +1,6 @@
 # Benchmark targets (included by the top Makefile). See bench/run.py and bench/RESULTS.md.
 #
-#   sudo make bench                 every contender, 3 interleaved repetitions (~15 min): bench/RESULTS.md
+#   sudo make bench                 every contender, 3 interleaved repetitions (duration: bench/RESULTS.md)
 #   sudo make bench BENCH_ARGS='--reps 1 --levels moderate,storm --storm-n 2000'   a quick look
 #   sudo make bench-smoke           baseline + procsentry bpf, 200 execs, 1 repetition: bench/out/smoke/
 

@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--enrich-delay", type=float, default=5.0, metavar="MS",
                    help="hold records this long before acting on them: execs whose process "
                         "exits within it are not read from procfs (default 5)")
+    w.add_argument("--output-buffer", type=_positive(int), default=4 << 20, metavar="BYTES",
+                   help="encoded events held in memory before they are written (default 4 MiB); "
+                        "a reader that stalls longer makes the kernel's buffers drop (and count) records")
     w.add_argument("--proc-root", metavar="DIR", help="procfs to read (default: the host procfs, or its copy under $HOST_ROOT)")
     from monitor import agent  # noqa: PLC0415
     agent.add_options(w)  # --config, --max-size, --max-backups, --metrics, --state-dir
@@ -220,7 +223,7 @@ def cmd_watch(args) -> int:
     cfg = Config(
         sweep_interval_s=args.sweep_interval, stats_interval_s=args.stats_interval,
         duration_s=args.duration, count=args.count, ancestry_depth=args.ancestry_depth,
-        backlog=args.backlog, environ=args.environ,
+        backlog=args.backlog, environ=args.environ, output_buffer_bytes=args.output_buffer,
         enrich_delay_ns=int(max(0.0, args.enrich_delay) * 1_000_000),
         filters=Filters(pid=args.pid, uid=args.uid, comm=args.comm, exe=args.exe,
                         events=args.events, container=args.container))

@@ -299,9 +299,10 @@ def start_event(state: AgentState, sensor: str, settings_hash: str, config_path:
 
 # -- metrics -----------------------------------------------------------------------------------
 GAUGES = frozenset({"uptime_s", "queue_depth", "queue_peak", "table_size", "rss_bytes",
-                    "peak_rss_bytes", "pending", "spool_bytes", "connected"})
+                    "peak_rss_bytes", "pending", "spool_bytes", "connected", "output_buffer"})
 LABELS = {"events": "type", "lost_per_cpu": "cpu", "enrichment": "outcome", "reconcile": "what",
-          "kernel": "counter", "delivery": "destination"}
+          "kernel": "counter", "delivery": "destination", "output_buffer": "what",
+          "cgroups": "what"}
 RENAME = {"lost": "lost_samples", "missed": "missed_processes", "cpu_time_s": "cpu_seconds",
           "uptime_s": "uptime_seconds", "rss_bytes": "resident_memory_bytes",
           "peak_rss_bytes": "peak_resident_memory_bytes", "events": "events",
@@ -357,6 +358,13 @@ class StatsCollector:
                     n = _number(v)
                     if n is not None:
                         fam.add_metric([str(key)], n)
+                    elif isinstance(v, dict):  # one level down (e.g. alerts per rule)
+                        sub = CounterMetricFamily(f"{name}_{key}", f"{doc} ({key})", labels=["key"])
+                        for k2, v2 in v.items():
+                            n2 = _number(v2)
+                            if n2 is not None:
+                                sub.add_metric([str(k2)], n2)
+                        yield sub
                 yield fam
             else:
                 n = _number(value)

@@ -187,6 +187,57 @@ def check_load() -> Check:
     return Check("sensor", "PASS", "the BPF programs compile, load and attach")
 
 
+def check_container_identity(fs: ProcFS) -> Check:
+    """Can the kernel's cgroup id name a container after its process is gone? Proven on this
+    process's own cgroup: its id from name_to_handle_at, resolved back to its path."""
+    from userspace import parsers as P  # noqa: PLC0415
+    from userspace.cgroups import CgroupResolver, kernfs_id_of  # noqa: PLC0415
+
+    resolver = CgroupResolver(fs)
+    try:
+        if resolver.method is None:
+            if "no cgroup2 mount" in (resolver.reason or ""):
+                return Check("container_identity", "WARN",
+                             "cgroup v1 only: the kernel's cgroup id is that of the unused v2 root "
+                             "(1) for every process, so it names no container; container ids come "
+                             "from procfs only, and a container whose processes all exit before "
+                             "they are read is not identified",
+                             "mount cgroup2 (systemd.unified_cgroup_hierarchy=1 on the kernel command line)")
+            return Check("container_identity", "WARN", f"cgroup ids cannot be resolved: {resolver.reason}; "
+                         "container ids come from procfs only, for processes still alive when read")
+        mount = resolver.mount
+        layout = ("v2 only" if resolver.unified_only else
+                  "hybrid: v1 hierarchies in use too; a container that a runtime's cgroupfs driver "
+                  "puts in v1 hierarchies only is identified from procfs, while a process lives")
+        entries = fs.read_parsed("self", "cgroup", P.parse_cgroup)
+        own = next((e.path for e in entries if e.hierarchy == 0 and not e.controllers), None)
+        if own is None or (own != mount.root and not own.startswith(mount.root.rstrip(b"/") + b"/")):
+            return Check("container_identity", "WARN",
+                         f"this process's cgroup {own!r} is not under the cgroup2 mount "
+                         f"{mount.mount_point!r}; cannot prove ids resolve")
+        below = own[len(mount.root.rstrip(b"/")):] or b"/"
+        own_dir = mount.mount_point.rstrip(b"/") + (b"" if below == b"/" else below)
+        try:
+            own_id = kernfs_id_of(own_dir)
+        except (OSError, ValueError):
+            own_id = os.stat(own_dir).st_ino  # the kernfs ino is the id on 64-bit kernels
+        got = resolver.resolve(own_id)
+        how = ("open_by_handle_at" if resolver.method == "handle"
+               else f"walking the cgroup2 tree (no handles: {resolver.handle_unusable})")
+        where = mount.mount_point.decode(errors="backslashreplace")
+        if got is None or got.path != own:
+            return Check("container_identity", "WARN",
+                         f"cgroup2 at {where}, but this process's cgroup id {own_id} resolved to "
+                         f"{got.path if got else None!r}, not {own!r}; container ids come from procfs only")
+        return Check("container_identity", "PASS",
+                     f"cgroup2 at {where} ({layout}); cgroup ids resolve to paths by {how} "
+                     f"(this process: {own_id} -> {own.decode(errors='backslashreplace')}): a container "
+                     "is named from its first exec on, even when its processes are gone before "
+                     "procfs is read")
+    finally:
+        resolver.close()
+
+
 def _guarded(name: str, check, *args):
     """A check that crashes is a failed check with the error, never a traceback."""
     try:
@@ -213,6 +264,10 @@ def run_checks(load: bool = True) -> list[Check]:
                _guarded("lockdown", check_lockdown)]
     if load and all(c.status != "FAIL" for c in checks):
         checks.append(check_load())
+    try:  # not needed to run the sensor: a crash here is a WARN, never a FAIL
+        checks.append(check_container_identity(fs))
+    except Exception as e:  # noqa: BLE001
+        checks.append(Check("container_identity", "WARN", f"the check itself failed: {type(e).__name__}: {e}"))
     checks.append(check_auto_sensor(checks))
     return checks
 

@@ -149,6 +149,8 @@ class StatsEvent:
     kernel: dict[str, int]
     dropped_writes: int
     decode_errors: int
+    output_buffer: dict[str, int]  # bound_bytes, peak_bytes: see schema.py
+    cgroups: dict[str, int]  # cgroup id resolution: see schema.py
     cpu_time_s: float
     rss_bytes: int
     peak_rss_bytes: int

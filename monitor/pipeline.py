@@ -35,6 +35,7 @@ from monitor.table import Entry, Key, ProcessTable
 from monitor.text import argv_raw, text, text_or_none, texts
 from monitor.window import HoldWindow
 from userspace.procfs import ProcessGone, ProcFS, ProcFSError
+from userspace.parsers import parse_status
 from userspace.process import read_stat
 from userspace.sweep import Sweep, SweepStats, sort_parents_first
 from userspace.types import Depth, ProcessSnapshot, ProcKey
@@ -80,6 +81,9 @@ class Config:
     max_held: int = 65536  # records the window may hold before it is released regardless
     environ: bool = False
     poll_timeout_ms: int = 100
+    # Encoded events held before they are written (--output-buffer): past it the pipeline
+    # writes at once, and waits if the reader does (see Sink.pending_bytes).
+    output_buffer_bytes: int = 4 << 20
     filters: Filters = field(default_factory=Filters)
 
 
@@ -91,8 +95,8 @@ class Counters:
         self.inferred_exits = 0
         self.decode_errors = 0
         self.queue_peak = 0
-        self.reconcile = {"sweeps": 0, "deferred": 0, "missed_zombies_skipped": 0,
-                          "late_exits": 0}
+        self.reconcile = {"sweeps": 0, "deferred": 0, "suspects": 0,
+                          "missed_zombies_skipped": 0, "late_exits": 0}
 
     def event(self, kind: str) -> None:
         self.events[kind] = self.events.get(kind, 0) + 1
@@ -122,6 +126,7 @@ class Pipeline:
         self._last_reconcile = 0.0
         self._reconcile_due: str | None = None
         self._lost_since_reconcile = False
+        self._suspects = reconcile.Suspects()
         self._apply = {ExecRecord: self.on_exec, ForkRecord: self.on_fork,
                        ExitRecord: self.on_exit, LostRecord: self.on_lost,
                        CommRecord: self.on_comm, CredRecord: self.on_cred,
@@ -156,7 +161,10 @@ class Pipeline:
         self.counters.event(ev.event)
         if not self.cfg.filters.match(ev):
             return
-        self.sink.write(ev)
+        sink = self.sink
+        sink.write(ev)
+        if sink.pending_bytes > self.cfg.output_buffer_bytes:
+            sink.flush()
         self.emitted += 1
         if self.cfg.count is not None and self.emitted >= self.cfg.count:
             self.stop_requested = True
@@ -165,6 +173,8 @@ class Pipeline:
         self.counters.event(rec.event)
         if self.cfg.filters.passes_lost_and_stats(rec.event):
             self.sink.write(rec)
+            if self.sink.pending_bytes > self.cfg.output_buffer_bytes:
+                self.sink.flush()
 
     # -- records ---------------------------------------------------------------------------
     def on_exec(self, r: ExecRecord, exited: bool = False, skip_enrichment: bool = False,
@@ -347,6 +357,10 @@ class Pipeline:
         records = self.source.drain()
         if len(records) > self.counters.queue_peak:
             self.counters.queue_peak = len(records)
+        warm = self.enricher.warm
+        for r in records:
+            if type(r) is ExecRecord and r.cgroup_id:
+                warm(r.cgroup_id)  # on arrival, before the cgroup can go: see Enricher.warm
         self.window.add(records)
 
     def drain(self, flush: bool = False, until_ns: int | None = None) -> None:
@@ -430,24 +444,49 @@ class Pipeline:
                             lost or self._lost_since_reconcile)
         counters["deferred"] += v.deferred
         counters["missed_zombies_skipped"] += v.zombies_skipped
-        new = [s for s in (sweep.read(pid, ticks) for pid, ticks in v.unknown) if s is not None]
-        for key in v.changed:
+        # What this sweep found is judged only when the next sweep finds it too (see
+        # monitor/reconcile.py, "suspects"): procfs can show an exec's new comm before its
+        # tracepoint has run, and a process stuck there under load for milliseconds would be
+        # called missed. Found processes are read now, so one that is gone by the next sweep
+        # is still reported with what it was.
+        prev = self._suspects
+        now_suspects = reconcile.Suspects()
+        new: list[ProcessSnapshot] = []
+        for key in v.unknown + v.changed:
             entry = self.table.get(key)
+            earlier = prev.snapshots.pop(key, None)
+            if earlier is not None:
+                if entry is None or entry.comm == earlier[1]:
+                    # Still unknown, or still the image from before the exec: a real miss.
+                    new.append(sweep.read(*key) or earlier[0])
+                continue
             snap = sweep.read(*key)
-            if snap is not None and entry is not None and (
-                    text_or_none(snap.exe) != entry.exe or texts(snap.argv) != entry.argv):
+            if snap is None:
+                continue
+            if entry is not None and text_or_none(snap.exe) == entry.exe and texts(snap.argv) == entry.argv:
+                continue  # the same program renamed itself (prctl): no exec was missed
+            now_suspects.snapshots[key] = (snap, entry.comm if entry is not None else None)
+        for key, (snap, comm_then) in prev.snapshots.items():
+            # Suspected last time and gone since: a miss if the sensor never reported it
+            # (still unknown, or still showing the image before the exec), with what it was.
+            entry = self.table.get(key)
+            if entry is None or (entry.comm == comm_then and entry.exe != text_or_none(snap.exe)):
                 new.append(snap)
         for snap in sort_parents_first(new):
             self.counters.missed += 1
             self.on_snapshot(snap, "missed")
-        for key in v.zombies:
-            self.on_exit(ExitRecord(time.monotonic_ns(), key[0], key[1], None), inferred=True,
-                         source="sweep")
-        for key in v.vanished:
-            if self._alive(key):
+        for key in v.zombies + v.vanished:
+            if key not in prev.exits:
+                now_suspects.exits.add(key)
+                continue
+            if key in v.vanished and self._alive(key):
                 continue  # the listing could not read it, yet it lives: do not invent an exit
             self.on_exit(ExitRecord(time.monotonic_ns(), key[0], key[1], None), inferred=True,
                          source="sweep")
+        self._suspects = now_suspects
+        counters["suspects"] += len(now_suspects)
+        if now_suspects:
+            self._reconcile_due = "suspects"  # judge them soon, not a whole interval later
 
     def _alive(self, key: Key) -> bool:
         try:
@@ -462,11 +501,14 @@ class Pipeline:
     # -- stats and the loop ----------------------------------------------------------------
     def stats(self) -> StatsEvent:
         ru = resource.getrusage(resource.RUSAGE_SELF)
-        rss = 0
+        # RSS now and its peak from our own status: ru_maxrss also counts the parent's pages
+        # that this process shared between its fork and its exec (started from a large
+        # parent, it reported that parent's size).
+        rss = peak = 0
         try:
-            statm = self.fs.read_bytes("self", "statm").split()
-            rss = int(statm[1]) * self.fs.page_size
-        except (ProcFSError, IndexError, ValueError):
+            status = self.fs.read_parsed("self", "status", parse_status)
+            rss, peak = status.vm_rss or 0, status.vm_hwm or 0
+        except ProcFSError:
             pass
         lost = self.source.lost_per_cpu()
         c = self.counters
@@ -480,8 +522,11 @@ class Pipeline:
             queue_peak=c.queue_peak, table_size=len(self.table),
             table_evictions=self.table.evictions, kernel=self.source.counters(),
             dropped_writes=self.sink.dropped_writes, decode_errors=c.decode_errors,
+            output_buffer={"bound_bytes": self.cfg.output_buffer_bytes,
+                           "peak_bytes": max(self.sink.pending_peak, self.sink.pending_bytes)},
+            cgroups=dict(self.enricher.cgroups.stats),
             cpu_time_s=round(ru.ru_utime + ru.ru_stime, 3), rss_bytes=rss,
-            peak_rss_bytes=ru.ru_maxrss * 1024)
+            peak_rss_bytes=peak)
 
     def run(self) -> None:
         cfg = self.cfg

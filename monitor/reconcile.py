@@ -25,6 +25,15 @@ listing starts, (2) lists procfs, (3) has the sensor take in everything already 
 A zombie (exited, not yet reaped) that the table does not know is reported only when the sensor
 lost records since the previous sweep: otherwise its exit was reported and its table entry
 expired already (a parent that never reaps), which is no miss.
+
+Suspects. The watermark covers every record written before the listing, but procfs runs ahead of
+two tracepoints: exec sets the new comm in begin_new_exec() before trace_sched_process_exec()
+runs at the end of exec_binprm(), and a process can be preempted in between; seen in a soak on
+a loaded 2-core host (34 `missed` for processes whose exec record arrived right after the
+sweep, and 7 inferred exits superseded by the real ones). So a sweep only suspects: what it
+finds is judged by the next sweep (scheduled a second later), which reports it only if the
+sensor still has not. A suspect is read from procfs when first found, so one that is gone by
+the next sweep is still reported as `missed`, with what it was.
 """
 from __future__ import annotations
 
@@ -33,6 +42,19 @@ from dataclasses import dataclass, field
 from monitor.table import Key, ProcessTable
 from monitor.text import text
 from userspace.parsers import Stat
+from userspace.types import ProcessSnapshot
+
+
+@dataclass
+class Suspects:
+    """What one sweep found, for the next one to confirm."""
+
+    # key -> (its snapshot when found, the table's comm for it then, None if unknown)
+    snapshots: dict[Key, tuple[ProcessSnapshot, str | None]] = field(default_factory=dict)
+    exits: set[Key] = field(default_factory=set)  # live in the table, gone or zombie in procfs
+
+    def __len__(self) -> int:
+        return len(self.snapshots) + len(self.exits)
 
 
 @dataclass

@@ -54,7 +54,7 @@ def parse_size(value: str) -> int:
 
 
 class WriteFailed(OSError):
-    """A write failed after `written` of the lines had been written in full."""
+    """A write failed after `written` of the records had been written in full."""
 
     def __init__(self, err: OSError, written: int) -> None:
         super().__init__(err.errno, err.strerror)
@@ -90,33 +90,43 @@ class RotatingFile:
         while view:
             view = view[os.write(self.fd, view):]
 
-    def write_lines(self, lines: list[bytes]) -> None:
-        """Write whole lines, rotating between two lines when the next would cross the limit."""
+    def write(self, data: bytes) -> None:
+        """Write encoded records (each ends with its one newline: JSON strings escape theirs,
+        the text formats escape every control character), rotating between two records when
+        the next would cross the limit."""
         if self.generation != _generation:
             self.reopen()
-        done = 0
+        done = 0  # records written in full, for the count of dropped ones if a write fails
         try:
             if self.rotation is None:
-                self._write_all(b"".join(lines))
+                self._write_all(data)
                 return
             limit = self.rotation.max_size
             size = os.fstat(self.fd).st_size  # not a cached figure: copytruncate may have run
-            chunk: list[bytes] = []
-            chunk_size = 0
-            for line in lines:
-                if size + chunk_size + len(line) > limit and size + chunk_size > 0:
-                    if chunk:
-                        self._write_all(b"".join(chunk))
-                        done += len(chunk)
-                        chunk, chunk_size = [], 0
+            start, n = 0, len(data)
+            while start < n:
+                if size + n - start <= limit:
+                    self._write_all(data[start:])
+                    return
+                # the longest run of whole records that fits in what is left of this file
+                room = limit - size
+                cut = data.rfind(b"\n", start, start + room) + 1 if room > 0 else 0
+                if cut > start:
+                    self._write_all(data[start:cut])
+                    done += data.count(b"\n", start, cut)
+                    start = cut
+                elif size == 0:
+                    # a record larger than the limit by itself: a file of its own
+                    end = data.find(b"\n", start) + 1 or n
+                    self._write_all(data[start:end])
+                    done += 1
+                    start = end
+                if start < n:  # the next record does not fit here
                     if self.rotate():
                         size = 0
-                    else:
-                        size = os.fstat(self.fd).st_size
-                chunk.append(line)
-                chunk_size += len(line)
-            if chunk:
-                self._write_all(b"".join(chunk))
+                    else:  # cannot rotate (said once): write on into this file
+                        self._write_all(data[start:])
+                        return
         except OSError as e:
             raise WriteFailed(e, done) from None
 

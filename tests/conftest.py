@@ -27,7 +27,7 @@ _shared_sensor: list = []  # the sensor the check loaded, kept for the bpf tests
 def bpf_unavailable_reason() -> str | None:
     """Why the BPF tests cannot run here (None when they can). Computed once: the sensor it
     loads to find out is kept and reused by the `sensor` fixture, so a session compiles the
-    programs once (a compile is 0.5 s here but ~20 s in the emulated kernel matrix)."""
+    programs once (a compile is costly, and far more so in the emulated kernel matrix)."""
     if _bpf_reason:
         return _bpf_reason[0]
     reason = None

@@ -149,6 +149,7 @@ class Status:
     ns_pid: tuple[int, ...] | None = None
     vm_size: int | None = None  # bytes
     vm_rss: int | None = None  # bytes
+    vm_hwm: int | None = None  # bytes: peak resident set of this program image (since exec)
     threads: int | None = None
     cap_inh: int | None = None
     cap_prm: int | None = None
@@ -237,6 +238,7 @@ _STATUS_KEYS = {
     b"NSpid": ("ns_pid", _ints),
     b"VmSize": ("vm_size", _kb),
     b"VmRSS": ("vm_rss", _kb),
+    b"VmHWM": ("vm_hwm", _kb),
     b"Threads": ("threads", _single),
     b"CapInh": ("cap_inh", _hex),
     b"CapPrm": ("cap_prm", _hex),
@@ -259,7 +261,8 @@ def parse_status(data: bytes) -> Status:
     boundary simply yields None for the lines that did not arrive.
 
     The known keys are picked out by one regex (the scan runs in C): status has ~60 lines and
-    this runs once per exec, where a Python loop over every line cost ~90 us."""
+    this runs once per exec, so a Python loop over every line would be paid on every event
+    (bench/RESULTS.md has the daemon's profile under a storm)."""
     bad = _LINE_WITHOUT_COLON.search(data)
     if bad is not None:
         raise ParseError("status: line without ':'", bad.group(0))
@@ -505,7 +508,35 @@ def parse_mountinfo(data: bytes) -> tuple[MountSummary, ...]:
     "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw" (proc(5)): field 5 is the
     mount point, then a variable number of optional fields end at "-", then the fstype.
     """
-    out = []
+    return tuple(MountSummary(parts[4], fstype) for parts, fstype in _mountinfo_lines(data))
+
+
+@dataclass(frozen=True, slots=True)
+class Cgroup2Mount:
+    """A cgroup2 mount from mountinfo, both paths unescaped (they may hold any byte but NUL)."""
+
+    root: bytes  # field 4: the cgroup shown at the top of the mount ("/" unless a bind or cgroupns)
+    mount_point: bytes  # field 5: where it is, in the reader's mount namespace
+
+
+_MOUNT_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+def unescape_mount_path(field: bytes) -> bytes:
+    """Undo the escaping of show_mountinfo() (fs/proc_namespace.c): seq_dentry() and
+    seq_path_root() pass " \\t\\n\\\\" to mangle_path() (fs/seq_file.c), which writes each of
+    those bytes as a backslash and three octal digits."""
+    return _MOUNT_ESCAPE.sub(lambda m: bytes((int(m.group(1), 8) & 0xFF,)), field)
+
+
+def parse_cgroup2_mounts(data: bytes) -> tuple[Cgroup2Mount, ...]:
+    """The cgroup2 mounts of a mountinfo file, in file order (see parse_mountinfo for the
+    line format)."""
+    return tuple(Cgroup2Mount(unescape_mount_path(parts[3]), unescape_mount_path(parts[4]))
+                 for parts, fstype in _mountinfo_lines(data) if fstype == b"cgroup2")
+
+
+def _mountinfo_lines(data: bytes):
     for line in data.split(b"\n"):
         if not line:
             continue
@@ -516,8 +547,7 @@ def parse_mountinfo(data: bytes) -> tuple[MountSummary, ...]:
             raise ParseError("mountinfo: no ' - ' separator", line) from None
         if sep + 1 >= len(parts):
             raise ParseError("mountinfo: no fstype", line)
-        out.append(MountSummary(parts[4], parts[sep + 1]))
-    return tuple(out)
+        yield parts, parts[sep + 1]
 
 
 def parse_loginuid(data: bytes) -> int | None:

@@ -2,7 +2,7 @@
 
 Strings that come from a process (comm, argv, paths, environment) stay ``bytes`` here: a process
 chooses them and they need not be UTF-8. They become text at exactly one place,
-``monitor/output.py``.
+``monitor/text.py``.
 """
 from __future__ import annotations
 

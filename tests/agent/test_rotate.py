@@ -44,10 +44,10 @@ def test_rotation_cuts_between_lines_at_the_limit(tmp_path):
     path = tmp_path / "ev.jsonl"
     f = RotatingFile(str(path), Rotation(max_size=100, max_backups=3))
     lines = [b"%02d" % i + b"x" * 37 + b"\n" for i in range(12)]  # 40 bytes each
-    f.write_lines(lines[:3])  # 120 bytes would cross 100: two in the file, then a rotation
-    f.write_lines(lines[3:5])
-    f.write_lines([b"y" * 150 + b"\n"])  # larger than the limit by itself: a file of its own
-    f.write_lines(lines[5:12])
+    f.write(b"".join(lines[:3]))  # 120 bytes would cross 100: two in the file, then a rotation
+    f.write(b"".join(lines[3:5]))
+    f.write(b"y" * 150 + b"\n")  # larger than the limit by itself: a file of its own
+    f.write(b"".join(lines[5:12]))
     f.close()
     files = chain(path)
     assert [p.name for p in files] == ["ev.jsonl.3", "ev.jsonl.2", "ev.jsonl.1", "ev.jsonl"]
@@ -67,7 +67,7 @@ def test_rotation_never_follows_a_planted_symlink(tmp_path):
     (tmp_path / "ev.jsonl.2").symlink_to(victim)
     f = RotatingFile(str(path), Rotation(max_size=10, max_backups=2))
     for i in range(5):
-        f.write_lines([b"%d-abcdefg\n" % i])
+        f.write(b"".join([b"%d-abcdefg\n" % i]))
     f.close()
     assert victim.read_bytes() == b"precious\n"
     assert [p.read_bytes() for p in chain(path)] == [b"2-abcdefg\n", b"3-abcdefg\n", b"4-abcdefg\n"]
@@ -79,11 +79,11 @@ def test_a_symlink_at_the_path_is_refused_at_reopen(tmp_path):
     victim.write_bytes(b"")
     path = tmp_path / "ev.jsonl"
     f = RotatingFile(str(path), None)
-    f.write_lines([b"one\n"])
+    f.write(b"".join([b"one\n"]))
     path.rename(tmp_path / "moved")
     path.symlink_to(victim)
     request_reopen()
-    f.write_lines([b"two\n"])  # refused: said once on stderr, written on into the old file
+    f.write(b"two\n")  # refused: said once on stderr, written on into the old file
     f.close()
     assert victim.read_bytes() == b""
     assert (tmp_path / "moved").read_bytes() == b"one\ntwo\n"
@@ -94,7 +94,7 @@ def test_a_symlink_at_the_path_is_refused_at_reopen(tmp_path):
 def test_max_backups_zero_starts_over(tmp_path):
     path = tmp_path / "ev.jsonl"
     f = RotatingFile(str(path), Rotation(max_size=8, max_backups=0))
-    f.write_lines([b"aaaa\n", b"bbbb\n", b"cccc\n"])
+    f.write(b"".join([b"aaaa\n", b"bbbb\n", b"cccc\n"]))
     f.close()
     assert chain(path) == [path] and path.read_bytes() == b"cccc\n"
 

@@ -1,4 +1,4 @@
-"""One sensor for the whole session (a bcc compile costs 0.5 s here and ~20 s under emulation)."""
+"""One sensor for the whole session (a bcc compile is costly, and far more so under emulation)."""
 from __future__ import annotations
 
 import pytest

@@ -334,12 +334,12 @@ def test_controlling_tty(collector):
 
 def test_bcc_reader_path_gives_the_same_records(monkeypatch):
     """The in-process bcc reader (other architectures) decodes to the same records."""
-    from monitor.sensors.bpf.loader import Sensor  # noqa: PLC0415
+    from monitor.sensors.bpf.loader import BccSensor, Sensor  # noqa: PLC0415
     monkeypatch.setenv("PROCSENTRY_BCC_READER", "1")
     s = Sensor(perf_pages=64)
     s.start()
     try:
-        assert s._reader is None and s._bpf is not None
+        assert type(s) is BccSensor
         subprocess.run([TRUE, "via-bcc-reader"])
         c = Collector(s)
         pid = c.until(lambda rs: next((r.tgid for r in rs if isinstance(r, wire.RawExec)

@@ -27,6 +27,28 @@ def test_usage_error_exits_2():
         "exec, fork, exit, existing, missed, lost, stats, start (see procsentry watch --help)\n")
 
 
+@pytest.mark.parametrize("value", ["3", "0", "-8"])
+def test_a_bad_perf_buffer_size_is_a_usage_error_not_a_weaker_sensor(value):
+    # Before: "--perf-pages 3" ran on the connector ("BPF unavailable: --perf-pages must be a
+    # power of two"). A mistake in the options is the user's to fix: exit 2, one line, nothing
+    # loaded, no sensor chosen.
+    p = run("watch", "--perf-pages", value, "--sensor", "auto")
+    assert p.returncode == 2
+    assert p.stderr.decode() == (
+        f"procsentry watch: error: argument --perf-pages: must be a power of two, not {int(value)} "
+        "(see procsentry watch --help)\n")
+    assert p.stdout == b""
+
+
+def test_sensor_settings_name_their_own_problems():
+    from monitor.sensors import SensorSettings, choose  # noqa: PLC0415
+    assert SensorSettings().problem() is None
+    assert SensorSettings(perf_pages=3).problem() == "--perf-pages must be a power of two, not 3"
+    assert SensorSettings(sensor="bogus").problem() == "unknown sensor 'bogus'"
+    with pytest.raises(ValueError, match="power of two"):
+        choose(SensorSettings(perf_pages=6))  # never tried, never a fallback
+
+
 def test_uid_accepts_a_user_name_or_a_number():
     from monitor.__main__ import build_parser  # noqa: PLC0415
     parse = build_parser().parse_args

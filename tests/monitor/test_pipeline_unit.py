@@ -165,6 +165,10 @@ def test_reconcile_reports_missed_and_infers_exits(proc_tree):
     src.lost = {0: 1}  # records were lost: an unknown zombie is a real miss
     p.drain(flush=True)
     p.reconcile()
+    # a first sweep only suspects (a record may still be on its way), and asks for another
+    assert [r for r in sink.records if r.event == "missed" or getattr(r, "inferred", False)] == []
+    assert p._reconcile_due == "suspects" and len(p._suspects) > 0
+    p.reconcile()
     missed = {r.pid for r in sink.records if r.event == "missed"}
     assert {1, 100} <= missed  # nothing was known about the fixture processes
     inferred = [r for r in sink.records if r.event == "exit" and r.inferred]
@@ -216,6 +220,22 @@ def test_count_stops_the_run(proc_tree):
     assert p.stop_requested
 
 
+def test_a_record_that_arrives_after_a_sweep_suspected_its_process_wins(proc_tree):
+    # procfs shows an exec's new comm before the exec tracepoint runs: the first sweep may
+    # find the process "changed"; the sensor's exec record then arrives before the second.
+    p, src, sink = make(proc_tree)
+    p.sweep_existing(pids=[1, 100])
+    src.batches = [[rfork(304, 7400, 100, 5000, 10)]]
+    p.drain()
+    p.reconcile()
+    assert (304, 7400) in p._suspects.snapshots
+    src.batches = [[rexec(304, 7400, 1, 2, (b"nginx: worker process",), 20, exe=b"/usr/sbin/nginx")]]
+    p.drain(flush=True)
+    p.reconcile()
+    assert [r for r in sink.records if r.event == "missed" and r.pid == 304] == []
+    assert p.counters.missed == sum(1 for r in sink.records if r.event == "missed")
+
+
 def test_reconcile_reports_an_exec_whose_record_was_lost(proc_tree):
     p, src, sink = make(proc_tree)
     p.sweep_existing(pids=[1, 100])
@@ -225,6 +245,7 @@ def test_reconcile_reports_an_exec_whose_record_was_lost(proc_tree):
     p.drain()
     assert p.table.get((304, 7400)).exe == "/usr/sbin/agentd"
     p.reconcile()
+    p.reconcile()  # the second sweep confirms what the first suspected
     (missed,) = [r for r in sink.records if r.event == "missed" and r.pid == 304]
     assert missed.argv == ("nginx: worker process",) and missed.comm == "nginx"
     assert missed.ppid == 1  # procfs's parent now (the fixture's nginx was reparented)

@@ -26,6 +26,8 @@ PARSERS: dict[str, Callable[[bytes], object]] = {
     "container_id_from_cgroup": lambda b: P.container_id_from_cgroup([b]),
     "parse_maps": P.parse_maps,
     "parse_mountinfo": P.parse_mountinfo,
+    "parse_cgroup2_mounts": P.parse_cgroup2_mounts,
+    "unescape_mount_path": P.unescape_mount_path,
     "parse_loginuid": P.parse_loginuid,
     "parse_comm": P.parse_comm,
     "parse_net_tcp": lambda b: parse_net_inet(b, socket.AF_INET, "tcp"),

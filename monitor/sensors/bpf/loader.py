@@ -1,7 +1,8 @@
 """Load the BPF sensor with bcc and hand its raw records to the pipeline.
 
-The only module that imports bcc. Everything it produces is bytes (wire.decode turns them into
-typed values) plus lost-sample counts, so the rest of procsentry runs and is tested without BPF.
+The only module that imports bcc (in the handover backend's loader child, or in this process
+for the bcc backend). Everything it produces is bytes (wire.decode turns them into typed values)
+plus lost-sample counts, so the rest of procsentry runs and is tested without BPF.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import struct
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +23,11 @@ from pathlib import Path
 from monitor.sensors.bpf import limits, offsets, perfbuf, wire
 from userspace.procfs import ProcFS, ProcFSError, default_root
 
-DISABLE_ENV = "PROCSENTRY_DISABLE_BPF"
-LOSS_CHECK_S = 0.1  # set to 1 to make loading fail (tests of the fallbacks)
+DISABLE_ENV = "PROCSENTRY_DISABLE_BPF"  # set to 1 to make loading fail (tests of the fallbacks)
+BCC_READER_ENV = "PROCSENTRY_BCC_READER"  # set to 1 to read with bcc even where perfbuf works
+# How often poll() re-reads the BPF side's submit-failure counter, in seconds: a storm wakes the
+# reader for every batch of samples, and a map lookup per wakeup would be a syscall each.
+LOSS_CHECK_S = 0.1
 
 
 class SensorUnavailable(Exception):
@@ -38,13 +43,11 @@ def bpf_dir() -> Path:
     raise SensorUnavailable(f"the BPF sources (process.bpf.c) are not next to {package}: reinstall procsentry")
 
 
-def possible_cpus() -> int:
-    """Highest possible CPU id + 1 (the scratch array is indexed by CPU id)."""
+def _possible_cpus() -> list[int]:
     try:
-        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
-        return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
-    except (OSError, ValueError):
-        return os.cpu_count() or 1
+        return perfbuf.possible_cpus()
+    except (OSError, ValueError) as e:
+        raise SensorUnavailable(f"cannot read the possible CPUs from sysfs ({e}): mount /sys") from None
 
 
 def effective_caps() -> int:
@@ -81,7 +84,8 @@ def build(btf_path: str = offsets.BTF_PATH) -> Build:
         offs = offsets.load(btf_path)
     except offsets.OffsetsError as e:
         raise SensorUnavailable(str(e)) from None
-    flags = [f"-I{src.parent}", f"-DNR_CPUS_MAX={possible_cpus()}"]
+    # The scratch array is indexed by bpf_get_smp_processor_id(): the highest id, not the count.
+    flags = [f"-I{src.parent}", f"-DNR_CPUS_MAX={max(_possible_cpus()) + 1}"]
     flags += limits.cflags() + offsets.cflags(offs)
     return Build(src, flags)
 
@@ -121,19 +125,31 @@ def load_programs():
             f"/lib/modules/{os.uname().release}/build (sudo make run sets them up)") from None
 
 
-class Sensor:
-    """The loaded programs and their perf buffers.
+def backend() -> type[Sensor]:
+    """The backend for this host: our own perf reader where its memory-ordering assumptions
+    hold (perfbuf.supported(): x86-64), bcc's reader elsewhere or when BCC_READER_ENV=1."""
+    if perfbuf.supported() and os.environ.get(BCC_READER_ENV) != "1":
+        return HandoverSensor
+    return BccSensor
+
+
+class Sensor(ABC):
+    """The loaded programs and their perf buffers, whichever backend reads them.
+
+    ``Sensor(perf_pages=, wakeup_events=)`` returns the backend() for this host, as
+    ``pathlib.Path()`` returns a PosixPath: callers never choose. A backend subclass can also
+    be constructed directly (the tests run both).
 
     Records are appended to ``self.queue`` as (cpu, bytes) during ``poll``; the caller drains
-    it. Capture never waits on enrichment: poll returns as soon as the buffers are read.
-
-    Two ways to run, same interface:
-    - handover (default on x86-64): a child process compiles, loads and attaches the programs
-      with bcc, passes the map and link file descriptors back over a socket (SCM_RIGHTS) and
-      exits; this process reads the perf rings itself (monitor/sensors/bpf/perfbuf.py). The daemon never
-      maps libbcc/LLVM (~130 MB resident) and pays no ctypes callback per sample.
-    - in-process bcc (other architectures, or PROCSENTRY_BCC_READER=1): bcc's perf reader.
+    it. Capture never waits on enrichment: poll returns as soon as the buffers are read. Loss
+    accounting, the counters and the queue are the same for every backend; a backend only
+    loads, reads the rings and the counter map, and closes.
     """
+
+    batching = False  # True once wakeups are batched: a poll must then come every BATCHED_POLL_MS
+
+    def __new__(cls, *args, **kwargs):
+        return super().__new__(backend() if cls is Sensor else cls)
 
     def __init__(self, perf_pages: int = limits.PERF_PAGES,
                  wakeup_events: int = limits.WAKEUP_EVENTS) -> None:
@@ -141,13 +157,8 @@ class Sensor:
         self.wakeup_events = wakeup_events
         self.queue: deque[tuple[int, bytes]] = deque()
         self.stats = SensorStats()
-        self.helper_pids: set[int] = set()  # the loader child: never reported as activity
-        self._bpf = None
-        self._reader = None
-        self._fds: list[int] = []
-        self._counters_fd = -1
-        self._ncpus = possible_cpus()
-        self._perf_lost: dict[int, int] = {}  # from PERF_RECORD_LOST
+        self._cpus: list[int] = []  # possible CPU ids: the order of a per-CPU map's values
+        self._perf_lost: dict[int, int] = {}  # from PERF_RECORD_LOST, by the backend's reader
         self._submit_failed: dict[int, int] = {}  # from the BPF side's counter
         self._loss_checked = 0.0
 
@@ -157,103 +168,11 @@ class Sensor:
         check_privileges()
         if self.perf_pages & (self.perf_pages - 1):
             raise ValueError(f"perf buffer pages must be a power of two, not {self.perf_pages}")
-        if perfbuf.supported() and os.environ.get("PROCSENTRY_BCC_READER") != "1":
-            self._start_handover()
-        else:
-            self._bpf, _progs = load_programs()
-            self._open_bcc_buffer()
-            try:
-                for tp, fn in HOOKS:
-                    self._bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=fn.encode())
-            except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
-                self.close()
-                raise SensorUnavailable(f"cannot attach to the scheduler tracepoints: {e}") from None
+        self._cpus = _possible_cpus()
+        self._start()
 
-    # -- handover -------------------------------------------------------------------------------
-    def _start_handover(self) -> None:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "monitor.sensors.bpf.loader", "--handover", str(child.fileno())],
-                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(),
-                cwd=str(Path(__file__).resolve().parents[3]))
-            self.helper_pids.add(proc.pid)
-            child.close()
-            msg, fds, _flags, _addr = socket.recv_fds(parent, 65536, 16)
-            proc.wait()
-        finally:
-            parent.close()
-            if child.fileno() >= 0:
-                child.close()
-        try:
-            reply = json.loads(msg or b"{}")
-        except ValueError:
-            reply = {}
-        if "error" in reply or not fds:
-            for fd in fds:
-                os.close(fd)
-            raise SensorUnavailable(reply.get("error") or
-                                    f"the loader process exited with status {proc.returncode}")
-        self._fds = fds
-        events_fd, self._counters_fd, progs = fds[0], fds[1], fds[2:]
-        try:
-            self._reader = perfbuf.PerfReader(events_fd, self.perf_pages, self.wakeup_events)
-        except OSError as e:
-            self.close()
-            raise SensorUnavailable(f"cannot open the perf buffers: {e.strerror}") from None
-        # Attach last, once every CPU's buffer is registered: nothing is submitted into the void.
-        try:
-            for (tp, _fn), prog in zip(HOOKS, progs):
-                self._fds.append(perfbuf.raw_tracepoint_open(tp, prog))
-        except OSError as e:
-            self.close()
-            raise SensorUnavailable(f"cannot attach to {tp}: {e.strerror}") from None
-
-    # -- bcc's reader ---------------------------------------------------------------------------
-    def _open_bcc_buffer(self) -> None:
-        table = self._bpf[b"events"]
-        queue = self.queue
-        perf_lost = self._perf_lost
-        string_at = ct.string_at
-
-        def on_sample(cpu, data, size):
-            queue.append((cpu, string_at(data, size)))
-
-        def lost_for(cpu):
-            def on_lost(count):
-                perf_lost[cpu] = perf_lost.get(cpu, 0) + count
-            return on_lost
-
-        # bcc's public open_perf_buffer gives the lost callback no CPU; opening each CPU's
-        # buffer ourselves lets lost samples be counted per CPU.
-        opener = getattr(table, "_open_perf_buffer", None)
-        params = inspect.signature(opener).parameters if opener else {}
-        if opener and "cpu" in params:
-            from bcc.utils import get_online_cpus  # noqa: PLC0415
-            for cpu in get_online_cpus():
-                if "wakeup_events" in params:
-                    opener(cpu, on_sample, self.perf_pages, lost_for(cpu), self.wakeup_events)
-                else:
-                    opener(cpu, on_sample, self.perf_pages, lost_for(cpu))
-        else:
-            table.open_perf_buffer(on_sample, page_cnt=self.perf_pages, lost_cb=lost_for(-1))
-
-    # -- common ---------------------------------------------------------------------------------
     def poll(self, timeout_ms: int) -> None:
-        if self._reader is not None:
-            out: list = []
-            self._reader.poll(timeout_ms, out)
-            if out:
-                self.queue.extend(out)
-            if self._reader.lost:
-                self._perf_lost.update(self._reader.lost)
-        else:
-            self._bpf.perf_buffer_poll(timeout=timeout_ms)
-            if self.batching:
-                # With wakeup_events > 1 a CPU's buffer wakes the reader only every N samples;
-                # the remainder is read here, so a quiet CPU's last samples wait at most one
-                # poll timeout (max_block_ms).
-                self._bpf.perf_buffer_consume()
+        self._read(timeout_ms)
         self.account_losses()
 
     def account_losses(self, force: bool = False) -> None:
@@ -279,44 +198,123 @@ class Sensor:
         self.stats.lost_per_cpu = merged
 
     def _per_cpu_counter(self, index: int) -> dict[int, int]:
-        if self._reader is not None:
-            raw = perfbuf.map_lookup(self._counters_fd, struct.pack("<I", index), 8 * self._ncpus)
-            values = struct.unpack(f"<{self._ncpus}Q", raw)
-        else:
-            values = [v.value if hasattr(v, "value") else v
-                      for v in self._bpf[b"counters"][ct.c_int(index)]]
-        return {cpu: int(v) for cpu, v in enumerate(values) if v}
+        """{cpu id: value} of one counter, CPUs at zero left out."""
+        return {cpu: v for cpu, v in zip(self._cpus, self._counter_values(index)) if v}
 
-    @property
-    def batching(self) -> bool:
-        if self._reader is not None:
-            return self.wakeup_events > 1
-        return self.wakeup_events > 1 and self._bpf is not None and hasattr(self._bpf, "perf_buffer_consume")
+    def counters(self) -> dict[str, int]:
+        """Kernel-side counters summed over CPUs (events seen, threads skipped, submit errors)."""
+        return {name: sum(self._counter_values(i)) for i, name in enumerate(wire.COUNTERS)}
 
     @property
     def max_block_ms(self) -> int:
         """Longest a poll may block without delaying samples (batched wakeups need a bound)."""
         return limits.BATCHED_POLL_MS if self.batching else 1000
 
-    def counters(self) -> dict[str, int]:
-        """Kernel-side counters summed over CPUs (events seen, threads skipped, submit errors)."""
-        out = {}
-        for i, name in enumerate(wire.COUNTERS):
-            if self._reader is not None:
-                raw = perfbuf.map_lookup(self._counters_fd, struct.pack("<I", i), 8 * self._ncpus)
-                out[name] = sum(struct.unpack(f"<{self._ncpus}Q", raw))
-            else:
-                table = self._bpf[b"counters"]
-                out[name] = int(sum(v.value if hasattr(v, "value") else v for v in table[ct.c_int(i)]))
-        return out
-
     def program_stats(self) -> dict[str, tuple[int, int]]:
         """tracepoint -> (runs, total ns in the BPF program), from the kernel's own accounting
-        (counted only while sysctl kernel.bpf_stats_enabled=1; bench/bpf_cost.py turns it on)."""
-        if self._reader is None:
-            return {}
-        progs = self._fds[2:2 + len(HOOKS)]
-        return {tp: perfbuf.prog_run_stats(fd) for (tp, _fn), fd in zip(HOOKS, progs)}
+        (counted only while sysctl kernel.bpf_stats_enabled=1; bench/bpf_cost.py turns it on).
+        Empty where the backend cannot ask the kernel."""
+        return {}
+
+    # -- what a backend provides ------------------------------------------------------------------
+    @abstractmethod
+    def _start(self) -> None:
+        """Load the programs, open a ring per online CPU, then attach (in that order, so that
+        nothing is submitted before every ring is registered)."""
+
+    @abstractmethod
+    def _read(self, timeout_ms: int) -> None:
+        """Wait up to timeout_ms, append every sample to self.queue and count PERF_RECORD_LOST
+        into self._perf_lost."""
+
+    @abstractmethod
+    def _counter_values(self, index: int) -> list[int]:
+        """One entry of the per-CPU `counters` map: a value per possible CPU, in self._cpus order
+        (the kernel's bpf_percpu_array_copy walks for_each_possible_cpu)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Detach and release everything; safe before start and twice."""
+
+
+class HandoverSensor(Sensor):
+    """The default on x86-64: a child process compiles and loads the programs with bcc,
+    passes the map and program file descriptors back over a socket (SCM_RIGHTS) and exits;
+    this process attaches the programs (it owns the links) and reads the perf rings itself
+    (perfbuf.PerfReader). The daemon never maps libbcc and LLVM and pays no ctypes callback
+    per sample (perfbuf.py says why; the monitor's CPU and memory are in bench/RESULTS.md)."""
+
+    def __init__(self, perf_pages: int = limits.PERF_PAGES,
+                 wakeup_events: int = limits.WAKEUP_EVENTS) -> None:
+        super().__init__(perf_pages, wakeup_events)
+        self._reader: perfbuf.PerfReader | None = None
+        self._fds: list[int] = []  # events map, counters map, a program per HOOK, then the links
+        # PerfReader rings wake the reader every wakeup_events samples, exactly as asked.
+        self.batching = wakeup_events > 1
+
+    def _start(self) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "monitor.sensors.bpf.loader", "--handover", str(child.fileno())],
+                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(),
+                cwd=str(Path(__file__).resolve().parents[3]))
+            child.close()
+            msg, fds, _flags, _addr = socket.recv_fds(parent, 65536, 16)
+            proc.wait()
+        finally:
+            parent.close()
+            if child.fileno() >= 0:
+                child.close()
+        try:
+            reply = json.loads(msg or b"{}")
+        except ValueError:
+            reply = {}
+        if "error" in reply or not fds:
+            for fd in fds:
+                os.close(fd)
+            raise SensorUnavailable(reply.get("error") or
+                                    f"the loader process exited with status {proc.returncode}")
+        self._fds = fds
+        try:
+            self._reader = perfbuf.PerfReader(self._events_fd, self.perf_pages, self.wakeup_events)
+        except OSError as e:
+            self.close()
+            raise SensorUnavailable(f"cannot open the perf buffers: {e.strerror}") from None
+        self._perf_lost = self._reader.lost  # the reader counts PERF_RECORD_LOST straight into it
+        # Attach last, once every CPU's buffer is registered: nothing is submitted into the void.
+        try:
+            for (tp, _fn), prog in zip(HOOKS, self._prog_fds):
+                self._fds.append(perfbuf.raw_tracepoint_open(tp, prog))
+        except OSError as e:
+            self.close()
+            raise SensorUnavailable(f"cannot attach to {tp}: {e.strerror}") from None
+
+    @property
+    def _events_fd(self) -> int:
+        return self._fds[0]
+
+    @property
+    def _counters_fd(self) -> int:
+        return self._fds[1]
+
+    @property
+    def _prog_fds(self) -> list[int]:
+        return self._fds[2:2 + len(HOOKS)]
+
+    def _read(self, timeout_ms: int) -> None:
+        out: list = []
+        self._reader.poll(timeout_ms, out)
+        if out:
+            self.queue.extend(out)
+
+    def _counter_values(self, index: int) -> list[int]:
+        n = len(self._cpus)
+        raw = perfbuf.map_lookup(self._counters_fd, struct.pack("<I", index), 8 * n)
+        return list(struct.unpack(f"<{n}Q", raw))
+
+    def program_stats(self) -> dict[str, tuple[int, int]]:
+        return {tp: perfbuf.prog_run_stats(fd) for (tp, _fn), fd in zip(HOOKS, self._prog_fds)}
 
     def close(self) -> None:
         if self._reader is not None:
@@ -325,8 +323,77 @@ class Sensor:
         for fd in self._fds:  # closing the link fds detaches the programs
             os.close(fd)
         self._fds = []
+
+
+class BccSensor(Sensor):
+    """bcc in this process, with bcc's perf reader: for architectures where perfbuf's plain
+    loads and stores on the ring are not enough (perfbuf.supported()), or BCC_READER_ENV=1."""
+
+    def __init__(self, perf_pages: int = limits.PERF_PAGES,
+                 wakeup_events: int = limits.WAKEUP_EVENTS) -> None:
+        super().__init__(perf_pages, wakeup_events)
+        self._bpf = None
+
+    def _start(self) -> None:
+        self._bpf, _progs = load_programs()
+        try:
+            self._open_buffers()
+        except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
+            self.close()
+            raise SensorUnavailable(f"cannot open the perf buffers: {e}") from None
+        try:
+            for tp, fn in HOOKS:
+                self._bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+        except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
+            self.close()
+            raise SensorUnavailable(f"cannot attach to the scheduler tracepoints: {e}") from None
+
+    def _open_buffers(self) -> None:
+        table = self._bpf[b"events"]
+        queue = self.queue
+        perf_lost = self._perf_lost
+        string_at = ct.string_at
+
+        def on_sample(cpu, data, size):
+            queue.append((cpu, string_at(data, size)))
+
+        def lost_for(cpu):
+            def on_lost(count):
+                perf_lost[cpu] = perf_lost.get(cpu, 0) + count
+            return on_lost
+
+        # bcc's public open_perf_buffer gives the lost callback no CPU; opening each CPU's
+        # buffer ourselves lets lost samples be counted per CPU.
+        opener = getattr(table, "_open_perf_buffer", None)
+        params = inspect.signature(opener).parameters if opener else {}
+        if opener and "cpu" in params:
+            # Batched wakeups leave a quiet CPU's last samples in its ring until
+            # perf_buffer_consume collects them (_read): batch only where bcc has both.
+            self.batching = (self.wakeup_events > 1 and "wakeup_events" in params
+                             and hasattr(self._bpf, "perf_buffer_consume"))
+            for cpu in perfbuf.online_cpus():
+                if "wakeup_events" in params:
+                    opener(cpu, on_sample, self.perf_pages, lost_for(cpu),
+                           self.wakeup_events if self.batching else 1)
+                else:
+                    opener(cpu, on_sample, self.perf_pages, lost_for(cpu))
+        else:
+            table.open_perf_buffer(on_sample, page_cnt=self.perf_pages, lost_cb=lost_for(-1))
+
+    def _read(self, timeout_ms: int) -> None:
+        self._bpf.perf_buffer_poll(timeout=timeout_ms)
+        if self.batching:
+            # With wakeup_events > 1 a CPU's buffer wakes the reader only every N samples;
+            # the remainder is read here, so a quiet CPU's last samples wait at most one
+            # poll timeout (max_block_ms).
+            self._bpf.perf_buffer_consume()
+
+    def _counter_values(self, index: int) -> list[int]:
+        return [int(getattr(v, "value", v)) for v in self._bpf[b"counters"][ct.c_int(index)]]
+
+    def close(self) -> None:
         if self._bpf is not None:
-            self._bpf.cleanup()
+            self._bpf.cleanup()  # detaches, closes the perf buffers and frees the maps
             self._bpf = None
 
 
@@ -347,5 +414,5 @@ def _handover(sock_fd: int) -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--handover":
         sys.exit(_handover(int(sys.argv[2])))
-    print("usage: python -m monitor.sensors.bpf.loader --handover FD (used by monitor.sensors.bpf.loader.Sensor)", file=sys.stderr)
+    print("usage: python -m monitor.sensors.bpf.loader --handover FD (used by monitor.sensors.bpf.loader.HandoverSensor)", file=sys.stderr)
     sys.exit(2)

@@ -6,7 +6,7 @@ running kernel (on a 6.18 kernel with 6.1 headers, `task->real_parent->tgid` rea
 C therefore never dereferences a kernel struct through a header type: every member it reads is
 `base + OFF_X`, and OFF_X comes from here as a `-DOFF_X=<n>` compiler flag.
 
-Resolution takes ~0.15 s (a pure-Python walk of ~130k BTF types); results are cached on disk
+Resolution is a pure-Python walk of every BTF type (its cost: bench/RESULTS.md); results are cached on disk
 keyed by the SHA-256 of the BTF blob, so a restart on the same kernel costs one hash.
 """
 from __future__ import annotations

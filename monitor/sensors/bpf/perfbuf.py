@@ -2,16 +2,17 @@
 
 Why not bcc's own reader: it calls back into Python through ctypes once per sample, which is
 most of the per-event cost of a storm, and keeping libbcc (with LLVM inside) mapped in the
-daemon costs ~130 MB of resident memory for the whole life of the monitor. Here the programs
-are compiled and attached by a short-lived child (monitor/sensors/bpf/loader.py), which hands over the map
-file descriptors; the daemon only needs the perf ring ABI, which is stable (see
+daemon would be most of its resident memory for the whole life of the monitor (the monitor's
+CPU and peak RSS are in bench/RESULTS.md). Here the programs are compiled and loaded by a
+short-lived child (loader.HandoverSensor), which hands over the map and program file
+descriptors; the daemon only needs the perf ring ABI, which is stable (see
 include/uapi/linux/perf_event.h and tools/lib/bpf/libbpf.c perf_buffer__new).
 
 The ring is read with plain loads and stores on the mmap. That is correct on x86-64, whose
 memory model keeps loads ordered with loads and stores with earlier loads (the kernel's
 perf_event_mmap_page comment asks for an rmb after reading data_head and an mb before writing
-data_tail; both are compiler barriers there). On other architectures the loader keeps bcc's
-reader (`supported()`).
+data_tail; both are compiler barriers there). On other architectures the loader uses bcc's
+reader instead (`supported()`, loader.BccSensor).
 """
 from __future__ import annotations
 
@@ -106,18 +107,28 @@ def prog_run_stats(prog_fd: int) -> tuple[int, int]:
 
 
 def possible_cpus() -> list[int]:
-    return _cpu_list("/sys/devices/system/cpu/possible")
+    """Ids of every CPU that can ever come online, ascending. A per-CPU map lookup returns one
+    value per possible CPU in this order (kernel/bpf/arraymap.c bpf_percpu_array_copy walks
+    for_each_possible_cpu), and the highest id bounds bpf_get_smp_processor_id(). The ids
+    need not be contiguous, so the count is len() and the bound is max() + 1."""
+    return parse_cpu_list(_read_sysfs("/sys/devices/system/cpu/possible"))
 
 
 def online_cpus() -> list[int]:
-    return _cpu_list("/sys/devices/system/cpu/online")
+    """Ids of the CPUs online now: the ones that get a perf ring."""
+    return parse_cpu_list(_read_sysfs("/sys/devices/system/cpu/online"))
 
 
-def _cpu_list(path: str) -> list[int]:
+def _read_sysfs(path: str) -> str:
     with open(path) as f:
-        text = f.read().strip()
+        return f.read()
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """A sysfs CPU list ("0-3,8,10-11\\n", Documentation/admin-guide/cputopology.rst) as ids.
+    ValueError on anything else."""
     cpus: list[int] = []
-    for part in text.split(","):
+    for part in text.strip().split(","):
         lo, _, hi = part.partition("-")
         cpus.extend(range(int(lo), int(hi or lo) + 1))
     return cpus

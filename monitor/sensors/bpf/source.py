@@ -30,8 +30,7 @@ for _bit, _name in CAPTURE_FLAG_NAMES:
     _ANY_FLAG |= _bit
 
 
-def _optional_id(v: int) -> int | None:
-    return None if v == wire.UNSET_ID else v
+_new = tuple.__new__  # builds a record without NamedTuple's Python-level __new__ (per-event path)
 
 
 def exec_record(r: wire.RawExec) -> ExecRecord:
@@ -39,15 +38,21 @@ def exec_record(r: wire.RawExec) -> ExecRecord:
     # A memfd (or other anonymous file) has no path on disk: the walk ends at a pseudo root
     # named "memfd:...". Unlinked without that is a deleted file.
     fileless = bool(flags & wire.EXE_DETACHED) and (r.exe or b"").startswith(b"/memfd:")
-    return ExecRecord(
-        r.ts_ns, r.tgid, r.start_boottime // NSEC_PER_TICK, r.ppid or None,
-        r.parent_start_boottime // NSEC_PER_TICK if r.ppid else None,
+    ppid = r.ppid
+    loginuid, sessionid = r.loginuid, r.sessionid
+    # Every field, in ExecRecord's order (tests/monitor/test_records.py checks it against the
+    # keyword form).
+    return _new(ExecRecord, (
+        r.ts_ns, r.tgid, r.start_boottime // NSEC_PER_TICK, ppid or None,
+        r.parent_start_boottime // NSEC_PER_TICK if ppid else None,
         r.comm, r.exe, r.cwd, r.argv, bool(flags & wire.ARGV_TRUNCATED),
         r.uid, r.euid, r.gid, r.egid, r.old_tid, r.filename, r.argc, r.argv_size, r.tty,
-        _optional_id(r.loginuid), _optional_id(r.sessionid), dict(zip(NS_NAMES, r.ns)),
-        r.cgroup_id, bool(flags & wire.EXE_UNLINKED) and not fileless, fileless,
+        None if loginuid == wire.UNSET_ID else loginuid,
+        None if sessionid == wire.UNSET_ID else sessionid,
+        dict(zip(NS_NAMES, r.ns)), r.cgroup_id, bool(flags & wire.EXE_UNLINKED) and not fileless,
+        fileless,
         tuple(name for bit, name in CAPTURE_FLAG_NAMES if flags & bit) if flags & _ANY_FLAG else (),
-        kernel_captured=True, vpid=r.vpid, layout=(r.arg_start, r.end_code) if r.arg_start else None)
+        None, None, False, True, r.vpid, (r.arg_start, r.end_code) if r.arg_start else None))
 
 
 def fork_record(r: wire.RawFork) -> ForkRecord:

@@ -1,0 +1,125 @@
+"""Container identity end to end (issue 18): `procsentry watch` with the BPF sensor names the
+container of a process from the kernel's cgroup id, from the process's first exec on, even when
+the process is gone before procfs can be read.
+
+Each test makes real cgroups named as each runtime names them (tests/userspace/cgroupfixture.py),
+runs a short-lived process as the first and only thing in its cgroup, and removes the cgroups.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "userspace"))
+
+from cgroupfixture import TRUE, cgroup_tree, random_container_ids, runtime_schemes  # noqa: E402, F401
+
+pytestmark = pytest.mark.bpf
+
+SLEEP = os.path.realpath("/bin/sleep")
+NS_KEYS = ("pid", "mnt", "net", "user", "uts", "ipc", "cgroup")
+
+
+def exec_and_exit(w, token: str, timeout: float = 30.0) -> tuple[dict, dict]:
+    """The one exec event whose argv is [TRUE, token], and the exit of that exec (bounded)."""
+    def both(evs):
+        execs = [e for e in evs if e["event"] == "exec" and e["argv"] == [TRUE, token]]
+        if len(execs) != 1:
+            return None
+        exits = [e for e in evs if e["event"] == "exit" and e["exec_id"] == execs[0]["exec_id"]]
+        return (execs[0], exits[0]) if exits else None
+    return w.until(both, timeout, what=f"the exec and exit of {token}")
+
+
+def test_each_runtime_naming_names_its_first_and_only_process(watch, cgroup_tree):  # noqa: F811
+    schemes = runtime_schemes(random_container_ids())
+    w = watch("--stats-interval", "600")
+    w.wait_ready()
+    runs = {}
+    for name, (path, cid) in schemes.items():
+        cg = cgroup_tree.make(path)
+        token = f"cg-{uuid.uuid4().hex}"
+        ran = cgroup_tree.first_process(cg, TRUE, token)
+        assert ran.returncode == 0, ran.stderr
+        runs[name] = (ran.pid, token, cgroup_tree.id_of(cg), cid)
+    got, expected, enrichment = {}, {}, {}
+    for name, (pid, token, cgroup_id, cid) in runs.items():
+        ex, xt = exec_and_exit(w, token)
+        got[name] = {"pid": ex["pid"], "cgroup_id": ex["cgroup_id"], "exec": ex["container_id"],
+                     "exit": xt["container_id"]}
+        expected[name] = {"pid": pid, "cgroup_id": cgroup_id, "exec": cid, "exit": cid}
+        enrichment[name] = ex["enrichment"]
+    assert got == expected, f"enrichment per scheme: {enrichment}"
+    assert w.stop() == 0
+
+
+CONTAINER_SCHEMES = [k for k, (_p, cid) in runtime_schemes(random_container_ids()).items() if cid]
+
+
+@pytest.mark.parametrize("scheme", CONTAINER_SCHEMES)
+def test_the_container_filter_sees_a_container_whose_only_process_is_gone(watch, cgroup_tree, scheme):  # noqa: F811
+    ids = random_container_ids()
+    path, mine = runtime_schemes(ids)[scheme]
+    other_path, other = runtime_schemes(random_container_ids())[scheme]
+    cg = cgroup_tree.make(path)
+    cg_other = cgroup_tree.make(other_path)
+    cg_host = cgroup_tree.make("/system.slice/cron.service")
+    # A process already in the container when the monitor starts: its `existing` event is how
+    # we know the monitor is ready (the filter hides our own).
+    resident = subprocess.Popen(["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$1" 60',
+                                 str(cg), SLEEP])
+    try:
+        w = watch("--container", mine[:12], "--stats-interval", "600")
+        w.until(lambda evs: [e for e in evs if e["event"] == "existing" and e["pid"] == resident.pid], 30)
+        tokens = {k: f"cg-{k}-{uuid.uuid4().hex}" for k in ("other", "host", "mine")}
+        for key, where in (("other", cg_other), ("host", cg_host), ("mine", cg)):
+            ran = cgroup_tree.first_process(where, TRUE, tokens[key])
+            assert ran.returncode == 0, ran.stderr
+        ex, xt = exec_and_exit(w, tokens["mine"])
+        assert (ex["container_id"], xt["container_id"]) == (mine, mine)
+        assert ex["cgroup_id"] == cgroup_tree.id_of(cg)
+        # Records are emitted in kernel-time order, so "other" and "host", which ran and exited
+        # before "mine" started, would be out already: nothing but this container passed.
+        seen = w.snapshot()
+        assert not [e for e in seen if e.get("argv") and e["argv"][-1] in (tokens["other"], tokens["host"])]
+        assert {e["container_id"] for e in seen if "container_id" in e} == {mine}
+        (existing,) = [e for e in seen if e["event"] == "existing"]
+        assert existing["pid"] == resident.pid and existing["container_id"] == mine
+        assert w.stop() == 0
+    finally:
+        resident.kill()
+        resident.wait()
+
+
+def test_a_namespaced_container_has_host_pid_namespaces_and_id_on_one_event(watch, cgroup_tree, tmp_path):  # noqa: F811
+    (cid,) = random_container_ids(1)
+    cg = cgroup_tree.make(f"/system.slice/docker-{cid}.scope")
+    token = f"cg-ns-{uuid.uuid4().hex}"
+    # Inside: the shell's host PID (field 4, ppid, of its child's stat, read through the host's
+    # procfs, which shows host PIDs), its PID in the new namespace ($$), its namespace inodes;
+    # then it becomes the "container's" short-lived payload.
+    inner = ('cut -d" " -f4 /proc/self/stat > "$0/hostpid"; echo $$ > "$0/nspid"; '
+             'for n in ' + " ".join(NS_KEYS) + '; do readlink /proc/self/ns/$n; done > "$0/ns"; '
+             f'exec {TRUE} {token}')
+    w = watch("--stats-interval", "600")
+    w.wait_ready()
+    ran = cgroup_tree.first_process(cg, "unshare", "--pid", "--mount", "--uts", "--net", "--fork",
+                                    "/bin/sh", "-c", inner, str(tmp_path))
+    assert ran.returncode == 0, ran.stderr
+    host_pid = int((tmp_path / "hostpid").read_text())
+    assert (tmp_path / "nspid").read_text().strip() == "1"
+    links = (tmp_path / "ns").read_text().split()
+    ns = {k: int(link.split("[")[1].rstrip("]")) for k, link in zip(NS_KEYS, links)}
+    ex, xt = exec_and_exit(w, token)
+    assert (ex["pid"], ex["vpid"], ex["ns"], ex["container_id"], ex["cgroup_id"]) == (
+        host_pid, 1, ns, cid, cgroup_tree.id_of(cg))
+    assert (xt["pid"], xt["vpid"], xt["ns"], xt["container_id"]) == (host_pid, 1, ns, cid)
+    # and they really are other namespaces than the monitor's, where asked for
+    mine = {k: os.stat(f"/proc/self/ns/{k}").st_ino for k in NS_KEYS}
+    assert {k for k in NS_KEYS if ns[k] != mine[k]} == {"pid", "mnt", "net", "uts"}
+    assert w.stop() == 0
