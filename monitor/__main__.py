@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "a reader that stalls longer makes the kernel's buffers drop (and count) records")
     w.add_argument("--proc-root", metavar="DIR", help="procfs to read (default: the host procfs, or its copy under $HOST_ROOT)")
     _detection_args(w)
+    from monitor import agent  # noqa: PLC0415
+    agent.add_options(w)  # --config, --max-size, --max-backups, --metrics, --state-dir
     w.add_argument("--dump-bpf", action="store_true", help=argparse.SUPPRESS)
     w.add_argument("--record", metavar="FILE", help=argparse.SUPPRESS)
 
@@ -166,6 +168,19 @@ def build_parser() -> argparse.ArgumentParser:
     dt = sub.add_parser("detect", help="replay a recorded JSON-lines stream (stdin) through the rules; print alerts")
     _detection_args(dt)
     dt.add_argument("--format", choices=("json", "text"), default="json")
+
+    c = sub.add_parser("config", help="the settings file of watch: check it, or print a default one")
+    csub = c.add_subparsers(dest="config_command", required=True)
+    cc = csub.add_parser("check", help="validate FILE and print the effective settings")
+    cc.add_argument("file", nargs="?", metavar="FILE",
+                    help="default: $PROCSENTRY_CONFIG, else /etc/procsentry/procsentry.toml")
+    csub.add_parser("default", help="print a commented default file")
+
+    st = sub.add_parser("status", help="the running agent's last stats; exit 0 only if it "
+                                       "is running and not losing events (3: not running)")
+    st.add_argument("--state-dir", metavar="DIR", default=os.environ.get(
+        "PROCSENTRY_STATE_DIR", "/var/lib/procsentry"))
+    st.add_argument("--format", choices=("text", "json"), default="text")
 
     d = sub.add_parser("doctor", help="check that this host can run the BPF sensor")
     d.add_argument("--format", choices=("text", "json"), default="text")
@@ -294,8 +309,12 @@ def cmd_watch(args) -> int:
     from monitor.detect.probe import LiveProbe  # noqa: PLC0415
     fs = ProcFS(args.proc_root or default_root())
     detector = _detector(args, probe=LiveProbe(fs))  # a bad rules path exits 2
+    from monitor import agent  # noqa: PLC0415
+    from monitor.rotate import Rotation, request_reopen  # noqa: PLC0415
+    rotation = Rotation(args.max_size, args.max_backups) if args.max_size else None
+    state_dir = args.state_dir or default_state_dir()
     try:
-        sink = FanOut(dests, args.format or "auto", args.state_dir or default_state_dir(), delivery)
+        sink = FanOut(dests, args.format or "auto", state_dir, delivery, rotation=rotation)
     except OutputRefused as e:
         print(f"procsentry: --output: {e}", file=sys.stderr)
         return EX_USAGE
@@ -311,6 +330,14 @@ def cmd_watch(args) -> int:
         sink.close()
         print(f"procsentry: {e}", file=sys.stderr)
         return EX_NOPERM if e.permission else EX_ERROR
+    try:
+        host_agent = agent.Agent(agent.AgentState(state_dir), args.metrics,
+                                 args.stats_interval, source.name)
+    except agent.AgentError as e:
+        source.close()
+        sink.close()
+        print(f"procsentry: {e}", file=sys.stderr)
+        return EX_ERROR
     print(f"procsentry: sensor {source.name}{' (' + note + ')' if note else ''}", file=sys.stderr)
     _report_rules(detector)
     sink.start()
@@ -322,25 +349,33 @@ def cmd_watch(args) -> int:
         filters=Filters(pid=args.pid, uid=args.uid, comm=args.comm, exe=args.exe,
                         events=args.events, container=args.container))
     pipeline = Pipeline(source, sink, fs, cfg, detector=detector)
+    host_agent.observe(pipeline)
+    pipeline.emit_other(agent.start_event(host_agent.state, source.name, args.settings_hash,
+                                          args.config))
 
     def stop(signum, frame):
         pipeline.stop_requested = True
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, request_reopen)  # logrotate: reopen --output by name
+    clean = False
     try:
         try:
             pipeline.run()
         finally:
             if not isinstance(sys.exc_info()[1], BrokenPipeError):
                 pipeline.finish()
+        clean = True
     except BrokenPipeError:
         # The reader went away (`| head -3`): that is how a pipeline says stop. Point stdout at
         # /dev/null so the interpreter's final flush does not complain, and exit 0.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+        clean = True
         return EX_OK
     finally:
+        host_agent.close(clean)
         source.close()
         try:
             sink.close()
@@ -353,12 +388,60 @@ def cmd_watch(args) -> int:
     return EX_OK
 
 
+def with_config(parser, args, argv) -> int | None:
+    """Merge the settings file into `watch`'s parsed options (the command line wins), before
+    cmd_watch sees them. EX_USAGE with one line when the file is unusable."""
+    from monitor import config  # noqa: PLC0415
+    try:
+        config.apply(parser, args, argv)
+    except config.ConfigError as e:
+        print(f"procsentry: config: {e}", file=sys.stderr)
+        return EX_USAGE
+    if args.max_size and not args.output:
+        print("procsentry: --max-size rotates the --output file: give --output FILE", file=sys.stderr)
+        return EX_USAGE
+    args.settings_hash = config.settings_hash(config.watch_parser(parser), args)
+    return None
+
+
+def cmd_config(parser, args) -> int:
+    from monitor import config  # noqa: PLC0415
+    w = config.watch_parser(parser)
+    if args.config_command == "default":
+        sys.stdout.write(config.render_default(w))
+        return EX_OK
+    path, _ = config.chosen_path(args.file)
+    if path is None:
+        print("procsentry: config: no file to check ($PROCSENTRY_CONFIG is empty)", file=sys.stderr)
+        return EX_USAGE
+    wargs = w.parse_args([])
+    wargs.config = path
+    try:
+        config.apply(parser, wargs, ["watch"])
+    except config.ConfigError as e:
+        print(f"procsentry: config: {e}", file=sys.stderr)
+        return EX_USAGE
+    sys.stdout.write(f"# {path}: valid; the effective settings of `procsentry watch --config {path}`\n")
+    sys.stdout.write(config.render_effective(w, wargs))
+    return EX_OK
+
+
+def cmd_status(args) -> int:
+    from monitor import agent  # noqa: PLC0415
+    return agent.status(args.state_dir, args.format)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("PROCSENTRY_LOG", "WARNING"),
                         format="procsentry: %(levelname)s %(name)s %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "config":
+        return cmd_config(parser, args)
+    if args.command == "watch" and (rc := with_config(parser, args, argv)) is not None:
+        return rc
     handler = {"watch": cmd_watch, "snapshot": cmd_snapshot, "doctor": cmd_doctor,
-               "rules": cmd_rules, "detect": cmd_detect}[args.command]
+               "rules": cmd_rules, "detect": cmd_detect, "status": cmd_status}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 # output_buffer, cgroups and detection.
 SCHEMA_VERSION = 2
 
-EVENT_TYPES = ("exec", "fork", "exit", "existing", "missed", "lost", "stats", "alert", "dropped")
+EVENT_TYPES = ("exec", "fork", "exit", "existing", "missed", "lost", "stats", "alert", "dropped", "start")
 SOURCES = ("bpf", "sweep", "connector", "poll", "delivery")
 ENRICHMENT = ("full", "partial", "gone")
 
@@ -254,6 +254,24 @@ class AlertEvent:
     # Filled by the delivery sink as it writes this record (the pipeline does not know the
     # destinations): destination -> figures. Empty with stdout or file output only.
     delivery: dict[str, DestinationStats] = field(default_factory=dict)
+
+
+@dataclass
+class StartEvent:
+    """The first record of every run (monitor/agent.py): which agent started, with what, and
+    how the run before it ended."""
+
+    event: str
+    time: str
+    source: str
+    version: str
+    sensor: str
+    settings_hash: str
+    config: str | None
+    previous_end: str | None  # clean | crash; null when no earlier run is recorded
+    previous_start: str | None
+    previous_stop: str | None
+    schema: int = SCHEMA_VERSION
 
 
 def split_wait_status(status: int) -> tuple[int | None, int | None, bool]:

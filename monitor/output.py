@@ -16,6 +16,7 @@ from typing import IO, Any
 import orjson
 
 from monitor.events import AlertEvent, ExitEvent, LostEvent, ProcessEvent, StatsEvent
+from monitor.rotate import RotatingFile, Rotation
 from monitor.text import safe
 
 
@@ -90,7 +91,8 @@ class OutputRefused(Exception):
     """--output names something a root daemon must not write to (the message says why)."""
 
 
-def open_output(path: str) -> int:
+def open_output(path: str, dir_fd: int | None = None, name: str | None = None,
+                exclusive: bool = False) -> int:
     """Open (or create, 0600) the events file for appending, the way a root daemon may.
 
     Running as root, a path in a world-writable directory could be a symlink or a FIFO planted
@@ -99,11 +101,15 @@ def open_output(path: str) -> int:
     (O_NOFOLLOW: a symlink fails with ELOOP), the open does not block (O_NONBLOCK, so a FIFO
     without a reader cannot hang us before it is refused), and what was opened must be a regular
     file owned by this user. An existing file readable by group or others is used, with a
-    warning on stderr: the mode is the operator's to choose.
+    warning on stderr: the mode is the operator's to choose. monitor/rotate.py opens `name`
+    relative to the directory it holds (dir_fd), and a new file after a rotation with exclusive
+    (O_EXCL: only a file it creates itself).
     """
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    if exclusive:
+        flags |= os.O_EXCL
     try:
-        fd = os.open(path, flags, 0o600)
+        fd = os.open(name or path, flags, 0o600, dir_fd=dir_fd)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise OutputRefused(f"{path} is a symbolic link; give the file itself") from None
@@ -136,11 +142,14 @@ class Sink:
     A closed pipe (`| head -3`) is the reader's way of saying stop: BrokenPipe propagates.
     """
 
-    def __init__(self, fmt: str = "auto", path: str | None = None, stream: IO[bytes] | None = None):
+    def __init__(self, fmt: str = "auto", path: str | None = None, stream: IO[bytes] | None = None,
+                 rotation: Rotation | None = None):
+        self._file: RotatingFile | None = None
         if path:
             # 0600: the stream holds every command line on the host, secrets included.
             self.stream: IO[bytes] | None = None
-            self._fd = open_output(path)
+            self._file = RotatingFile(path, rotation)  # --max-size, SIGHUP: monitor/rotate.py
+            self._fd = self._file.fd
         else:
             self.stream = stream if stream is not None else sys.stdout.buffer
             # Write with os.write on the descriptor: a signal arriving during a large buffered
@@ -151,7 +160,6 @@ class Sink:
                 self._fd = self.stream.fileno()
             except (AttributeError, OSError, ValueError):
                 self._fd = None
-        self._owns_fd = bool(path)
         if fmt == "auto":
             fmt = "text" if (not path and os.isatty(self._fd if self._fd is not None else -1)) else "json"
         self.format = fmt
@@ -194,7 +202,12 @@ class Sink:
         self._pending.clear()
         self._pending_events = 0
         try:
-            if self._fd is not None:
+            if self._file is not None:
+                try:
+                    self._file.write(data)
+                finally:
+                    self._fd = self._file.fd
+            elif self._fd is not None:
                 view = memoryview(data)
                 while view:
                     written = os.write(self._fd, view)
@@ -207,7 +220,7 @@ class Sink:
         except OSError as e:
             if e.errno == errno.EPIPE:
                 raise BrokenPipeError(e.errno, e.strerror) from None
-            self.dropped_writes += n
+            self.dropped_writes += n - getattr(e, "written", 0)  # rotate.WriteFailed: lines out
             now = time.monotonic()
             if now - self._last_error_report > 10:
                 self._last_error_report = now
@@ -218,6 +231,6 @@ class Sink:
         try:
             self.flush()
         finally:
-            if self._fd is not None and self._owns_fd:
-                os.close(self._fd)
+            if self._file is not None:
+                self._file.close()
             self._fd = None

@@ -18,7 +18,7 @@ from monitor import events as ev
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "events.schema.json"
 
 DOCS: dict[str, str] = {
-    "event": "Event type: exec, fork, exit, existing (running at start), missed (found by a sweep), lost, stats, alert (a detection rule matched), dropped (a destination will not receive a seq range).",
+    "event": "Event type: exec, fork, exit, existing (running at start), missed (found by a sweep), lost, stats, alert (a detection rule matched), dropped (a destination will not receive a seq range), start (the agent started).",
     "seq": "Per-host event number: +1 for every event `watch` emits, to every output, persisted across restarts in --state-dir, so a collector sees gaps and duplicates. Null on `dropped` events (they go to one destination only). Present on every event of `watch`, absent from `snapshot`.",
     "host": "The host that emitted the event: name (hostname) and machine_id (/etc/machine-id, null if unreadable). Present on every event of `watch`.",
     "name": "Host name (uname nodename).",
@@ -109,6 +109,13 @@ DOCS: dict[str, str] = {
     "rule": "The rule that matched: id, title, level, status, author (shown in every alert, as the Detection Rule License requires), tags (ATT&CK ids), references, source (sigma: from --rules; builtin: shipped with procsentry), file.",
     "matched": "The fields the rule tested that were true on this event, with the event's values (field names as the rule wrote them); for built-in behavioural rules, the evidence (sockets, pipe, files).",
     "trigger": "The process event type that was evaluated: exec, existing or missed.",
+    "version": "procsentry version of the agent that started.",
+    "sensor": "The live sensor it runs with: bpf, connector or poll.",
+    "settings_hash": "Digest of the effective settings (configuration file and command line): equal hashes, equal settings.",
+    "config": "The configuration file read, null without one.",
+    "previous_end": "How the previous run with this state directory ended: clean (an orderly stop), crash (killed, crashed or the host went down without stopping it); null when none is recorded.",
+    "previous_start": "When the previous run started, null when unknown.",
+    "previous_stop": "When the previous run stopped, null after a crash or when unknown.",
 }
 
 RULE_DOCS: dict[str, str] = {
@@ -186,6 +193,7 @@ def build_schema() -> dict:
             _object_schema(ev.StatsEvent, ("stats",), envelope=True),
             _object_schema(ev.DroppedEvent, ("dropped",), envelope=True),
             _object_schema(ev.AlertEvent, ("alert",), envelope=True),
+            _object_schema(ev.StartEvent, ("start",), envelope=True),
         ],
     }
 
@@ -196,7 +204,7 @@ def render() -> str:
 
 def documented_fields() -> set[str]:
     names = set()
-    for cls in (ev.ProcessEvent, ev.ExitEvent, ev.LostEvent, ev.StatsEvent, ev.AlertEvent, ev.DroppedEvent, ev.Envelope):
+    for cls in (ev.ProcessEvent, ev.ExitEvent, ev.LostEvent, ev.StatsEvent, ev.AlertEvent, ev.DroppedEvent, ev.Envelope, ev.StartEvent):
         names |= {f.name for f in dataclasses.fields(cls)}
     return names
 

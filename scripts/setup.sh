@@ -114,6 +114,16 @@ case $family in
     dnf) install_system_dnf ;;
 esac
 
+# ---------------------------------------------------------------- host-agent checks
+# The tests run `systemd-analyze verify` on the unit and `logrotate --debug` on the snippet
+# (contrib/). Both work without systemd as PID 1; the systemd package provides the analyzer.
+case $family in
+    # shellcheck disable=SC2046
+    apt) apt_install $(apt_missing systemd logrotate) ;;
+    dnf) for p in systemd logrotate; do rpm -q "$p" >/dev/null 2>&1 || dnf install -y -q "$p" >/dev/null \
+            || die "dnf install $p failed." "run 'dnf install $p' by hand to see why."; done ;;
+esac
+
 # ---------------------------------------------------------------- kernel headers where bcc looks
 # bcc compiles against /lib/modules/$(uname -r)/build (and .../source). When no headers match the
 # running kernel, link the newest generic ones there and say so once.

@@ -25,7 +25,8 @@ from monitor.output import Sink, to_json
 
 
 class FanOut:
-    def __init__(self, dests: list[Destination], fmt: str, state_dir: str, opts: Options | None = None) -> None:
+    def __init__(self, dests: list[Destination], fmt: str, state_dir: str, opts: Options | None = None,
+                 rotation=None) -> None:
         self.opts = opts or Options()
         self._clock = Clock()
         self.host = read_host()
@@ -39,7 +40,7 @@ class FanOut:
                 if d.scheme == "stdout":
                     self.locals.append(Sink(fmt))
                 elif d.scheme == "file":
-                    self.locals.append(Sink(fmt, d.path))
+                    self.locals.append(Sink(fmt, d.path, rotation=rotation))
                 else:
                     self.channels.append(Channel(d, self.state, self.host.name, self.opts, self._marker))
         except BaseException:

@@ -24,7 +24,7 @@ def test_usage_error_exits_2():
     assert p.returncode == 2
     assert p.stderr.decode() == (
         "procsentry watch: error: argument --events: unknown event type(s): bogus; choose from "
-        "exec, fork, exit, existing, missed, lost, stats, alert, dropped (see procsentry watch --help)\n")
+        "exec, fork, exit, existing, missed, lost, stats, alert, dropped, start (see procsentry watch --help)\n")
 
 
 @pytest.mark.parametrize("value", ["3", "0", "-8"])
