@@ -53,6 +53,10 @@ class Filters:
     def match(self, ev: ProcessEvent) -> bool:
         if self.events is not None and ev.event not in self.events:
             return False
+        return self.match_process(ev)
+
+    def match_process(self, ev: ProcessEvent) -> bool:
+        """The process filters alone (an alert about ev obeys them too)."""
         if self.pid is not None and ev.pid != self.pid:
             return False
         if self.uid is not None and self.uid not in (ev.uid, ev.euid):
@@ -160,12 +164,17 @@ class Pipeline:
     # -- emit ------------------------------------------------------------------------------
     def emit_process(self, ev: ProcessEvent) -> None:
         self.counters.event(ev.event)
-        # --- detection (issue 13): every process event, before the output filters; alerts go
-        # out like lost/stats records, so `--events alert` selects them. observe() never raises.
+        # Detection sees every process event, before the output filters; an alert is shown
+        # when its process passes the process filters (--pid, --uid, --exe, ...) and `alert`
+        # the --events filter. observe() never raises.
         if self.detector is not None:
-            for alert in self.detector.observe(ev):
-                self.emit_other(alert)
-        # --- end detection
+            alerts = self.detector.observe(ev)
+            if alerts:
+                shown = self.cfg.filters.match_process(ev)
+                for alert in alerts:
+                    self.counters.event("alert")
+                    if shown and self.cfg.filters.passes_lost_and_stats("alert"):
+                        self._write(alert)
         if not self.cfg.filters.match(ev):
             return
         sink = self.sink
@@ -179,9 +188,12 @@ class Pipeline:
     def emit_other(self, rec) -> None:
         self.counters.event(rec.event)
         if self.cfg.filters.passes_lost_and_stats(rec.event):
-            self.sink.write(rec)
-            if self.sink.pending_bytes > self.cfg.output_buffer_bytes:
-                self.sink.flush()
+            self._write(rec)
+
+    def _write(self, rec) -> None:
+        self.sink.write(rec)
+        if self.sink.pending_bytes > self.cfg.output_buffer_bytes:
+            self.sink.flush()
 
     # -- records ---------------------------------------------------------------------------
     def on_exec(self, r: ExecRecord, exited: bool = False, skip_enrichment: bool = False,
