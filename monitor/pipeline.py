@@ -22,12 +22,13 @@ import os
 import resource
 import time
 from dataclasses import dataclass, field
+from time import perf_counter
 
 from monitor import enrich as E
 from monitor import reconcile
 from monitor.build import EventBuilder
 from monitor.clock import Clock, ticks_at
-from monitor.events import LostEvent, ProcessEvent, StatsEvent, split_wait_status
+from monitor.events import LostEvent, ProcessEvent, StatsEvent, Stdio, split_wait_status
 from monitor.output import Sink
 from monitor.records import (CommRecord, CredRecord, DecodeErrorRecord, ExecRecord, ExitRecord,
                              ForkRecord, LostRecord, exec_from_snapshot)
@@ -80,6 +81,8 @@ class Config:
     enrich_delay_ns: int = 5_000_000  # hold window: see monitor/window.py
     max_held: int = 65536  # records the window may hold before it is released regardless
     environ: bool = False
+    # How much procfs each kernel-captured exec costs (--enrich; monitor/enrich.py LEVELS).
+    enrich: str = "standard"
     poll_timeout_ms: int = 100
     # Encoded events held before they are written (--output-buffer): past it the pipeline
     # writes at once, and waits if the reader does (see Sink.pending_bytes).
@@ -90,7 +93,13 @@ class Config:
 class Counters:
     def __init__(self) -> None:
         self.events: dict[str, int] = {}
-        self.enrichment: dict[str, int] = {"full": 0, "partial": 0, "gone": 0, "skipped_backlog": 0}
+        self.enrichment: dict[str, int] = {"full": 0, "partial": 0, "gone": 0, "skipped_backlog": 0,
+                                           "kernel": 0}
+        # Where the time goes (stats.time_s): perf_counter around the enrichment read, the
+        # event's encoding (Sink.write) and Sink.flush only, so measuring costs ~0.1 us a call.
+        self.time_enrich: dict[str, float] = {}
+        self.time_encode: dict[str, float] = {}
+        self.time_output = 0.0
         self.missed = 0
         self.inferred_exits = 0
         self.decode_errors = 0
@@ -112,7 +121,7 @@ class Pipeline:
         self.depth = depth
         self.table = ProcessTable()
         self.clock = Clock()
-        self.enricher = E.Enricher(fs, depth, environ=self.cfg.environ)
+        self.enricher = E.Enricher(fs, depth, environ=self.cfg.environ, level=self.cfg.enrich)
         self.users = E.UserNames()
         self.counters = Counters()
         self.sweep_stats = SweepStats()
@@ -161,9 +170,12 @@ class Pipeline:
         if not self.cfg.filters.match(ev):
             return
         sink = self.sink
+        t0 = perf_counter()
         sink.write(ev)
+        enc = self.counters.time_encode
+        enc[ev.event] = enc.get(ev.event, 0.0) + perf_counter() - t0
         if sink.pending_bytes > self.cfg.output_buffer_bytes:
-            sink.flush()
+            self.flush()
         self.emitted += 1
         if self.cfg.count is not None and self.emitted >= self.cfg.count:
             self.stop_requested = True
@@ -173,7 +185,13 @@ class Pipeline:
         if self.cfg.filters.passes_lost_and_stats(rec.event):
             self.sink.write(rec)
             if self.sink.pending_bytes > self.cfg.output_buffer_bytes:
-                self.sink.flush()
+                self.flush()
+
+    def flush(self) -> None:
+        """Sink.flush, timed for stats.time_s.output."""
+        t0 = perf_counter()
+        self.sink.flush()
+        self.counters.time_output += perf_counter() - t0
 
     # -- records ---------------------------------------------------------------------------
     def on_exec(self, r: ExecRecord, exited: bool = False, skip_enrichment: bool = False,
@@ -221,15 +239,20 @@ class Pipeline:
         elif skip_enrichment:
             enrichment, counted = "partial", "skipped_backlog"
             missing["proc"] = "skipped_backlog"
+        elif self.enricher.level == "minimal":
+            enrichment = counted = "kernel"  # --enrich minimal: what the kernel captured only
         else:
             ns = r.ns or {}
+            t0 = perf_counter()
             snap = self.enricher.read_after_exec(pid, key[1], ns.get("net") or 0, r.cgroup_id or 0)
+            spent = self.counters.time_enrich
+            spent[kind] = spent.get(kind, 0.0) + perf_counter() - t0
             enrichment = counted = E.outcome(snap)
         self.counters.enrichment[counted] += 1
         differs = None
         proc = None
         if snap is not None:
-            proc = E.details(snap)
+            proc = E.details(snap, r)
             missing.update({k: v for k, v in snap.missing.items() if v != "not_requested"})
             entry.container_id = snap.container_id
             if r.kernel_captured:
@@ -247,7 +270,10 @@ class Pipeline:
             argv_raw=argv_raw(r.argv), exe_deleted=r.exe_deleted, exe_fileless=r.exe_fileless,
             tty=text_or_none(r.tty), loginuid=r.loginuid, sessionid=r.sessionid,
             cgroup_id=r.cgroup_id, capture=r.capture, missing=missing, differs=differs,
-            ancestry=self.build.ancestry(entry) if kind != "existing" else None, proc=proc)
+            ancestry=self.build.ancestry(entry) if kind != "existing" else None, proc=proc,
+            cap_eff=f"{r.cap_eff:016x}" if r.cap_eff is not None else None,
+            cap_prm=f"{r.cap_prm:016x}" if r.cap_prm is not None else None,
+            stdio=tuple([Stdio(*s) for s in r.stdio]) if r.stdio is not None else None)
         self.emit_process(ev)
         return entry
 
@@ -499,6 +525,9 @@ class Pipeline:
             output_buffer={"bound_bytes": self.cfg.output_buffer_bytes,
                            "peak_bytes": max(self.sink.pending_peak, self.sink.pending_bytes)},
             cgroups=dict(self.enricher.cgroups.stats),
+            time_s={"enrich": {k: round(v, 6) for k, v in c.time_enrich.items()},
+                    "encode": {k: round(v, 6) for k, v in c.time_encode.items()},
+                    "output": {"all": round(c.time_output, 6)}},
             cpu_time_s=round(ru.ru_utime + ru.ru_stime, 3), rss_bytes=rss,
             peak_rss_bytes=peak)
 
@@ -506,7 +535,7 @@ class Pipeline:
         cfg = self.cfg
         self.sweep_existing()
         self.drain()
-        self.sink.flush()
+        self.flush()
         now = time.monotonic()
         self._last_reconcile = now
         next_stats = now + cfg.stats_interval_s
@@ -528,7 +557,7 @@ class Pipeline:
             # (the largest single cost in the benchmark's profile): write at most every
             # FLUSH_EVERY_S while records keep coming, at once when the stream goes quiet.
             if not len(self.window) or now - last_flush >= FLUSH_EVERY_S or self.stop_requested:
-                self.sink.flush()
+                self.flush()
                 last_flush = now
             if deadline is not None and now >= deadline:
                 break
@@ -537,7 +566,7 @@ class Pipeline:
     def finish(self) -> None:
         """Final stats, then flush: called on every orderly exit."""
         self.emit_other(self.stats())
-        self.sink.flush()
+        self.flush()
 
 
 FLUSH_EVERY_S = 0.005
