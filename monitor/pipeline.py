@@ -180,6 +180,17 @@ class Pipeline:
         if self.cfg.count is not None and self.emitted >= self.cfg.count:
             self.stop_requested = True
 
+    def filtered_out(self, kind: str) -> bool:
+        """An event of this kind would be dropped by --events whatever it holds: count it and
+        build nothing (under `stress-ng --fork` with --events exec, building the fork and exit
+        events was most of the per-fork cost). A stage that must see every event (detection)
+        has to be consulted here as well as in emit_process."""
+        wanted = self.cfg.filters.events
+        if wanted is not None and kind not in wanted:
+            self.counters.event(kind)
+            return True
+        return False
+
     def emit_other(self, rec) -> None:
         self.counters.event(rec.event)
         if self.cfg.filters.passes_lost_and_stats(rec.event):
@@ -306,6 +317,8 @@ class Pipeline:
         if r.vpid is not None:
             entry.vpid = r.vpid
         self._link_parent(entry, r.ppid, pkey)
+        if self.filtered_out("fork"):
+            return
         enrichment = "full" if parent is not None else "partial"
         missing = {} if parent is not None else {"parent": "unknown"}
         self.emit_process(self.build.process_event(
@@ -334,18 +347,19 @@ class Pipeline:
             self.counters.reconcile["late_exits"] += 1
         if r.comm and entry.comm is None:
             entry.comm = text_or_none(r.comm)
-        code, sig, core = split_wait_status(r.status) if r.status is not None else (None, None, False)
-        start = r.start_mono_ns if r.start_mono_ns is not None else entry.start_mono_ns
-        duration = max(0, r.ts_ns - start) if start is not None and not inferred else None
-        ev = self.build.exit_event(entry, r.ts_ns, source or self.source.name, code, sig, core,
-                                   duration, inferred, supersedes)
         self.table.mark_exited(key)
         if inferred:
             entry.exit_inferred = True
             self.counters.inferred_exits += 1
         else:
             entry.exit_inferred = False
-        self.emit_process(ev)
+        if self.filtered_out("exit"):
+            return
+        code, sig, core = split_wait_status(r.status) if r.status is not None else (None, None, False)
+        start = r.start_mono_ns if r.start_mono_ns is not None else entry.start_mono_ns
+        duration = max(0, r.ts_ns - start) if start is not None and not inferred else None
+        self.emit_process(self.build.exit_event(entry, r.ts_ns, source or self.source.name, code,
+                                                sig, core, duration, inferred, supersedes))
 
     def on_lost(self, r: LostRecord) -> None:
         self.emit_other(LostEvent("lost", self.clock.now(), self.source.name, r.cpu, r.count))
