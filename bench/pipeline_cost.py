@@ -142,12 +142,17 @@ def main() -> int:
         base = 4_000_000
 
         ts = time.monotonic_ns() - 50_000_000
-        me = os.getpid()
+        # the forking parent: a live process the table knows from its exec (the monitor's own
+        # children are never reported, so not this process)
+        parent, pstart = next(iter(starts.items()))
+        src.sensor.queue.append((0, raw_exec(parent, pstart, ts - 1000)))
+        pl.drain(flush=True)
         samples = []
         for i in range(args.forks):
             pid = base + i
-            samples.append((0, wire.encode(wire.RawFork(ts + i, pid, pid, 5 * NSEC_PER_TICK, me,
-                                                        me, 0, pid, 0, 0x7ffd0000, 0x5000))))
+            samples.append((0, wire.encode(wire.RawFork(ts + i, pid, pid, 5 * NSEC_PER_TICK, parent,
+                                                        parent, pstart * NSEC_PER_TICK, pid, 0,
+                                                        0x7ffd00001000 + parent, 0x5000))))
             samples.append((0, wire.encode(wire.RawExit(ts + i + 1, pid, pid, 5 * NSEC_PER_TICK,
                                                         0, ts, b"stress-ng-fork", pid, 0))))
 

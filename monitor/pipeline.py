@@ -128,7 +128,11 @@ class Pipeline:
         self.boot_id = fs.boot_id()
         self.self_pid = os.getpid()
         self.window = HoldWindow(self.cfg.enrich_delay_ns, self.cfg.max_held)
-        self.build = EventBuilder(self.table, self.clock, self.cfg.ancestry_depth)
+        self.build = EventBuilder(self.table, self.clock, self.cfg.ancestry_depth, self.boot_id)
+        self._boot12 = self.boot_id[:12]
+        # (parent key, forking layout) -> the parent image's id: a forking server or stress-ng
+        # forks thousands of children from one image, hashed once.
+        self._forking_images: dict[tuple, str | None] = {}
         self.stop_requested = False
         self.emitted = 0
         self.started = time.monotonic()
@@ -142,7 +146,9 @@ class Pipeline:
 
     # -- identity --------------------------------------------------------------------------
     def exec_id(self, key: Key) -> str:
-        return ProcKey(self.boot_id, key[0], key[1]).exec_id
+        # ProcKey(boot_id, pid, start_ticks).exec_id, without building a ProcKey per record
+        # (tests/monitor/test_pipeline_unit.py checks that the two agree)
+        return f"{self._boot12}:{key[1]}:{key[0]}"
 
     def _entry(self, key: Key, since_ns: int) -> Entry:
         """The table entry for key, created if new."""
@@ -226,7 +232,7 @@ class Pipeline:
         if entry.parent_image_id is None and pkey is not None:
             parent = self.table.get(pkey)
             if parent is not None:
-                entry.parent_image_id = parent.image_id
+                entry.parent_image_id = self.build.image_id(parent)
         # A new program image: its text, decoded once here (see monitor/text.py).
         entry.comm, entry.exe, entry.cwd = text_or_none(r.comm), text_or_none(r.exe), text_or_none(r.cwd)
         entry.argv = texts(r.argv)
@@ -237,6 +243,7 @@ class Pipeline:
         entry.ns = r.ns
         entry.vpid = r.vpid
         entry.image_id = ProcKey(self.boot_id, key[0], key[1]).image_id(*r.layout) if r.layout else None
+        entry.image_layout = None
         entry.container_id = None
 
         missing: dict[str, str] = dict(r.missing) if r.missing else {}
@@ -309,10 +316,17 @@ class Pipeline:
         # identity, which is also what a sweep of the child derives.
         if r.parent_layout is not None:
             if pkey is not None:
-                entry.parent_image_id = ProcKey(self.boot_id, *pkey).image_id(*r.parent_layout)
-            entry.image_id = ProcKey(self.boot_id, *key).image_id(*r.parent_layout)
+                images = self._forking_images
+                forking = (pkey, r.parent_layout)
+                pid_ = images.get(forking)
+                if pid_ is None:
+                    if len(images) >= 4096:
+                        images.clear()
+                    pid_ = images[forking] = ProcKey(self.boot_id, *pkey).image_id(*r.parent_layout)
+                entry.parent_image_id = pid_
+            entry.image_id, entry.image_layout = None, r.parent_layout  # hashed when needed
         elif parent is not None:
-            entry.parent_image_id = parent.image_id
+            entry.parent_image_id = self.build.image_id(parent)
         entry.start_mono_ns = r.ts_ns
         if r.vpid is not None:
             entry.vpid = r.vpid
