@@ -27,18 +27,19 @@ def test_exec_event_at_each_enrichment_level(watch, level):
     listener = socket.create_server(("127.0.0.1", 0))
     conn = socket.create_connection(listener.getsockname())
     peer, _ = listener.accept()
-    tag = f"0.{uuid.uuid4().int % 10**6 + 400000:06d}"  # a unique sleep of ~0.4-1.4 s
+    tag = f"{20 + uuid.uuid4().int % 10**6 / 1e6:.6f}"  # a unique sleep of 20-21 s (killed)
     # trigger: a process whose stdout is a TCP socket (a reverse shell's shape), stdin a pipe
     r_end, w_end = os.pipe()
     try:
         p = subprocess.Popen([SLEEP, tag], stdin=r_end, stdout=conn.fileno(),
                              stderr=subprocess.DEVNULL)
         try:
+            # Popen returns once the exec succeeded: the oracle is read from the new program
+            sock_link = os.readlink(f"/proc/{p.pid}/fd/1")
+            status = _status(p.pid)
             ev = w.until(lambda evs: next((e for e in evs if e["event"] == "exec"
                                            and e["argv"] == [SLEEP, tag]), None), 30,
                          what="the exec event")
-            sock_link = os.readlink(f"/proc/{p.pid}/fd/1")
-            status = _status(p.pid)
         finally:
             p.kill()
             p.wait(30)
