@@ -162,6 +162,26 @@ def main() -> int:
                 q.extend(samples[i:i + 512])
                 pl.drain(flush=True)
         results["fork+exit"] = cpu_per(forks, args.forks)
+        # a storm: exec + exit of processes gone before the hold window ends (no procfs read),
+        # every event type written, as `make bench` runs the monitor
+        src = source()
+        pl = pipeline(src, levels[-1])
+        ts = time.monotonic_ns() - 50_000_000
+        storm = []
+        for i in range(args.forks):
+            pid = base + args.forks + i
+            storm.append((0, raw_exec(pid, 7, ts + 2 * i, ppid=parent,
+                                      parent_start_boottime=pstart * NSEC_PER_TICK,
+                                      argv=(b"/bench/bin/nop", b"--token", b"psb%06d" % i, b"x y"))))
+            storm.append((0, wire.encode(wire.RawExit(ts + 2 * i + 1, pid, pid, 7 * NSEC_PER_TICK,
+                                                      0, ts, b"nop", pid, 0))))
+
+        def execs():
+            q = src.sensor.queue
+            for i in range(0, len(storm), 512):
+                q.extend(storm[i:i + 512])
+                pl.drain(flush=True)
+        results["storm exec+exit"] = cpu_per(execs, args.forks)
         for name, v in results.items():
             print(f"{name:18s} {v * 1e6:8.1f} us CPU per record")
     finally:

@@ -289,9 +289,7 @@ class Pipeline:
             tty=text_or_none(r.tty), loginuid=r.loginuid, sessionid=r.sessionid,
             cgroup_id=r.cgroup_id, capture=r.capture, missing=missing, differs=differs,
             ancestry=self.build.ancestry(entry) if kind != "existing" else None, proc=proc,
-            cap_eff=f"{r.cap_eff:016x}" if r.cap_eff is not None else None,
-            cap_prm=f"{r.cap_prm:016x}" if r.cap_prm is not None else None,
-            stdio=tuple([Stdio(*s) for s in r.stdio]) if r.stdio is not None else None)
+            cap_eff=_hex(r.cap_eff), cap_prm=_hex(r.cap_prm), stdio=_stdio(r.stdio))
         self.emit_process(ev)
         return entry
 
@@ -595,6 +593,32 @@ class Pipeline:
         """Final stats, then flush: called on every orderly exit."""
         self.emit_other(self.stats())
         self.flush()
+
+
+def _hex(caps: int | None, _seen: dict[int, str] = {}) -> str | None:  # noqa: B006 - the cache
+    """A capability mask as status prints it (16 hex digits); the few distinct masks of a host
+    are formatted once."""
+    if caps is None:
+        return None
+    got = _seen.get(caps)
+    if got is None:
+        if len(_seen) >= 1024:
+            _seen.clear()
+        got = _seen[caps] = f"{caps:016x}"
+    return got
+
+
+def _stdio(fds, _seen: dict = {}) -> tuple[Stdio, ...] | None:  # noqa: B006 - the cache
+    """The event's stdio objects, built once per distinct triple and shared by the events that
+    carry it (values, only ever serialised, like a shared Ancestor)."""
+    if fds is None:
+        return None
+    got = _seen.get(fds)
+    if got is None:
+        if len(_seen) >= 4096:
+            _seen.clear()
+        got = _seen[fds] = tuple([Stdio(*s) for s in fds])
+    return got
 
 
 FLUSH_EVERY_S = 0.005

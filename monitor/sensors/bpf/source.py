@@ -98,12 +98,38 @@ def exec_record(r: wire.RawExec) -> ExecRecord:
         r.uid, r.euid, r.gid, r.egid, r.old_tid, r.filename, r.argc, r.argv_size, r.tty,
         None if loginuid == wire.UNSET_ID else loginuid,
         None if sessionid == wire.UNSET_ID else sessionid,
-        dict(zip(NS_NAMES, r.ns)), r.cgroup_id, bool(flags & wire.EXE_UNLINKED) and not fileless,
+        _ns_dict(r.ns), r.cgroup_id, bool(flags & wire.EXE_UNLINKED) and not fileless,
         fileless,
         tuple(name for bit, name in CAPTURE_FLAG_NAMES if flags & bit) if flags & _ANY_FLAG else (),
         None, None, False, True, r.vpid, (r.arg_start, r.end_code) if r.arg_start else None,
-        r.cap_effective, r.cap_permitted, r.suid, r.fsuid,
-        (stdio_kind(0, r.stdio[0]), stdio_kind(1, r.stdio[1]), stdio_kind(2, r.stdio[2]))))
+        r.cap_effective, r.cap_permitted, r.suid, r.fsuid, _named_stdio(r.stdio)))
+
+
+def _ns_dict(ns: tuple[int, ...]) -> dict[str, int]:
+    """The namespaces as events print them; the few distinct sets of a host are built once and
+    shared (never mutated downstream: records and events are values)."""
+    got = _NS.get(ns)
+    if got is None:
+        if len(_NS) >= 4096:
+            _NS.clear()
+        got = _NS[ns] = dict(zip(NS_NAMES, ns))
+    return got
+
+
+_NS: dict[tuple[int, ...], dict[str, int]] = {}
+
+
+def _named_stdio(raw: tuple) -> tuple[StdioFd, StdioFd, StdioFd]:
+    """stdio_kind of the three slots, once per distinct triple (wire reuses equal triples)."""
+    got = _NAMED.get(raw)
+    if got is None:
+        if len(_NAMED) >= 4096:
+            _NAMED.clear()
+        got = _NAMED[raw] = (stdio_kind(0, raw[0]), stdio_kind(1, raw[1]), stdio_kind(2, raw[2]))
+    return got
+
+
+_NAMED: dict[tuple, tuple[StdioFd, StdioFd, StdioFd]] = {}
 
 
 def fork_record(r: wire.RawFork) -> ForkRecord:

@@ -241,9 +241,22 @@ def decode_exec(buf: bytes, size: int) -> RawExec:
 
 
 def _stdio(sd: list[int]) -> tuple[RawStdio, RawStdio, RawStdio]:
-    # per fd, in EXEC order: ino sb_magic rdev mode state family type protocol
-    return tuple(_new(RawStdio, (sd[i + 4], sd[i + 3], sd[i], sd[i + 1], sd[i + 2], sd[i + 5],
-                                 sd[i + 6], sd[i + 7])) for i in (0, 8, 16))  # type: ignore[return-value]
+    # Processes of one parent share their fds 0-2 (a storm's children, a shell's pipeline
+    # stages): one triple per distinct value, reused (the same object, so that what is built
+    # from it downstream can be cached too).
+    key = tuple(sd)
+    got = _STDIO_SEEN.get(key)
+    if got is None:
+        if len(_STDIO_SEEN) >= 4096:
+            _STDIO_SEEN.clear()
+        # per fd, in EXEC order: ino sb_magic rdev mode state family type protocol
+        got = _STDIO_SEEN[key] = tuple(
+            _new(RawStdio, (sd[i + 4], sd[i + 3], sd[i], sd[i + 1], sd[i + 2], sd[i + 5],
+                            sd[i + 6], sd[i + 7])) for i in (0, 8, 16))
+    return got  # type: ignore[return-value]
+
+
+_STDIO_SEEN: dict[tuple[int, ...], tuple[RawStdio, ...]] = {}
 
 
 _new = tuple.__new__
