@@ -503,7 +503,27 @@ class Auditd(Contender):
         return out
 
 
-def all_contenders(ctx: Context) -> list[Contender]:
+class ProcsentryTree(Procsentry):
+    """procsentry --sensor bpf from another checkout (run.py --compare-tree): a before/after
+    comparison in the same run, interleaved like every other contender."""
+
+    def __init__(self, ctx: Context, tree: Path) -> None:
+        super().__init__(ctx, "bpf")
+        self.tree = tree
+        self.name = "procsentry-bpf-before"
+        self.label = f"procsentry `--sensor bpf`, before ({tree.name})"
+
+    def start(self) -> None:
+        repo = self.ctx.repo
+        self.ctx.repo = self.tree  # python -m monitor imports the checkout it runs in
+        try:
+            super().start()
+        finally:
+            self.ctx.repo = repo
+
+
+def all_contenders(ctx: Context, compare_tree: Path | None = None) -> list[Contender]:
+    before = [ProcsentryTree(ctx, compare_tree)] if compare_tree else []
     return [Baseline(ctx), PsPoll(ctx, 1.0), PsPoll(ctx, 0.1),
-            Procsentry(ctx, "poll"), Procsentry(ctx, "connector"), Procsentry(ctx, "bpf"),
+            Procsentry(ctx, "poll"), Procsentry(ctx, "connector"), *before, Procsentry(ctx, "bpf"),
             Forkstat(ctx), Auditd(ctx), Bpftrace(ctx)]

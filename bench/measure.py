@@ -271,29 +271,30 @@ def run_generator(binary: Path, program: Path, n: int, rate: float, parallel: in
     return WorkloadRun(t0, t1, wall_ns / 1e9, truth, failed=failed, host_forks=forks - n - 1, cpu_s=cpu)
 
 
-def run_stress_ng(ops: int, workers: int) -> WorkloadRun:
+def run_stress_ng(ops: int, workers: int, stressor: str = "exec") -> WorkloadRun:
     """stress-ng refuses to run its exec stressor as root: run it as nobody, in a scratch
     directory nobody can write."""
     tmpdir = Path(tempfile.mkdtemp(prefix="psbench-stress-"))
     tmpdir.chmod(0o1777)
     try:
-        return _run_stress_ng(ops, workers, tmpdir)
+        return _run_stress_ng(ops, workers, tmpdir, stressor)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _run_stress_ng(ops: int, workers: int, tmpdir: Path) -> WorkloadRun:
+def _run_stress_ng(ops: int, workers: int, tmpdir: Path, stressor: str = "exec") -> WorkloadRun:
     forks0 = host_forks()
+    extra = ["--exec-max", "16"] if stressor == "exec" else []
     code, out, cpu, t0, t1 = _run_timed(
         ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-         "stress-ng", "--exec", str(workers), "--exec-ops", str(ops), "--exec-max", "16",
+         "stress-ng", f"--{stressor}", str(workers), f"--{stressor}-ops", str(ops), *extra,
          "--metrics-brief", "--temp-path", str(tmpdir), "--timeout", "120"], cwd=tmpdir)
     ops_done = rate = None
     for line in out.splitlines():
         parts = line.split()
         # "stress-ng: metrc: [pid] exec  BOGO_OPS REAL USR SYS RATE_REAL RATE_CPU"
-        if "exec" in parts and len(parts) >= 10 and parts[parts.index("exec") + 1].isdigit():
-            i = parts.index("exec")
+        if stressor in parts and len(parts) >= 10 and parts[parts.index(stressor) + 1].isdigit():
+            i = parts.index(stressor)
             ops_done, rate = float(parts[i + 1]), float(parts[i + 5])
     if code != 0 or ops_done is None:
         raise RuntimeError(f"stress-ng failed ({code}): {out.strip()[-300:]}")

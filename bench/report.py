@@ -62,7 +62,7 @@ def _pct(num, den):
 
 
 def _slow_key(lv: str) -> str:
-    return "stress_rate" if lv == "stress-ng" else SLOWDOWN_METRIC.get(lv, "wall_s")
+    return "stress_rate" if lv.startswith("stress-") else SLOWDOWN_METRIC.get(lv, "wall_s")
 
 
 def summarise(data: dict) -> dict:
@@ -104,6 +104,8 @@ def summarise(data: dict) -> dict:
                 s[f"{key}_max"] = max(vals) if vals else None
             s["cpu_per_1k"] = median([x["cpu_s"] / x["n"] * 1000 if x.get("cpu_s") is not None and x.get("n")
                                       else None for _, x in rows])
+            if lv.startswith("stress-"):
+                s["stress_rate"] = median([x.get("stress_rate") for _, x in rows])
             if lv == "stress-ng":
                 s["stress_seen_per_op"] = median([x["stress_seen"] / x["n"] if "stress_seen" in x and x.get("n")
                                                   else None for _, x in rows])
@@ -112,7 +114,7 @@ def summarise(data: dict) -> dict:
             mine = median([x.get(_slow_key(lv)) for _, x in rows])
             s["slowdown"] = None
             if mine and b.get("metric"):
-                s["slowdown"] = b["metric"] / mine if lv == "stress-ng" else mine / b["metric"]
+                s["slowdown"] = b["metric"] / mine if lv.startswith("stress-") else mine / b["metric"]
             cpu = median([x.get("workload_cpu_s") for _, x in rows])
             s["workload_cpu_ratio"] = cpu / b["cpu"] if cpu and b.get("cpu") else None
             if name == "baseline":
@@ -235,7 +237,8 @@ def render(data: dict) -> str:
     meta, summ, labels, caps = data["meta"], data["summary"], data["labels"], data["caps"]
     order = [n for n in labels if n in summ]
     lv_names = [lv["name"] for lv in meta["levels"]]
-    has_counters = {"procsentry-poll", "procsentry-connector", "procsentry-bpf", "auditd", "bpftrace"}
+    has_counters = {"procsentry-poll", "procsentry-connector", "procsentry-bpf", "procsentry-bpf-before",
+                    "auditd", "bpftrace"}
     out: list[str] = []
     w = out.append
     w("# procsentry benchmark results" + (" (smoke run)" if meta.get("smoke") else ""))

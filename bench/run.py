@@ -20,9 +20,11 @@ import os
 import platform
 import random
 import shutil
+import socket
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -48,6 +50,7 @@ class Level:
     rate: float = 0.0
     parallel: int = 1
     stress_ops: int = 0  # > 0: a stress-ng level
+    stressor: str = "exec"  # the stress-ng stressor: exec, or fork (forks that never exec)
 
     @property
     def is_stress(self) -> bool:
@@ -68,6 +71,14 @@ def levels_for(args) -> list[Level]:
               "nop", args.storm_n, 0.0, 2 * ncpu),
         Level("stress-ng", f"stress-ng --exec 2 --exec-ops {args.stress_ops} (run as nobody)",
               stress_ops=args.stress_ops),
+        # Processes that live like real ones (bench/life.c): 10-200 ms each, a file, a pipe and a
+        # TCP connection to a loopback server open, a few hundred a second with many in flight,
+        # so every monitor enriches them (the hold window spares none).
+        Level("realistic", f"realistic: {args.realistic_n} clients living 10-200 ms (a file, a pipe, "
+              f"a loopback TCP connection) at {args.realistic_rate:g}/s",
+              "life", args.realistic_n, args.realistic_rate, 64),
+        Level("stress-fork", f"stress-ng --fork 2 --fork-ops {args.fork_ops} (forks that never exec)",
+              stress_ops=args.fork_ops, stressor="fork"),
     ]
     wanted = args.levels.split(",") if args.levels else [lv.name for lv in all_levels]
     return [lv for lv in all_levels if lv.name in wanted]
@@ -76,7 +87,7 @@ def levels_for(args) -> list[Level]:
 def ensure_binaries(bin_dir: Path) -> None:
     """Compile the workload at bench time (bench/bin is gitignored)."""
     bin_dir.mkdir(parents=True, exist_ok=True)
-    for name, flags in (("workload", []), ("nop", ["-static"])):
+    for name, flags in (("workload", []), ("nop", ["-static"]), ("life", [])):
         src, exe = HERE / f"{name}.c", bin_dir / name
         if exe.exists() and exe.stat().st_mtime >= src.stat().st_mtime:
             continue
@@ -114,7 +125,7 @@ def run_level(c: C.Contender, lv: Level, tag: str, args, sampler: M.TreeSampler 
         c.collector.take()  # idle lines between levels are not this level's
     cpu0 = M.tree_cpu_ticks(c.roots())
     if lv.is_stress:
-        wl = M.run_stress_ng(lv.stress_ops, 2)
+        wl = M.run_stress_ng(lv.stress_ops, 2, lv.stressor)
     else:
         wl = M.run_generator(args.bin_dir / "workload", program, lv.n, lv.rate, lv.parallel, prefix,
                              c.ctx.workdir / f"truth-{tag}.tsv")
@@ -215,6 +226,28 @@ def profile(ctx: C.Context, args, log) -> dict | None:
     return report.summarise_profile(raw)
 
 
+def start_echo_server() -> int:
+    """The realistic level's loopback TCP server: echoes what each client sends, one thread per
+    connection (the clients live 10-200 ms). Returns its port."""
+    srv = socket.create_server(("127.0.0.1", 0), backlog=512)
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            try:
+                while data := conn.recv(4096):
+                    conn.sendall(data)
+            except OSError:
+                pass
+
+    def accept() -> None:
+        while True:
+            conn, _ = srv.accept()
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return srv.getsockname()[1]
+
+
 # ------------------------------------------------------------------------------ main
 
 def parse_args(argv):
@@ -222,12 +255,17 @@ def parse_args(argv):
     ap.add_argument("--smoke", action="store_true", help="baseline + procsentry bpf, 200 execs, 1 repetition")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--contenders", help="comma-separated names (default: all)")
-    ap.add_argument("--levels", help="comma-separated: moderate,sub-ms,storm,stress-ng")
+    ap.add_argument("--levels", help="comma-separated: moderate,sub-ms,storm,stress-ng,realistic,stress-fork")
     ap.add_argument("--moderate-n", type=int, default=800)
     ap.add_argument("--moderate-rate", type=float, default=200.0)
     ap.add_argument("--subms-n", type=int, default=2000)
     ap.add_argument("--storm-n", type=int, default=20000)
     ap.add_argument("--stress-ops", type=int, default=320)
+    ap.add_argument("--realistic-n", type=int, default=1500)
+    ap.add_argument("--realistic-rate", type=float, default=300.0)
+    ap.add_argument("--fork-ops", type=int, default=20000)
+    ap.add_argument("--compare-tree", type=Path, default=None,
+                    help="another checkout whose procsentry runs as contender procsentry-bpf-before")
     ap.add_argument("--baseline-runs", type=int, default=2, help="no-monitor runs per repetition")
     ap.add_argument("--gap", type=float, default=0.5, help="idle seconds before each level")
     ap.add_argument("--max-drain", type=float, default=60.0, help="longest wait for a tool to catch up")
@@ -267,13 +305,15 @@ def main(argv=None) -> int:
     rng = random.Random(seed)
     ctx = C.Context(REPO, args.python, args.workdir, f"psb{rng.randrange(16 ** 6):06x}")
     levels = levels_for(args)
+    if any(lv.program == "life" for lv in levels):
+        os.environ["PSBENCH_PORT"] = str(start_echo_server())  # inherited by the workload
     if any(lv.is_stress for lv in levels) and not shutil.which("stress-ng"):
         log("stress-ng is not installed: skipping that level")
         levels = [lv for lv in levels if not lv.is_stress]
     names = args.contenders.split(",") if args.contenders else None
 
     def fresh() -> list[C.Contender]:
-        cs = C.all_contenders(ctx)
+        cs = C.all_contenders(ctx, args.compare_tree)
         return [c for c in cs if names is None or c.name in names]
 
     roster = fresh()

@@ -10,7 +10,7 @@
 #ifndef PROCSENTRY_EVENTS_H
 #define PROCSENTRY_EVENTS_H
 
-#define WIRE_VERSION 2
+#define WIRE_VERSION 3
 
 #ifndef ARGV_MAX_BYTES
 #define ARGV_MAX_BYTES 32768      /* argv bytes captured per exec (power of two) */
@@ -46,6 +46,13 @@ enum event_type {
 #define EXEC_CWD_TRUNCATED       (1u << 8)
 #define EXEC_CWD_ERROR           (1u << 9)
 #define EXEC_NO_MM               (1u << 10)
+#define EXEC_NO_FILES            (1u << 11)  /* task->files or its fdtable unreadable: stdio[] all STDIO_ERROR */
+
+/* The state of one of the descriptors 0, 1, 2 at exec (struct stdio_fd.state). */
+#define STDIO_CLOSED 0   /* not open (fd >= max_fds, or an empty slot) */
+#define STDIO_OPEN   1
+#define STDIO_ERROR  2   /* a read along task->files->fdt->fd[i]->f_inode failed */
+#define STDIO_FDS    3
 
 /* Counters kept in a per-CPU array, read by userspace for `stats`. */
 enum counter {
@@ -95,6 +102,22 @@ struct exit_event {
     char  comm[COMM_BYTES];
 };
 
+/* What descriptor 0, 1 or 2 refers to at exec (after do_close_on_exec): the file's inode, the
+ * way `stat /proc/<pid>/fd/N` sees it. Raw values; userspace names the kind (file, pipe,
+ * socket, tty, ...) from mode, sb_magic and rdev. */
+struct stdio_fd {
+    __u64 ino;            /* inode->i_ino: the N of "socket:[N]" / "pipe:[N]" in /proc/<pid>/fd */
+    __u64 sb_magic;       /* inode->i_sb->s_magic: PIPEFS_MAGIC, SOCKFS_MAGIC, ANON_INODE_FS_MAGIC... */
+    __u32 rdev;           /* inode->i_rdev (kernel dev_t: major << 20 | minor) for devices */
+    __u16 mode;           /* inode->i_mode (S_IFMT | permissions) */
+    __u8  state;          /* STDIO_* */
+    __u8  reserved;
+    __u16 sock_family;    /* sockets: sock->sk->__sk_common.skc_family (AF_*) */
+    __u16 sock_type;      /* sockets: socket->type (SOCK_STREAM, ...) */
+    __u16 sock_protocol;  /* sockets: sk->sk_protocol (IPPROTO_*); 0 where unreadable */
+    __u16 reserved2;
+};
+
 /* An exec record is this fixed part followed by `data`, in this order:
  *   filename (filename_len bytes, NUL included)
  *   tty name (tty_len bytes, NUL included; 0 when there is no controlling tty)
@@ -122,6 +145,13 @@ struct exec_event {
     __u16 filename_len, tty_len, exe_len, cwd_len;
     __u32 argv_len;          /* captured bytes */
     char  comm[COMM_BYTES];
+    /* Wire version 3: the rest of the new credentials and the standard descriptors. */
+    __u32 suid;
+    __u32 fsuid;
+    __u32 reserved2;
+    __u64 cap_effective;     /* cred->cap_effective: kernel_cap_t, /proc/<pid>/status CapEff */
+    __u64 cap_permitted;     /* cred->cap_permitted: CapPrm */
+    struct stdio_fd stdio[STDIO_FDS];
 };
 
 #endif

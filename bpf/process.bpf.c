@@ -167,6 +167,63 @@ static __always_inline __u64 leader_start_boottime(__u64 task)
     return read_u64(leader ? leader : task, OFF_TASK_START_BOOTTIME);
 }
 
+/* S_IFMT and S_IFSOCK (include/uapi/linux/stat.h), spelled out: no header layout is trusted. */
+#define MODE_FMT  0170000
+#define MODE_SOCK 0140000
+
+/* What descriptor `fd` (0, 1 or 2) of `files` refers to. Mirrors the lookup of
+ * files_lookup_fd_raw() (include/linux/fdtable.h): fdt = files->fdt; fd < fdt->max_fds;
+ * file = fdt->fd[fd]. Runs in the task's own exec with rcu_read_lock held by the tracepoint,
+ * the same protection fcheck/files_lookup_fd_rcu need. Every failed read marks the slot
+ * STDIO_ERROR; nothing is guessed. For a socket, file->private_data is its struct socket
+ * (sock_alloc_file), whose sk carries the family (sk_common) and protocol. */
+static __always_inline void read_stdio_fd(struct stdio_fd *out, __u64 fdarr, __u32 max_fds, int fd)
+{
+    __u64 file = 0, inode = 0, sb = 0;
+    out->ino = out->sb_magic = 0;
+    out->rdev = 0;
+    out->mode = 0;
+    out->reserved = 0;
+    out->sock_family = out->sock_type = out->sock_protocol = out->reserved2 = 0;
+    out->state = STDIO_CLOSED;
+    if (fd >= max_fds)
+        return;
+    if (bpf_probe_read_kernel(&file, sizeof(file), (void *)(fdarr + fd * 8)) != 0) {
+        out->state = STDIO_ERROR;
+        return;
+    }
+    if (!file)
+        return;
+    if (bpf_probe_read_kernel(&inode, sizeof(inode), (void *)(file + OFF_FILE_INODE)) != 0 ||
+        !inode ||
+        bpf_probe_read_kernel(&out->mode, sizeof(out->mode), (void *)(inode + OFF_INODE_MODE)) != 0) {
+        out->state = STDIO_ERROR;
+        return;
+    }
+    out->state = STDIO_OPEN;
+    out->ino = read_u64(inode, OFF_INODE_INO);
+    out->rdev = read_u32(inode, OFF_INODE_RDEV);
+    sb = read_u64(inode, OFF_INODE_SB);
+    if (sb)
+        out->sb_magic = read_u64(sb, OFF_SB_MAGIC);
+    if ((out->mode & MODE_FMT) == MODE_SOCK) {
+        __u64 sock = read_u64(file, OFF_FILE_PRIVATE_DATA);
+        if (sock) {
+            bpf_probe_read_kernel(&out->sock_type, sizeof(out->sock_type),
+                                  (void *)(sock + OFF_SOCKET_TYPE));
+            __u64 sk = read_u64(sock, OFF_SOCKET_SK);
+            if (sk) {
+                bpf_probe_read_kernel(&out->sock_family, sizeof(out->sock_family),
+                                      (void *)(sk + OFF_SOCK_FAMILY));
+#if OFF_SOCK_PROTOCOL >= 0
+                bpf_probe_read_kernel(&out->sock_protocol, sizeof(out->sock_protocol),
+                                      (void *)(sk + OFF_SOCK_PROTOCOL));
+#endif
+            }
+        }
+    }
+}
+
 /* Why sched_process_exec: it fires in exec_binprm() after the new image is committed
  * (begin_new_exec has run de_thread, so the caller is now the group leader and
  * tid == tgid; comm, mm and credentials are the new program's), but before it returns to
@@ -206,6 +263,33 @@ int on_sched_process_exec(struct bpf_raw_tracepoint_args *ctx)
     ev->gid = read_u32(cred, OFF_CRED_GID);
     ev->euid = read_u32(cred, OFF_CRED_EUID);
     ev->egid = read_u32(cred, OFF_CRED_EGID);
+    /* The new credentials are committed (begin_new_exec -> commit_creds(bprm->cred)), file
+     * capabilities and setuid bits applied: what /proc/<pid>/status would show now. */
+    ev->suid = read_u32(cred, OFF_CRED_SUID);
+    ev->fsuid = read_u32(cred, OFF_CRED_FSUID);
+    ev->reserved2 = 0;
+    ev->cap_effective = read_u64(cred, OFF_CRED_CAP_EFFECTIVE);
+    ev->cap_permitted = read_u64(cred, OFF_CRED_CAP_PERMITTED);
+
+    /* Descriptors 0, 1, 2 as the new program finds them: begin_new_exec has unshared the
+     * files table and run do_close_on_exec, so this is exactly what it inherited. Three
+     * bounded lookups, no path walk: a shell whose stdin/stdout is a TCP socket (a reverse
+     * shell) is told apart here, race-free, even if it exits at once. */
+    __u64 files = read_u64(task, OFF_TASK_FILES);
+    __u64 fdt = files ? read_u64(files, OFF_FILES_FDT) : 0;
+    __u64 fdarr = fdt ? read_u64(fdt, OFF_FDTABLE_FD) : 0;
+    if (fdarr) {
+        __u32 max_fds = read_u32(fdt, OFF_FDTABLE_MAX_FDS);
+        read_stdio_fd(&ev->stdio[0], fdarr, max_fds, 0);
+        read_stdio_fd(&ev->stdio[1], fdarr, max_fds, 1);
+        read_stdio_fd(&ev->stdio[2], fdarr, max_fds, 2);
+    } else {
+        ev->flags |= EXEC_NO_FILES;
+        for (int i = 0; i < STDIO_FDS; i++) {
+            __builtin_memset(&ev->stdio[i], 0, sizeof(ev->stdio[i]));
+            ev->stdio[i].state = STDIO_ERROR;
+        }
+    }
 #if OFF_TASK_LOGINUID >= 0
     ev->loginuid = read_u32(task, OFF_TASK_LOGINUID);
     ev->sessionid = read_u32(task, OFF_TASK_SESSIONID);

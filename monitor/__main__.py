@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wake the reader every N samples (default 1)")
     w.add_argument("--backlog", type=_positive(int), default=1024, metavar="N",
                    help="records in one batch beyond which procfs enrichment is skipped")
+    w.add_argument("--enrich", choices=("minimal", "standard", "full"), default="standard",
+                   help="procfs read per exec the kernel captured: minimal none, standard "
+                        "<pid>/stat (default), full also status, cmdline, every fd and socket")
     w.add_argument("--enrich-delay", type=float, default=5.0, metavar="MS",
                    help="hold records this long before acting on them: execs whose process "
                         "exits within it are not read from procfs (default 5)")
@@ -345,6 +348,7 @@ def cmd_watch(args) -> int:
         sweep_interval_s=args.sweep_interval, stats_interval_s=args.stats_interval,
         duration_s=args.duration, count=args.count, ancestry_depth=args.ancestry_depth,
         backlog=args.backlog, environ=args.environ, output_buffer_bytes=args.output_buffer,
+        enrich=args.enrich,
         enrich_delay_ns=int(max(0.0, args.enrich_delay) * 1_000_000),
         filters=Filters(pid=args.pid, uid=args.uid, comm=args.comm, exe=args.exe,
                         events=args.events, container=args.container))

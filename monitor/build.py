@@ -10,22 +10,33 @@ from __future__ import annotations
 from monitor.clock import Clock
 from monitor.events import Ancestor, ExitEvent, ProcessEvent
 from monitor.table import Entry, ProcessTable
+from userspace.types import ProcKey
 
 ANCESTOR_ARGV_BYTES = 256  # an ancestor's own exec event has its whole argv
 
 
 class EventBuilder:
-    def __init__(self, table: ProcessTable, clock: Clock, ancestry_depth: int) -> None:
+    def __init__(self, table: ProcessTable, clock: Clock, ancestry_depth: int,
+                 boot_id: str = "") -> None:
         self.table = table
         self.clock = clock
         self.ancestry_depth = ancestry_depth
+        self.boot_id = boot_id
+
+    def image_id(self, entry: Entry) -> str | None:
+        """entry.image_id, derived from a fork child's layout the first time it is needed."""
+        if entry.image_id is None and entry.image_layout is not None:
+            entry.image_id = ProcKey(self.boot_id, entry.pid, entry.start_ticks).image_id(
+                *entry.image_layout)
+            entry.image_layout = None
+        return entry.image_id
 
     def ancestry(self, entry: Entry) -> tuple[Ancestor, ...]:
         out = []
         for a in self.table.ancestry(entry, self.ancestry_depth):
             if a.ancestor is None:  # built once per exec image, shared by every descendant
                 argv, cut = bounded_argv(a.argv)
-                a.ancestor = Ancestor(a.pid, a.exec_id, a.exe, argv, cut, a.image_id)
+                a.ancestor = Ancestor(a.pid, a.exec_id, a.exe, argv, cut, self.image_id(a))
             out.append(a.ancestor)
         return tuple(out)
 
@@ -37,7 +48,7 @@ class EventBuilder:
             uid=entry.uid, euid=entry.euid, gid=entry.gid, egid=entry.egid, user=entry.user,
             comm=entry.comm, exe=entry.exe, argv=entry.argv, argv_truncated=entry.argv_truncated,
             cwd=entry.cwd, start_time=entry.start_ticks, container_id=entry.container_id,
-            ns=entry.ns, vpid=entry.vpid, image_id=entry.image_id,
+            ns=entry.ns, vpid=entry.vpid, image_id=self.image_id(entry),
             parent_image_id=entry.parent_image_id, **extra)
 
     def exit_event(self, entry: Entry, ts_ns: int, source: str, code: int | None,
@@ -49,7 +60,7 @@ class EventBuilder:
             uid=entry.uid, euid=entry.euid, gid=entry.gid, egid=entry.egid, user=entry.user,
             comm=entry.comm, exe=entry.exe, argv=entry.argv, argv_truncated=entry.argv_truncated,
             cwd=entry.cwd, start_time=entry.start_ticks, container_id=entry.container_id,
-            ns=entry.ns, vpid=entry.vpid, image_id=entry.image_id,
+            ns=entry.ns, vpid=entry.vpid, image_id=self.image_id(entry),
             parent_image_id=entry.parent_image_id,
             enrichment="full" if entry.exe is not None or entry.argv is not None else "partial",
             exit_code=code, signal=sig, core_dumped=core, duration_ns=duration_ns,

@@ -16,6 +16,14 @@ from userspace.process import read_process
 from userspace.sockets import SocketTables
 from userspace.types import Depth, ProcessSnapshot
 
+# --enrich: how much procfs a kernel-captured exec costs. The kernel record is complete without
+# any (argv, exe, cwd, credentials and capabilities, namespaces, cgroup id, fds 0-2).
+#   minimal   no procfs read at all: proc is null; the container from the cgroup id (cached).
+#   standard  <pid>/stat (is it still the process, its state, threads and memory) and, once per
+#             cgroup whose id alone does not name it, <pid>/cgroup: one small file per exec.
+#   full      also status, cmdline (to notice a rewritten argv or changed euid: differs), every
+#             fd with its link target, and the sockets among them (sock_diag): ~24 syscalls.
+LEVELS = ("minimal", "standard", "full")
 MAX_FDS_LISTED = 64  # fd targets carried per event; fd_count is always the full count
 SOCKET_TABLE_TTL_S = 1.0
 CGROUP_PRUNE_INTERVAL_S = 30.0  # how often cached cgroups are checked for removal
@@ -46,8 +54,12 @@ class Enricher:
     """Reads a process from procfs for an event, with socket tables cached for a second."""
 
     def __init__(self, fs: ProcFS, depth: Depth = Depth.EXEC, environ: bool = False,
-                 cgroups: CgroupResolver | None = None) -> None:
+                 cgroups: CgroupResolver | None = None, level: str = "full") -> None:
+        if level not in LEVELS:
+            raise ValueError(f"enrichment level {level!r}: one of {', '.join(LEVELS)}")
         self.fs = fs
+        self.level = level
+        self._exec_depth = Depth.ENRICH if level == "full" else Depth.ENRICH_STAT
         self.depth = depth
         self.environ = environ
         self._sockets: SocketTables | None = None
@@ -77,14 +89,15 @@ class Enricher:
 
     def read_after_exec(self, pid: int, start_ticks: int, netns: int,
                         cgroup_id: int) -> ProcessSnapshot | None:
-        """What procfs adds to a kernel exec record (Depth.ENRICH): the kernel already has exe,
-        cwd, credentials and namespaces. The cgroup path is read once per cgroup id."""
+        """What procfs adds to a kernel exec record (Depth.ENRICH at --enrich full, else
+        Depth.ENRICH_STAT): the kernel already has exe, cwd, credentials, capabilities,
+        namespaces and fds 0-2. The cgroup path is read once per cgroup id."""
         self._maybe_prune()
         learned = known = self._containers.get(cgroup_id)
         if known is None and cgroup_id > 0:  # 0: the sensor has no cgroup id
             known = self._from_kernel_id(cgroup_id)
         snap = self._checked(start_ticks, lambda: read_process(
-            self.fs, pid, Depth.ENRICH, environ=self.environ, sockets=self.sockets(),
+            self.fs, pid, self._exec_depth, environ=self.environ, sockets=self.sockets(),
             netns=netns, container=known))
         if snap is not None and snap.zombie:
             return None  # exited already: nothing but its stat is left to read
@@ -147,9 +160,17 @@ class Enricher:
         return snap
 
 
-def details(snap: ProcessSnapshot) -> ProcDetails:
-    """The procfs-only part of a snapshot, as carried in an event's `proc` object."""
+def details(snap: ProcessSnapshot, kernel=None) -> ProcDetails:
+    """The procfs-only part of a snapshot, as carried in an event's `proc` object. Where the
+    snapshot did not read status (--enrich standard), capabilities and saved/fs uid are the
+    kernel's at exec (`kernel`: the ExecRecord), the values status would have shown then."""
     uids = snap.uids
+    cap_eff = snap.cap_eff
+    suid = fsuid = None
+    if uids:
+        suid, fsuid = uids[2], uids[3]
+    elif kernel is not None and kernel.suid is not None:
+        cap_eff, suid, fsuid = kernel.cap_eff, kernel.suid, kernel.fsuid
     fds = None
     if snap.fds is not None:
         fds = tuple(f"{f.fd}:{text(f.target)}" for f in snap.fds[:MAX_FDS_LISTED])
@@ -170,9 +191,9 @@ def details(snap: ProcessSnapshot) -> ProcDetails:
         threads=snap.threads,
         rss_bytes=snap.rss_bytes,
         vsz_bytes=snap.vsz_bytes,
-        cap_eff=f"{snap.cap_eff:016x}" if snap.cap_eff is not None else None,
-        suid=uids[2] if uids else None,
-        fsuid=uids[3] if uids else None,
+        cap_eff=f"{cap_eff:016x}" if cap_eff is not None else None,
+        suid=suid,
+        fsuid=fsuid,
         fd_count=snap.fd_count,
         fds=fds,
         sockets=sockets,

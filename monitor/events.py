@@ -17,12 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # 2: vpid, image_id, parent_image_id, supersedes_inferred; alert events; stats.reconcile,
-# output_buffer, cgroups and detection.
-SCHEMA_VERSION = 2
+# output_buffer, cgroups and detection. 3: stdio, cap_eff, cap_prm, enrichment "kernel",
+# stats.time_s.
+SCHEMA_VERSION = 3
 
 EVENT_TYPES = ("exec", "fork", "exit", "existing", "missed", "lost", "stats", "alert", "dropped", "start")
 SOURCES = ("bpf", "sweep", "connector", "poll", "delivery")
-ENRICHMENT = ("full", "partial", "gone")
+ENRICHMENT = ("full", "partial", "gone", "kernel")
 
 
 @dataclass
@@ -43,6 +44,19 @@ class Socket:
     local: str
     remote: str
     inode: int
+
+
+@dataclass
+class Stdio:
+    """Descriptor 0, 1 or 2 as the program inherited it at exec (kernel-captured)."""
+
+    fd: int
+    kind: str  # closed file dir pipe fifo socket tty chr blk anon other unknown
+    inode: int | None = None
+    dev: str | None = None  # "major:minor" of a device
+    family: str | None = None  # sockets: unix inet inet6 netlink ...
+    type: str | None = None  # sockets: stream dgram raw seqpacket ...
+    protocol: str | None = None  # inet sockets: tcp udp ...
 
 
 @dataclass
@@ -108,6 +122,9 @@ class ProcessEvent:
     vpid: int | None = None  # pid in its own PID namespace
     image_id: str | None = None  # the program image: changes on every exec, exec_id does not
     parent_image_id: str | None = None  # the parent's image when it forked this process
+    cap_eff: str | None = None  # effective capabilities at exec, hex (kernel-captured)
+    cap_prm: str | None = None  # permitted capabilities at exec, hex
+    stdio: tuple[Stdio, ...] | None = None  # fds 0, 1, 2 at exec (kernel-captured)
     schema: int = SCHEMA_VERSION
 
 
@@ -204,6 +221,7 @@ class StatsEvent:
     decode_errors: int
     output_buffer: dict[str, int]  # bound_bytes, peak_bytes: see schema.py
     cgroups: dict[str, int]  # cgroup id resolution: see schema.py
+    time_s: dict[str, dict[str, float]]  # where the monitor's time goes: see schema.py
     cpu_time_s: float
     rss_bytes: int
     peak_rss_bytes: int

@@ -22,12 +22,13 @@ import os
 import resource
 import time
 from dataclasses import dataclass, field
+from time import perf_counter
 
 from monitor import enrich as E
 from monitor import reconcile
 from monitor.build import EventBuilder
 from monitor.clock import Clock, ticks_at
-from monitor.events import LostEvent, ProcessEvent, StatsEvent, split_wait_status
+from monitor.events import LostEvent, ProcessEvent, StatsEvent, Stdio, split_wait_status
 from monitor.output import Sink
 from monitor.records import (CommRecord, CredRecord, DecodeErrorRecord, ExecRecord, ExitRecord,
                              ForkRecord, LostRecord, exec_from_snapshot)
@@ -84,6 +85,8 @@ class Config:
     enrich_delay_ns: int = 5_000_000  # hold window: see monitor/window.py
     max_held: int = 65536  # records the window may hold before it is released regardless
     environ: bool = False
+    # How much procfs each kernel-captured exec costs (--enrich; monitor/enrich.py LEVELS).
+    enrich: str = "standard"
     poll_timeout_ms: int = 100
     # Encoded events held before they are written (--output-buffer): past it the pipeline
     # writes at once, and waits if the reader does (see Sink.pending_bytes).
@@ -94,7 +97,13 @@ class Config:
 class Counters:
     def __init__(self) -> None:
         self.events: dict[str, int] = {}
-        self.enrichment: dict[str, int] = {"full": 0, "partial": 0, "gone": 0, "skipped_backlog": 0}
+        self.enrichment: dict[str, int] = {"full": 0, "partial": 0, "gone": 0, "skipped_backlog": 0,
+                                           "kernel": 0}
+        # Where the time goes (stats.time_s): perf_counter around the enrichment read, the
+        # event's encoding (Sink.write) and Sink.flush only, so measuring costs ~0.1 us a call.
+        self.time_enrich: dict[str, float] = {}
+        self.time_encode: dict[str, float] = {}
+        self.time_output = 0.0
         self.missed = 0
         self.inferred_exits = 0
         self.decode_errors = 0
@@ -117,14 +126,18 @@ class Pipeline:
         self.depth = depth
         self.table = ProcessTable()
         self.clock = Clock()
-        self.enricher = E.Enricher(fs, depth, environ=self.cfg.environ)
+        self.enricher = E.Enricher(fs, depth, environ=self.cfg.environ, level=self.cfg.enrich)
         self.users = E.UserNames()
         self.counters = Counters()
         self.sweep_stats = SweepStats()
         self.boot_id = fs.boot_id()
         self.self_pid = os.getpid()
         self.window = HoldWindow(self.cfg.enrich_delay_ns, self.cfg.max_held)
-        self.build = EventBuilder(self.table, self.clock, self.cfg.ancestry_depth)
+        self.build = EventBuilder(self.table, self.clock, self.cfg.ancestry_depth, self.boot_id)
+        self._boot12 = self.boot_id[:12]
+        # (parent key, forking layout) -> the parent image's id: a forking server or stress-ng
+        # forks thousands of children from one image, hashed once.
+        self._forking_images: dict[tuple, str | None] = {}
         self.stop_requested = False
         self.emitted = 0
         self.started = time.monotonic()
@@ -139,7 +152,9 @@ class Pipeline:
 
     # -- identity --------------------------------------------------------------------------
     def exec_id(self, key: Key) -> str:
-        return ProcKey(self.boot_id, key[0], key[1]).exec_id
+        # ProcKey(boot_id, pid, start_ticks).exec_id, without building a ProcKey per record
+        # (tests/monitor/test_pipeline_unit.py checks that the two agree)
+        return f"{self._boot12}:{key[1]}:{key[0]}"
 
     def _entry(self, key: Key, since_ns: int) -> Entry:
         """The table entry for key, created if new."""
@@ -178,12 +193,26 @@ class Pipeline:
         if not self.cfg.filters.match(ev):
             return
         sink = self.sink
+        t0 = perf_counter()
         sink.write(ev)
+        enc = self.counters.time_encode
+        enc[ev.event] = enc.get(ev.event, 0.0) + perf_counter() - t0
         if sink.pending_bytes > self.cfg.output_buffer_bytes:
-            sink.flush()
+            self.flush()
         self.emitted += 1
         if self.cfg.count is not None and self.emitted >= self.cfg.count:
             self.stop_requested = True
+
+    def filtered_out(self, kind: str) -> bool:
+        """An event of this kind would be dropped by --events whatever it holds: count it and
+        build nothing (under `stress-ng --fork` with --events exec, building the fork and exit
+        events was most of the per-fork cost). A stage that must see every event (detection)
+        has to be consulted here as well as in emit_process."""
+        wanted = self.cfg.filters.events
+        if wanted is not None and kind not in wanted:
+            self.counters.event(kind)
+            return True
+        return False
 
     def emit_other(self, rec) -> None:
         self.counters.event(rec.event)
@@ -193,7 +222,13 @@ class Pipeline:
     def _write(self, rec) -> None:
         self.sink.write(rec)
         if self.sink.pending_bytes > self.cfg.output_buffer_bytes:
-            self.sink.flush()
+            self.flush()
+
+    def flush(self) -> None:
+        """Sink.flush, timed for stats.time_s.output."""
+        t0 = perf_counter()
+        self.sink.flush()
+        self.counters.time_output += perf_counter() - t0
 
     # -- records ---------------------------------------------------------------------------
     def on_exec(self, r: ExecRecord, exited: bool = False, skip_enrichment: bool = False,
@@ -217,7 +252,7 @@ class Pipeline:
         if entry.parent_image_id is None and pkey is not None:
             parent = self.table.get(pkey)
             if parent is not None:
-                entry.parent_image_id = parent.image_id
+                entry.parent_image_id = self.build.image_id(parent)
         # A new program image: its text, decoded once here (see monitor/text.py).
         entry.comm, entry.exe, entry.cwd = text_or_none(r.comm), text_or_none(r.exe), text_or_none(r.cwd)
         entry.argv = texts(r.argv)
@@ -228,6 +263,7 @@ class Pipeline:
         entry.ns = r.ns
         entry.vpid = r.vpid
         entry.image_id = ProcKey(self.boot_id, key[0], key[1]).image_id(*r.layout) if r.layout else None
+        entry.image_layout = None
         entry.container_id = None
 
         missing: dict[str, str] = dict(r.missing) if r.missing else {}
@@ -241,15 +277,20 @@ class Pipeline:
         elif skip_enrichment:
             enrichment, counted = "partial", "skipped_backlog"
             missing["proc"] = "skipped_backlog"
+        elif self.enricher.level == "minimal":
+            enrichment = counted = "kernel"  # --enrich minimal: what the kernel captured only
         else:
             ns = r.ns or {}
+            t0 = perf_counter()
             snap = self.enricher.read_after_exec(pid, key[1], ns.get("net") or 0, r.cgroup_id or 0)
+            spent = self.counters.time_enrich
+            spent[kind] = spent.get(kind, 0.0) + perf_counter() - t0
             enrichment = counted = E.outcome(snap)
         self.counters.enrichment[counted] += 1
         differs = None
         proc = None
         if snap is not None:
-            proc = E.details(snap)
+            proc = E.details(snap, r)
             missing.update({k: v for k, v in snap.missing.items() if v != "not_requested"})
             entry.container_id = snap.container_id
             if r.kernel_captured:
@@ -267,7 +308,8 @@ class Pipeline:
             argv_raw=argv_raw(r.argv), exe_deleted=r.exe_deleted, exe_fileless=r.exe_fileless,
             tty=text_or_none(r.tty), loginuid=r.loginuid, sessionid=r.sessionid,
             cgroup_id=r.cgroup_id, capture=r.capture, missing=missing, differs=differs,
-            ancestry=self.build.ancestry(entry) if kind != "existing" else None, proc=proc)
+            ancestry=self.build.ancestry(entry) if kind != "existing" else None, proc=proc,
+            cap_eff=_hex(r.cap_eff), cap_prm=_hex(r.cap_prm), stdio=_stdio(r.stdio))
         self.emit_process(ev)
         return entry
 
@@ -292,14 +334,23 @@ class Pipeline:
         # identity, which is also what a sweep of the child derives.
         if r.parent_layout is not None:
             if pkey is not None:
-                entry.parent_image_id = ProcKey(self.boot_id, *pkey).image_id(*r.parent_layout)
-            entry.image_id = ProcKey(self.boot_id, *key).image_id(*r.parent_layout)
+                images = self._forking_images
+                forking = (pkey, r.parent_layout)
+                pid_ = images.get(forking)
+                if pid_ is None:
+                    if len(images) >= 4096:
+                        images.clear()
+                    pid_ = images[forking] = ProcKey(self.boot_id, *pkey).image_id(*r.parent_layout)
+                entry.parent_image_id = pid_
+            entry.image_id, entry.image_layout = None, r.parent_layout  # hashed when needed
         elif parent is not None:
-            entry.parent_image_id = parent.image_id
+            entry.parent_image_id = self.build.image_id(parent)
         entry.start_mono_ns = r.ts_ns
         if r.vpid is not None:
             entry.vpid = r.vpid
         self._link_parent(entry, r.ppid, pkey)
+        if self.filtered_out("fork"):
+            return
         enrichment = "full" if parent is not None else "partial"
         missing = {} if parent is not None else {"parent": "unknown"}
         self.emit_process(self.build.process_event(
@@ -328,18 +379,19 @@ class Pipeline:
             self.counters.reconcile["late_exits"] += 1
         if r.comm and entry.comm is None:
             entry.comm = text_or_none(r.comm)
-        code, sig, core = split_wait_status(r.status) if r.status is not None else (None, None, False)
-        start = r.start_mono_ns if r.start_mono_ns is not None else entry.start_mono_ns
-        duration = max(0, r.ts_ns - start) if start is not None and not inferred else None
-        ev = self.build.exit_event(entry, r.ts_ns, source or self.source.name, code, sig, core,
-                                   duration, inferred, supersedes)
         self.table.mark_exited(key)
         if inferred:
             entry.exit_inferred = True
             self.counters.inferred_exits += 1
         else:
             entry.exit_inferred = False
-        self.emit_process(ev)
+        if self.filtered_out("exit"):
+            return
+        code, sig, core = split_wait_status(r.status) if r.status is not None else (None, None, False)
+        start = r.start_mono_ns if r.start_mono_ns is not None else entry.start_mono_ns
+        duration = max(0, r.ts_ns - start) if start is not None and not inferred else None
+        self.emit_process(self.build.exit_event(entry, r.ts_ns, source or self.source.name, code,
+                                                sig, core, duration, inferred, supersedes))
 
     def on_lost(self, r: LostRecord) -> None:
         self.emit_other(LostEvent("lost", self.clock.now(), self.source.name, r.cpu, r.count))
@@ -544,6 +596,9 @@ class Pipeline:
             output_buffer={"bound_bytes": self.cfg.output_buffer_bytes,
                            "peak_bytes": max(self.sink.pending_peak, self.sink.pending_bytes)},
             cgroups=dict(self.enricher.cgroups.stats),
+            time_s={"enrich": {k: round(v, 6) for k, v in c.time_enrich.items()},
+                    "encode": {k: round(v, 6) for k, v in c.time_encode.items()},
+                    "output": {"all": round(c.time_output, 6)}},
             cpu_time_s=round(ru.ru_utime + ru.ru_stime, 3), rss_bytes=rss,
             peak_rss_bytes=peak,
             detection=self.detector.counters() if self.detector is not None else None)
@@ -552,7 +607,7 @@ class Pipeline:
         cfg = self.cfg
         self.sweep_existing()
         self.drain()
-        self.sink.flush()
+        self.flush()
         now = time.monotonic()
         self._last_reconcile = now
         next_stats = now + cfg.stats_interval_s
@@ -574,7 +629,7 @@ class Pipeline:
             # (the largest single cost in the benchmark's profile): write at most every
             # FLUSH_EVERY_S while records keep coming, at once when the stream goes quiet.
             if not len(self.window) or now - last_flush >= FLUSH_EVERY_S or self.stop_requested:
-                self.sink.flush()
+                self.flush()
                 last_flush = now
             if deadline is not None and now >= deadline:
                 break
@@ -583,7 +638,33 @@ class Pipeline:
     def finish(self) -> None:
         """Final stats, then flush: called on every orderly exit."""
         self.emit_other(self.stats())
-        self.sink.flush()
+        self.flush()
+
+
+def _hex(caps: int | None, _seen: dict[int, str] = {}) -> str | None:  # noqa: B006 - the cache
+    """A capability mask as status prints it (16 hex digits); the few distinct masks of a host
+    are formatted once."""
+    if caps is None:
+        return None
+    got = _seen.get(caps)
+    if got is None:
+        if len(_seen) >= 1024:
+            _seen.clear()
+        got = _seen[caps] = f"{caps:016x}"
+    return got
+
+
+def _stdio(fds, _seen: dict = {}) -> tuple[Stdio, ...] | None:  # noqa: B006 - the cache
+    """The event's stdio objects, built once per distinct triple and shared by the events that
+    carry it (values, only ever serialised, like a shared Ancestor)."""
+    if fds is None:
+        return None
+    got = _seen.get(fds)
+    if got is None:
+        if len(_seen) >= 4096:
+            _seen.clear()
+        got = _seen[fds] = tuple([Stdio(*s) for s in fds])
+    return got
 
 
 FLUSH_EVERY_S = 0.005

@@ -21,6 +21,19 @@ from typing import NamedTuple
 from userspace.types import ProcessSnapshot
 
 
+class StdioFd(NamedTuple):
+    """What descriptor 0, 1 or 2 referred to at exec (named by the sensor, see
+    monitor/sensors/bpf/source.py stdio_kind)."""
+
+    fd: int
+    kind: str  # closed file dir pipe fifo socket tty chr blk anon other unknown
+    inode: int | None = None  # the N of socket:[N] / pipe:[N] in /proc/<pid>/fd, any inode
+    dev: str | None = None  # "major:minor" of a character or block device
+    family: str | None = None  # sockets: unix, inet, inet6, netlink, ... (AF_*)
+    type: str | None = None  # sockets: stream, dgram, raw, seqpacket, ...
+    protocol: str | None = None  # inet sockets: tcp, udp, ... (IPPROTO_*)
+
+
 class ExecRecord(NamedTuple):
     """A process started running a new program (or, observed=True, was seen running one)."""
 
@@ -63,6 +76,14 @@ class ExecRecord(NamedTuple):
     # The new image's (mm->arg_start, mm->end_code): what ProcKey.image_id hashes, read alike
     # by the sensor and a sweep (procfs <pid>/stat fields 48 and 27); None where unknown.
     layout: tuple[int, int] | None = None
+    # The new credentials' capability masks and saved/filesystem uids (kernel sensor: cred at
+    # exec; None where the sensor does not know them).
+    cap_eff: int | None = None
+    cap_prm: int | None = None
+    suid: int | None = None
+    fsuid: int | None = None
+    # Descriptors 0, 1, 2 as the new program inherited them; None where not captured.
+    stdio: tuple[StdioFd, ...] | None = None
 
 
 class ForkRecord(NamedTuple):
@@ -147,7 +168,8 @@ def exec_from_snapshot(snap: ProcessSnapshot, ts_ns: int, observed: bool = False
         gid=gids[0] if gids else None, egid=gids[1] if gids else None,
         loginuid=snap.loginuid, sessionid=snap.sessionid, ns=ns,
         exe_deleted=snap.exe_deleted, exe_fileless=snap.exe_memfd, snapshot=snap,
-        observed=observed, vpid=snap.vpid,
+        observed=observed, vpid=snap.vpid, cap_eff=snap.cap_eff, cap_prm=snap.cap_prm,
+        suid=uids[2] if uids else None, fsuid=uids[3] if uids else None,
         layout=(snap.arg_start, snap.end_code)
         if snap.arg_start is not None and snap.end_code is not None else None)
 

@@ -41,6 +41,9 @@ class Entry:
     ns: dict[str, int | None] | None = None
     vpid: int | None = None  # the PID in its own PID namespace
     image_id: str | None = None  # the program image it runs now: changes on every exec
+    # A fork child's image layout whose image_id is not derived yet: hashed only when an event
+    # or a descendant's ancestry needs it (EventBuilder.image_id), not once per fork.
+    image_layout: tuple[int, int] | None = None
     exited_at: float | None = None  # monotonic seconds; None while alive
     exit_inferred: bool = False  # its exit was inferred by a sweep, not reported by the sensor
     # CLOCK_MONOTONIC ns of the first record that told the table about it (or of the sweep that

@@ -5,6 +5,7 @@ Contract: on any input, a parser returns a value or raises ``ParseError``; nothi
 """
 from __future__ import annotations
 
+import operator
 import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -99,34 +100,25 @@ def parse_stat(data: bytes) -> Stat:
     state_tok = rest[_f(3)]
     if len(state_tok) != 1 or not state_tok.isalpha():
         raise ParseError("stat: bad state", data)
+    # Read on every exec the monitor enriches: convert the fields in one map() instead of a
+    # call per field; the per-field path below only runs to name a bad field.
+    try:
+        ppid, pgrp, session, tty_nr, flags, utime, stime, num_threads, starttime, vsize, rss = \
+            map(int, _STAT_PICK(rest))
+        layout = [int(rest[i]) if len(rest) > i else None for i in _STAT_LAYOUT]
+    except ValueError:
+        for field in _STAT_FIELDS + _STAT_LAYOUT_FIELDS:
+            if len(rest) > _f(field):
+                _int(rest[_f(field)], data, f"stat field {field}")
+        raise  # not reached: some field above failed to convert
+    return Stat(pid, comm, state_tok.decode("ascii"), ppid, pgrp, session, tty_nr, flags, utime,
+                stime, num_threads, starttime, vsize, rss, *layout)
 
-    def n(field: int) -> int:
-        return _int(rest[_f(field)], data, f"stat field {field}")
 
-    def opt(field: int) -> int | None:
-        return n(field) if len(rest) > _f(field) else None
-
-    return Stat(
-        pid=pid,
-        comm=comm,
-        state=state_tok.decode("ascii"),
-        ppid=n(4),
-        pgrp=n(5),
-        session=n(6),
-        tty_nr=n(7),
-        flags=n(9),
-        utime=n(14),
-        stime=n(15),
-        num_threads=n(20),
-        starttime=n(22),
-        vsize=n(23),
-        rss=n(24),
-        start_code=opt(26),
-        end_code=opt(27),
-        start_stack=opt(28),
-        arg_start=opt(48),
-        arg_end=opt(49),
-    )
+_STAT_FIELDS = (4, 5, 6, 7, 9, 14, 15, 20, 22, 23, 24)  # Stat's fields in order, ppid..rss
+_STAT_LAYOUT_FIELDS = (26, 27, 28, 48, 49)  # start_code end_code start_stack arg_start arg_end
+_STAT_PICK = operator.itemgetter(*(_f(n) for n in _STAT_FIELDS))
+_STAT_LAYOUT = tuple(_f(n) for n in _STAT_LAYOUT_FIELDS)
 
 
 # --- status ----------------------------------------------------------------------------------

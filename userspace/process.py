@@ -224,6 +224,14 @@ def read_process(
     stat = read_stat(fs, pid)
     r = _Reader(fs, pid, stat)
     v: dict[str, object] = {}
+    if depth is Depth.ENRICH_STAT:
+        v.update(threads=stat.num_threads, rss_bytes=stat.rss * fs.page_size,
+                 vsz_bytes=stat.vsize)
+        if container is not None:
+            v["cgroup"], v["container_id"] = container
+        else:
+            _read_cgroup(r, v)
+        return _finish(r, v, stat, ENRICH_STAT_SKIPPED, environ)
 
     # --- status: uids, gids, caps, threads, memory, NSpid -----------------------------------
     status = r.get(("uids", "gids", "cap_eff", "cap_prm", "cap_inh", "vpid", "pid_level"),
@@ -348,6 +356,10 @@ def _layout_reason(r: _Reader, stat: P.Stat) -> str:
 
 ENRICH_SKIPPED = ("exe", "cwd", "root", "loginuid", "sessionid", "ns", "thread_list",
                   "ns_differs_from_init", "libraries", "mounts")
+# Depth.ENRICH_STAT reads no status, cmdline or fd/: what they carry came from the kernel at
+# exec (uids, caps, argv, fds 0-2), or is left to --enrich full (every fd, sockets).
+ENRICH_STAT_SKIPPED = ENRICH_SKIPPED + ("argv", "uids", "gids", "cap_eff", "cap_prm", "cap_inh",
+                                        "vpid", "pid_level", "fds", "fd_count", "sockets")
 
 
 def _read_fd_fields(r: _Reader, v: dict[str, object]) -> tuple[FdInfo, ...] | None:

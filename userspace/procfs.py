@@ -27,6 +27,16 @@ DEFAULT_ROOT = "/proc"
 MAX_READ = 1 << 20
 _CHUNK = 1 << 16
 
+# Files whose whole content one read(2) returns when the buffer is large enough: single_open
+# seq_files (proc_single_show: stat, status, cgroup...; seq_read_iter retries the one show()
+# with a larger buffer until it fits, then copies out at most the count asked for) and the
+# page loops of cmdline/environ (get_mm_cmdline, environ_read loop until count or the end).
+# A short first read of these is the whole file: no second read(2) to see EOF (one syscall
+# less per file, on the per-exec path). Multi-record seq_files (maps, mountinfo) stop at a
+# buffer's worth and are read to EOF.
+_SINGLE_READ = frozenset((b"stat", b"status", b"statm", b"cgroup", b"cmdline", b"environ",
+                          b"loginuid", b"sessionid", b"comm"))
+
 T = TypeVar("T")
 Pid = Union[int, str]  # an int, or "self" / "thread-self"
 Name = Union[str, bytes]
@@ -121,6 +131,8 @@ class ProcFS:
     # -- primitives (FaultyProcFS in the tests overrides these three) -------------------------
     def read_bytes(self, pid: Pid | None, name: Name, limit: int = MAX_READ) -> bytes:
         """The whole file, binary, one open, at most ``limit`` bytes (silently truncated)."""
+        if isinstance(name, str):
+            name = name.encode()
         path = self.path(pid, name)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -128,9 +140,12 @@ class ProcFS:
             raise self._error(exc, pid, path) from None
         try:
             # seq_file (mountinfo, maps) hands out at most one buffer per read(2): loop to EOF.
-            first = os.read(fd, min(_CHUNK, limit))
+            want = min(_CHUNK, limit)
+            first = os.read(fd, want)
             if not first:
                 return b""
+            if len(first) < want and pid is not None and name in _SINGLE_READ:
+                return first
             chunks = [first]
             total = len(first)
             while total < limit:

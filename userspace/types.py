@@ -75,6 +75,10 @@ class Depth(enum.Enum):
     # audit ids and namespaces come from the kernel): stat for identity, status, cmdline (to
     # notice a rewritten argv), fds and sockets, cgroup/container. Per-exec work, kept lean.
     ENRICH = "enrich"
+    # The least procfs can add to such an exec (`--enrich standard`): stat alone (identity,
+    # state, threads, memory) plus the cgroup path when the kernel's cgroup id did not settle
+    # it; the kernel captured credentials, capabilities and fds 0-2 itself.
+    ENRICH_STAT = "enrich_stat"
     FULL = "full"  # everything below (fds, sockets, namespaces, cgroup, maps, mounts, threads)
 
 

@@ -43,14 +43,35 @@ def _base(path: str | None) -> str:
 
 
 def _fd_map(ev) -> dict[int, str]:
-    """fd number -> target text, from proc.fds ("0:socket:[123]")."""
-    fds = attr(attr(ev, "proc"), "fds") or ()
+    """fd number -> target text as procfs shows it ("socket:[123]", "pipe:[9]", "/dev/pts/3"):
+    from proc.fds when procfs was read (--enrich full), else from what the kernel captured at
+    exec for fds 0-2 (`stdio`), which is exact even for a process already gone."""
+    fds = attr(attr(ev, "proc"), "fds")
     out = {}
-    for item in fds:
-        n, _, target = item.partition(":")
-        if n.isdigit():
-            out[int(n)] = target
+    if fds:
+        for item in fds:
+            n, _, target = item.partition(":")
+            if n.isdigit():
+                out[int(n)] = target
+        return out
+    for s in attr(ev, "stdio") or ():
+        kind, inode = attr(s, "kind"), attr(s, "inode")
+        if kind in ("socket", "pipe") and inode is not None:
+            out[attr(s, "fd")] = f"{kind}:[{inode}]"
+        elif kind == "tty" and attr(s, "dev"):
+            major, _, minor = attr(s, "dev").partition(":")
+            if major.isdigit() and minor.isdigit() and 136 <= int(major) <= 143:  # UNIX98 ptys
+                out[attr(s, "fd")] = f"/dev/pts/{(int(major) - 136) * 256 + int(minor)}"
     return out
+
+
+def _kernel_inet_stdio(ev) -> list[dict]:
+    """fds 0-2 that the kernel saw as TCP/UDP sockets at exec (`stdio`), remote unknown."""
+    return [{"fd": attr(s, "fd"), "inode": attr(s, "inode"), "protocol": attr(s, "protocol"),
+             "remote": None}
+            for s in attr(ev, "stdio") or ()
+            if attr(s, "kind") == "socket" and attr(s, "family") in ("inet", "inet6")
+            and attr(s, "protocol") in ("tcp", "udp")]
 
 
 def _pipe(target: str | None) -> int | None:
@@ -135,6 +156,8 @@ class ReverseShell(Behaviour):
                 for s in probe.std_inet_sockets(attr(ev, "pid"), attr(ev, "start_time")):
                     socks += [{"fd": fd, "inode": s["inode"], "protocol": s["protocol"], "remote": s["remote"]}
                               for fd in s["fds"]]
+            if not socks:
+                socks = _kernel_inet_stdio(ev)  # gone already, or procfs not read: the kernel's word
             if socks:
                 if self._first([s["inode"] for s in socks]):
                     yield self.info, ev, {"fds": [f"{s['fd']}:{fds.get(s['fd'], '')}" for s in socks],

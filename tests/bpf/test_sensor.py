@@ -515,3 +515,108 @@ def test_reexec_of_the_same_program_with_the_same_strings(collector, aslr):
         # a different program is still told apart, by end_code and by its strings' length
         assert (sleep.arg_start, sleep.end_code) != (sh1.arg_start, sh1.end_code)
         assert sleep.end_code != sh1.end_code
+
+
+# --- capabilities and fds 0-2 at exec ----------------------------------------------------------
+
+def _status_caps(pid: int) -> tuple[int, int]:
+    fields = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                  if ":\t" in line)
+    return int(fields["CapEff"], 16), int(fields["CapPrm"], 16)
+
+
+def test_stdio_pipe_file_and_tcp_socket(collector, tmp_path):
+    # trigger: stdin the read end of a pipe, stdout a regular file, stderr a TCP connection
+    # to a 127.0.0.1 listener; it lives long enough for /proc/<pid>/fd to be the oracle
+    import socket  # noqa: PLC0415
+    from monitor.sensors.bpf.source import stdio_kind  # noqa: PLC0415
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    conn = socket.create_connection(listener.getsockname())
+    peer, _ = listener.accept()
+    out = tmp_path / "stdout"
+    r_end, w_end = os.pipe()
+    try:
+        with open(out, "wb") as f:
+            p = subprocess.Popen([SLEEP, "0.5"], stdin=r_end, stdout=f, stderr=conn.fileno())
+        try:
+            collector.until(lambda rs: collector.execs(p.pid))
+            links = [os.readlink(f"/proc/{p.pid}/fd/{i}") for i in range(3)]
+            inodes = [os.stat(f"/proc/{p.pid}/fd/{i}").st_ino for i in range(3)]
+        finally:
+            p.wait(60)
+    finally:
+        for fd in (r_end, w_end):
+            os.close(fd)
+        for s in (conn, peer, listener):
+            s.close()
+    (ex,) = collector.execs(p.pid)
+    assert links[0].startswith("pipe:[") and links[2].startswith("socket:[")
+    assert links[1] == str(out.resolve())
+    assert [s.state for s in ex.stdio] == [wire.STDIO_OPEN] * 3
+    # the inode numbers procfs shows: pipe:[N], the file's st_ino, socket:[N]
+    assert [s.ino for s in ex.stdio] == inodes
+    assert ex.stdio[0].ino == int(links[0][6:-1]) and ex.stdio[2].ino == int(links[2][8:-1])
+    assert ex.stdio[1].ino == os.stat(out).st_ino
+    kinds = [stdio_kind(i, s) for i, s in enumerate(ex.stdio)]
+    assert [(k.kind, k.family, k.type, k.protocol) for k in kinds] == [
+        ("pipe", None, None, None), ("file", None, None, None), ("socket", "inet", "stream", "tcp")]
+    assert ex.flags == 0
+
+
+def test_stdio_closed_and_dev_null(collector):
+    # trigger: stdin closed (the shell's <&-), stdout /dev/null, stderr a UNIX socket
+    import socket  # noqa: PLC0415
+    from monitor.sensors.bpf.source import stdio_kind  # noqa: PLC0415
+
+    a, b = socket.socketpair()
+    try:
+        subprocess.run(["/bin/sh", "-c", f"exec {TRUE} stdio-closed <&-"], stdout=subprocess.DEVNULL,
+                       stderr=a.fileno(), check=True, timeout=30)
+        pid = collector.exec_of((TRUE.encode(), b"stdio-closed"))
+        a_ino = os.fstat(a.fileno()).st_ino
+    finally:
+        a.close()
+        b.close()
+    (ex,) = [e for e in collector.execs(pid) if e.argv == (TRUE.encode(), b"stdio-closed")]
+    kinds = [stdio_kind(i, s) for i, s in enumerate(ex.stdio)]
+    null = os.stat("/dev/null")
+    assert kinds[0].kind == "closed" and ex.stdio[0].state == wire.STDIO_CLOSED
+    assert (kinds[1].kind, kinds[1].inode, kinds[1].dev) == (
+        "chr", null.st_ino, f"{os.major(null.st_rdev)}:{os.minor(null.st_rdev)}")
+    assert (kinds[2].kind, kinds[2].inode, kinds[2].family, kinds[2].type, kinds[2].protocol) == (
+        "socket", a_ino, "unix", "stream", None)
+
+
+def test_capabilities_of_root_and_of_a_setpriv_process(collector):
+    # trigger: the same program as root (this test), as nobody with no capabilities, and as
+    # root with a bounding set of CAP_NET_BIND_SERVICE (10) only
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.fail("setpriv (util-linux) is needed for this test")
+    runs = {
+        "root": [SLEEP, "0.31"],
+        "nobody": [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                   SLEEP, "0.32"],
+        "bind": [setpriv, "--bounding-set=-all,+net_bind_service", SLEEP, "0.33"],
+    }
+    status = {}
+    pids = {}
+    for name, argv in runs.items():
+        p = subprocess.Popen(argv)
+        try:
+            pid = collector.exec_of((SLEEP.encode(), argv[-1].encode()))
+            status[name] = _status_caps(pid)
+            pids[name] = pid
+        finally:
+            p.wait(60)
+    got = {}
+    for name, pid in pids.items():
+        (ex,) = [e for e in collector.execs(pid) if e.argv[0] == SLEEP.encode()]
+        got[name] = ex
+        assert (ex.cap_effective, ex.cap_permitted) == status[name], name
+    assert (got["root"].cap_effective, got["root"].cap_permitted) == _status_caps(os.getpid())
+    assert (got["nobody"].cap_effective, got["nobody"].cap_permitted) == (0, 0)
+    assert (got["nobody"].uid, got["nobody"].euid, got["nobody"].suid, got["nobody"].fsuid) == (65534,) * 4
+    assert (got["bind"].cap_effective, got["bind"].cap_permitted) == (1 << 10, 1 << 10)
+    assert (got["root"].suid, got["root"].fsuid) == (0, 0)

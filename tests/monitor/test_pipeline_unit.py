@@ -251,3 +251,33 @@ def test_reconcile_reports_an_exec_whose_record_was_lost(proc_tree):
     assert missed.ppid == 1  # procfs's parent now (the fixture's nginx was reparented)
     assert missed.parent_exec_id == ProcKey(BOOT, 1, 2).exec_id
     assert p.table.get((304, 7400)).comm == "nginx"
+
+
+def test_enrich_levels_and_the_time_they_take(proc_tree):
+    # agentd (pid 100, start 5000) in the fixture: stat says state S, 2 threads, rss 900 pages
+    raw = raw_exec(100, 5000, 1, 2, (b"/usr/sbin/agentd",), 1)._replace(
+        cap_effective=0x3000, cap_permitted=0x7000, suid=11, fsuid=12)
+    got = {}
+    fs = ProcFS(proc_tree("host"))
+    for level in ("minimal", "standard", "full"):
+        src, sink = ScriptedSource(), Capture()
+        p = Pipeline(src, sink, fs, Config(enrich=level))
+        src.batches = [[exec_record(raw)]]
+        p.drain(flush=True)
+        (ev,) = sink.records
+        got[level] = (ev, p.stats().time_s)
+        # kernel-captured, whatever the level
+        assert (ev.cap_eff, ev.cap_prm) == ("0000000000003000", "0000000000007000")
+    ev, spent = got["minimal"]
+    assert (ev.enrichment, ev.proc) == ("kernel", None)
+    assert "exec" not in spent["enrich"] and spent["encode"]["exec"] > 0
+    ev, spent = got["standard"]
+    assert ev.enrichment == "full" and spent["enrich"]["exec"] > 0
+    assert (ev.proc.state, ev.proc.threads, ev.proc.rss_bytes) == ("S", 2, 900 * fs.page_size)
+    # status not read: capabilities and saved/fs uid as the kernel captured them at exec
+    assert (ev.proc.cap_eff, ev.proc.suid, ev.proc.fsuid) == ("0000000000003000", 11, 12)
+    assert (ev.proc.fds, ev.proc.fd_count, ev.proc.sockets, ev.differs) == (None, None, None, None)
+    ev, spent = got["full"]
+    assert ev.enrichment in ("full", "partial") and spent["enrich"]["exec"] > 0
+    assert ev.proc.fds is not None and ev.proc.fd_count == len(fs.listdir(100, "fd"))
+    assert ev.proc.suid != 11  # from the fixture's status, not the kernel record

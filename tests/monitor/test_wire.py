@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from monitor.sensors.bpf import wire
+from monitor.sensors.bpf.source import PIPEFS_MAGIC, stdio_kind
 
 DUMPS = sorted((Path(__file__).resolve().parents[1] / "data" / "events").glob("*.dump"))
 
@@ -78,7 +79,23 @@ def test_fork_dump_carries_the_forking_image_and_exec_replaces_it():
     assert exec_.arg_start != fork.arg_start and exec_.end_code != fork.end_code  # echo's own
 
 
-@pytest.mark.parametrize("cut", [0, 10, 39, 40, 191, 200])
+def test_exec_dump_carries_stdio_and_capabilities():
+    # recorded by tests/data/events/record.py: /bin/echo run as root with stdin a pipe, stdout a
+    # regular file and stderr a TCP connection to a 127.0.0.1 listener
+    r = wire.decode(load_dump(next(p for p in DUMPS if p.name == "exec-hostile-argv.dump"))[0])
+    kinds = [stdio_kind(i, s) for i, s in enumerate(r.stdio)]
+    assert [(k.fd, k.kind, k.family, k.type, k.protocol) for k in kinds] == [
+        (0, "pipe", None, None, None), (1, "file", None, None, None),
+        (2, "socket", "inet", "stream", "tcp")]
+    assert all(s.state == wire.STDIO_OPEN and s.ino > 0 for s in r.stdio)
+    assert r.stdio[0].mode & 0o170000 == 0o010000 and r.stdio[0].sb_magic == PIPEFS_MAGIC
+    assert r.stdio[2].mode & 0o170000 == 0o140000
+    # root (in this sandbox, which withholds CAP_MAC_OVERRIDE): the same bounding set in both
+    assert r.cap_effective == r.cap_permitted == 0x1FFFEFFFFFF
+    assert (r.suid, r.fsuid) == (0, 0)
+
+
+@pytest.mark.parametrize("cut", [0, 10, 39, 40, 191, 200, 311])
 def test_truncated_records_raise_decode_error(cut):
     data, _ = load_dump(next(p for p in DUMPS if p.name == "exec-hostile-argv.dump"))
     with pytest.raises(wire.DecodeError):
@@ -108,6 +125,7 @@ def test_decode_argv_keeps_empty_and_partial_elements():
 
 u32 = st.integers(0, 2**32 - 1)
 u64 = st.integers(0, 2**64 - 1)
+u16 = st.integers(0, 2**16 - 1)
 name = st.binary(min_size=1, max_size=40).filter(lambda b: b"\0" not in b and b"/" not in b)
 path = st.lists(name, max_size=6).map(lambda parts: b"/" + b"/".join(parts))
 arg = st.binary(max_size=50).filter(lambda b: b"\0" not in b)
@@ -119,7 +137,9 @@ raw_exec = st.builds(
     st.binary(max_size=60).filter(lambda b: b"\0" not in b),
     st.none() | st.binary(min_size=1, max_size=20).filter(lambda b: b"\0" not in b),
     path, path, st.lists(arg, min_size=1, max_size=8).map(tuple),
-    u32, u32, u64, u64, u64, u64)  # vpid pid_level start_code end_code start_stack arg_start
+    u32, u32, u64, u64, u64, u64,  # vpid pid_level start_code end_code start_stack arg_start
+    u32, u32, u64, u64,  # suid fsuid cap_effective cap_permitted
+    st.tuples(*[st.builds(wire.RawStdio, st.integers(0, 2), u16, u64, u64, u32, u16, u16, u16)] * 3))
 raw_fork = st.builds(wire.RawFork, u64, u32, u32, u64, u32, u32, u64, u32, u32, u64, u64)
 raw_exit = st.builds(wire.RawExit, u64, u32, u32, u64, u32, u64,
                      st.binary(max_size=16).filter(lambda b: b"\0" not in b), u32, u32)

@@ -20,7 +20,7 @@ from monitor.sensors.bpf.btf import BTF, BTFError
 
 BTF_PATH = "/sys/kernel/btf/vmlinux"
 CACHE_DIR = os.environ.get("PROCSENTRY_CACHE_DIR", "/var/cache/procsentry")
-CACHE_VERSION = 3  # bump whenever WANTS changes: a cached file lacks new macros
+CACHE_VERSION = 4  # bump whenever WANTS changes: a cached file lacks new macros
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,28 @@ WANTS: tuple[Want, ...] = (
     _w("CRED_EUID", "cred", "euid", 4),
     _w("CRED_EGID", "cred", "egid", 4),
     _w("CRED_USER_NS", "cred", "user_ns", 8),
+    _w("CRED_SUID", "cred", "suid", 4),
+    _w("CRED_FSUID", "cred", "fsuid", 4),
+    # kernel_cap_t: { u64 val } since 6.3, { u32 cap[2] } before; 8 bytes either way, and the
+    # two u32 read as one little-endian u64 give the same mask (cap_t in kernel/capability.c).
+    _w("CRED_CAP_EFFECTIVE", "cred", "cap_effective", 8),
+    _w("CRED_CAP_PERMITTED", "cred", "cap_permitted", 8),
+    # stdio at exec: task->files->fdt->fd[i]->f_inode (include/linux/fdtable.h, fs.h)
+    _w("TASK_FILES", "task_struct", "files", 8),
+    _w("FILES_FDT", "files_struct", "fdt", 8),
+    _w("FDTABLE_MAX_FDS", "fdtable", "max_fds", 4),
+    _w("FDTABLE_FD", "fdtable", "fd", 8),
+    _w("FILE_PRIVATE_DATA", "file", "private_data", 8),  # a socket file's struct socket
+    _w("INODE_MODE", "inode", "i_mode", 2),
+    _w("INODE_INO", "inode", "i_ino", 8),
+    _w("INODE_RDEV", "inode", "i_rdev", 4),
+    _w("INODE_SB", "inode", "i_sb", 8),
+    _w("SB_MAGIC", "super_block", "s_magic", 8),
+    _w("SOCKET_TYPE", "socket", "type", 2),
+    _w("SOCKET_SK", "socket", "sk", 8),
+    _w("SOCK_FAMILY", "sock", "__sk_common.skc_family", 2),
+    # a u16 since 5.6; a bitfield before (BTF cannot give a byte offset): then 0 on the wire
+    _w("SOCK_PROTOCOL", "sock", "sk_protocol", 2, optional=True),
     _w("SIGNAL_LIVE", "signal_struct", "live", 4),
     _w("SIGNAL_FLAGS", "signal_struct", "flags", 4),
     _w("SIGNAL_GROUP_EXIT_CODE", "signal_struct", "group_exit_code", 4),

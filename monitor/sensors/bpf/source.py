@@ -7,7 +7,7 @@ are `kernel_captured`: procfs may only add to them (or disagree later, `differs`
 from __future__ import annotations
 
 from monitor.records import (NS_NAMES, DecodeErrorRecord, ExecRecord, ExitRecord, ForkRecord,
-                             lost_since)
+                             StdioFd, lost_since)
 from monitor.sensors.bpf import limits, wire
 from userspace.types import NSEC_PER_TICK
 
@@ -24,10 +24,59 @@ CAPTURE_FLAG_NAMES = (
     (wire.CWD_TRUNCATED, "cwd_truncated"),
     (wire.CWD_ERROR, "cwd_read_error"),
     (wire.NO_MM, "no_mm"),
+    (wire.NO_FILES, "stdio_read_error"),
 )
 _ANY_FLAG = 0
 for _bit, _name in CAPTURE_FLAG_NAMES:
     _ANY_FLAG |= _bit
+
+
+# Superblock magics (include/uapi/linux/magic.h) that name what an inode is beyond its mode.
+PIPEFS_MAGIC = 0x50495045
+ANON_INODE_FS_MAGIC = 0x09041934
+# S_IFMT kinds (include/uapi/linux/stat.h)
+_S_IFMT = 0o170000
+_KIND_BY_FMT = {0o140000: "socket", 0o100000: "file", 0o040000: "dir", 0o020000: "chr",
+                0o060000: "blk", 0o010000: "fifo", 0o120000: "other"}
+# AF_* (include/linux/socket.h), SOCK_* (include/linux/net.h), IPPROTO_* (uapi/linux/in.h)
+SOCK_FAMILIES = {1: "unix", 2: "inet", 10: "inet6", 16: "netlink", 17: "packet", 40: "vsock"}
+SOCK_TYPES = {1: "stream", 2: "dgram", 3: "raw", 4: "rdm", 5: "seqpacket", 6: "dccp", 10: "packet"}
+IP_PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 136: "udplite",
+                262: "mptcp"}
+_INET = (2, 10)
+
+
+def _is_tty(major: int, minor: int) -> bool:
+    """Terminal devices by their major number (Documentation/admin-guide/devices.txt): 4 virtual
+    consoles and serial ports, 5:0 /dev/tty, 5:1 /dev/console, 136-143 Unix98 pty slaves
+    (/dev/pts/N), 204 low-density serial ports, 188 USB serial."""
+    return major in (4, 188, 204) or 136 <= major <= 143 or (major == 5 and minor <= 1)
+
+
+def stdio_kind(fd: int, s: wire.RawStdio) -> StdioFd:
+    """A wire stdio slot, named: the kind from the inode's mode (and, where the mode alone does
+    not tell, its superblock: a pipe(2) is a FIFO on pipefs, an eventfd/epoll/timerfd/signalfd a
+    file of anon_inodefs), the device number of a device, the family/type/protocol of a
+    socket."""
+    if s.state != wire.STDIO_OPEN:
+        return StdioFd(fd, "closed" if s.state == wire.STDIO_CLOSED else "unknown")
+    kind = _KIND_BY_FMT.get(s.mode & _S_IFMT, "other")
+    if s.sb_magic == ANON_INODE_FS_MAGIC:
+        kind = "anon"
+    elif kind == "fifo" and s.sb_magic == PIPEFS_MAGIC:
+        kind = "pipe"
+    elif kind == "socket":
+        fam = s.sock_family
+        return StdioFd(fd, kind, s.ino, None, SOCK_FAMILIES.get(fam, f"af{fam}"),
+                       SOCK_TYPES.get(s.sock_type, str(s.sock_type)),
+                       IP_PROTOCOLS.get(s.sock_protocol, str(s.sock_protocol))
+                       if fam in _INET and s.sock_protocol else None)
+    if kind in ("chr", "blk"):
+        major, minor = s.rdev >> 20, s.rdev & 0xFFFFF  # kernel dev_t: MINORBITS 20
+        if kind == "chr" and _is_tty(major, minor):
+            kind = "tty"
+        return StdioFd(fd, kind, s.ino, f"{major}:{minor}")
+    return StdioFd(fd, kind, s.ino)
 
 
 _new = tuple.__new__  # builds a record without NamedTuple's Python-level __new__ (per-event path)
@@ -49,10 +98,38 @@ def exec_record(r: wire.RawExec) -> ExecRecord:
         r.uid, r.euid, r.gid, r.egid, r.old_tid, r.filename, r.argc, r.argv_size, r.tty,
         None if loginuid == wire.UNSET_ID else loginuid,
         None if sessionid == wire.UNSET_ID else sessionid,
-        dict(zip(NS_NAMES, r.ns)), r.cgroup_id, bool(flags & wire.EXE_UNLINKED) and not fileless,
+        _ns_dict(r.ns), r.cgroup_id, bool(flags & wire.EXE_UNLINKED) and not fileless,
         fileless,
         tuple(name for bit, name in CAPTURE_FLAG_NAMES if flags & bit) if flags & _ANY_FLAG else (),
-        None, None, False, True, r.vpid, (r.arg_start, r.end_code) if r.arg_start else None))
+        None, None, False, True, r.vpid, (r.arg_start, r.end_code) if r.arg_start else None,
+        r.cap_effective, r.cap_permitted, r.suid, r.fsuid, _named_stdio(r.stdio)))
+
+
+def _ns_dict(ns: tuple[int, ...]) -> dict[str, int]:
+    """The namespaces as events print them; the few distinct sets of a host are built once and
+    shared (never mutated downstream: records and events are values)."""
+    got = _NS.get(ns)
+    if got is None:
+        if len(_NS) >= 4096:
+            _NS.clear()
+        got = _NS[ns] = dict(zip(NS_NAMES, ns))
+    return got
+
+
+_NS: dict[tuple[int, ...], dict[str, int]] = {}
+
+
+def _named_stdio(raw: tuple) -> tuple[StdioFd, StdioFd, StdioFd]:
+    """stdio_kind of the three slots, once per distinct triple (wire reuses equal triples)."""
+    got = _NAMED.get(raw)
+    if got is None:
+        if len(_NAMED) >= 4096:
+            _NAMED.clear()
+        got = _NAMED[raw] = (stdio_kind(0, raw[0]), stdio_kind(1, raw[1]), stdio_kind(2, raw[2]))
+    return got
+
+
+_NAMED: dict[tuple, tuple[StdioFd, StdioFd, StdioFd]] = {}
 
 
 def fork_record(r: wire.RawFork) -> ForkRecord:

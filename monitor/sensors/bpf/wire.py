@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-WIRE_VERSION = 2
+WIRE_VERSION = 3
 EVENT_EXEC = 1
 EVENT_FORK = 2
 EVENT_EXIT = 3
@@ -26,6 +26,12 @@ CWD_DETACHED = 1 << 7
 CWD_TRUNCATED = 1 << 8
 CWD_ERROR = 1 << 9
 NO_MM = 1 << 10
+NO_FILES = 1 << 11
+
+# struct stdio_fd.state (bpf/events.h STDIO_*)
+STDIO_CLOSED = 0
+STDIO_OPEN = 1
+STDIO_ERROR = 2
 
 # Counter indexes (bpf/events.h enum counter), in order.
 COUNTERS = ("exec", "fork", "exit", "thread_create", "thread_exit", "submit_failed",
@@ -34,8 +40,10 @@ COUNTERS = ("exec", "fork", "exit", "thread_create", "thread_exit", "submit_fail
 HEADER = struct.Struct("<BBHIQIIQII")
 FORK = struct.Struct("<BBHIQIIQII" "IIQ" "QQ")
 EXIT = struct.Struct("<BBHIQIIQII" "IIQ16s")
-EXEC = struct.Struct("<BBHIQIIQII" "IIII" "QQ" "QQQQ" "IIII" "II" "7I" "I" "HHHH" "I" "16s" "4x")
-assert (HEADER.size, FORK.size, EXIT.size, EXEC.size) == (40, 72, 72, 192)
+_STDIO = "QQIHBxHHHxx"  # struct stdio_fd: ino sb_magic rdev mode state family type protocol
+EXEC = struct.Struct("<BBHIQIIQII" "IIII" "QQ" "QQQQ" "IIII" "II" "7I" "I" "HHHH" "I" "16s"
+                     "II4x" "QQ" + _STDIO * 3)
+assert (HEADER.size, FORK.size, EXIT.size, EXEC.size) == (40, 72, 72, 312)
 
 UNSET_ID = 0xFFFFFFFF  # loginuid/sessionid never set (AUDIT_UID_UNSET)
 
@@ -81,6 +89,22 @@ class RawExit(NamedTuple):
     pid_level: int = 0
 
 
+class RawStdio(NamedTuple):
+    """Descriptor 0, 1 or 2 at exec (bpf/events.h struct stdio_fd): raw inode facts."""
+
+    state: int  # STDIO_CLOSED / STDIO_OPEN / STDIO_ERROR
+    mode: int = 0  # inode->i_mode
+    ino: int = 0
+    sb_magic: int = 0
+    rdev: int = 0  # kernel dev_t: major << 20 | minor
+    sock_family: int = 0
+    sock_type: int = 0
+    sock_protocol: int = 0
+
+
+STDIO_NONE = (RawStdio(STDIO_ERROR),) * 3  # records built without stdio (tests, fixtures)
+
+
 class RawExec(NamedTuple):
     ts_ns: int
     tgid: int
@@ -116,6 +140,13 @@ class RawExec(NamedTuple):
     end_code: int = 0
     start_stack: int = 0
     arg_start: int = 0
+    # Wire version 3: the rest of the credentials committed by the exec, and descriptors
+    # 0, 1, 2 as the new program inherited them (after close-on-exec).
+    suid: int = 0
+    fsuid: int = 0
+    cap_effective: int = 0
+    cap_permitted: int = 0
+    stdio: tuple[RawStdio, RawStdio, RawStdio] = STDIO_NONE
 
 
 NS_NAMES = ("pid", "mnt", "net", "user", "uts", "ipc", "cgroup")
@@ -187,7 +218,7 @@ def decode_exec(buf: bytes, size: int) -> RawExec:
      argv_size,
      filename_len, tty_len, exe_len, cwd_len,
      argv_len,
-     comm) = EXEC.unpack_from(buf, 0)
+     comm, suid, fsuid, cap_eff, cap_prm, *sd) = EXEC.unpack_from(buf, 0)
     pos = EXEC.size
     end = pos + filename_len + tty_len + exe_len + cwd_len + argv_len
     if end > size:
@@ -205,7 +236,30 @@ def decode_exec(buf: bytes, size: int) -> RawExec:
                    uid, gid, euid, egid, loginuid, sessionid,
                    (ns_pid, ns_mnt, ns_net, ns_user, ns_uts, ns_ipc, ns_cgroup),
                    argv_size, _cstr(comm), filename, tty, exe, cwd, argv,
-                   vpid, level, start_code, end_code, start_stack, arg_start)
+                   vpid, level, start_code, end_code, start_stack, arg_start,
+                   suid, fsuid, cap_eff, cap_prm, _stdio(sd))
+
+
+def _stdio(sd: list[int]) -> tuple[RawStdio, RawStdio, RawStdio]:
+    # Processes of one parent share their fds 0-2 (a storm's children, a shell's pipeline
+    # stages): one triple per distinct value, reused (the same object, so that what is built
+    # from it downstream can be cached too).
+    key = tuple(sd)
+    got = _STDIO_SEEN.get(key)
+    if got is None:
+        if len(_STDIO_SEEN) >= 4096:
+            _STDIO_SEEN.clear()
+        # per fd, in EXEC order: ino sb_magic rdev mode state family type protocol
+        got = _STDIO_SEEN[key] = tuple(
+            _new(RawStdio, (sd[i + 4], sd[i + 3], sd[i], sd[i + 1], sd[i + 2], sd[i + 5],
+                            sd[i + 6], sd[i + 7])) for i in (0, 8, 16))
+    return got  # type: ignore[return-value]
+
+
+_STDIO_SEEN: dict[tuple[int, ...], tuple[RawStdio, ...]] = {}
+
+
+_new = tuple.__new__
 
 
 def encode(raw: RawExec | RawFork | RawExit, exe_components: bytes | None = None) -> bytes:
@@ -235,5 +289,8 @@ def encode(raw: RawExec | RawFork | RawExit, exe_components: bytes | None = None
                      raw.argc, raw.parent_start_boottime, raw.cgroup_id, raw.start_code,
                      raw.end_code, raw.start_stack, raw.arg_start, raw.uid, raw.gid, raw.euid,
                      raw.egid, raw.loginuid, raw.sessionid, *raw.ns, raw.argv_size,
-                     len(filename), len(tty), len(exe), len(cwd), len(argv), raw.comm)
+                     len(filename), len(tty), len(exe), len(cwd), len(argv), raw.comm,
+                     raw.suid, raw.fsuid, raw.cap_effective, raw.cap_permitted,
+                     *(v for s in raw.stdio for v in (s.ino, s.sb_magic, s.rdev, s.mode, s.state,
+                                                      s.sock_family, s.sock_type, s.sock_protocol)))
     return head + filename + tty + exe + cwd + argv

@@ -1,0 +1,74 @@
+"""`watch --enrich minimal|standard|full` on the real kernel: what each level puts in an exec
+event, and that the kernel-captured stdio and capabilities are there at every level."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.bpf
+
+SLEEP = os.path.realpath("/bin/sleep")
+
+
+def _status(pid: int) -> dict[str, str]:
+    return dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if ":\t" in line)
+
+
+@pytest.mark.parametrize("level", ["minimal", "standard", "full"])
+def test_exec_event_at_each_enrichment_level(watch, level):
+    w = watch("--enrich", level)
+    w.wait_ready()
+    listener = socket.create_server(("127.0.0.1", 0))
+    conn = socket.create_connection(listener.getsockname())
+    peer, _ = listener.accept()
+    tag = f"{20 + uuid.uuid4().int % 10**6 / 1e6:.6f}"  # a unique sleep of 20-21 s (killed)
+    # trigger: a process whose stdout is a TCP socket (a reverse shell's shape), stdin a pipe
+    r_end, w_end = os.pipe()
+    try:
+        p = subprocess.Popen([SLEEP, tag], stdin=r_end, stdout=conn.fileno(),
+                             stderr=subprocess.DEVNULL)
+        try:
+            # Popen returns once the exec succeeded: the oracle is read from the new program
+            sock_link = os.readlink(f"/proc/{p.pid}/fd/1")
+            status = _status(p.pid)
+            ev = w.until(lambda evs: next((e for e in evs if e["event"] == "exec"
+                                           and e["argv"] == [SLEEP, tag]), None), 30,
+                         what="the exec event")
+        finally:
+            p.kill()
+            p.wait(30)
+    finally:
+        os.close(r_end)
+        os.close(w_end)
+        for s in (conn, peer, listener):
+            s.close()
+    # kernel-captured, at every level
+    assert ev["cap_eff"] == status["CapEff"].strip() and ev["cap_prm"] == status["CapPrm"].strip()
+    kinds = [(s["fd"], s["kind"]) for s in ev["stdio"]]
+    assert kinds == [(0, "pipe"), (1, "socket"), (2, "chr")]
+    assert f"socket:[{ev['stdio'][1]['inode']}]" == sock_link
+    assert (ev["stdio"][1]["family"], ev["stdio"][1]["type"], ev["stdio"][1]["protocol"]) == (
+        "inet", "stream", "tcp")
+    assert ev["stdio"][2]["dev"] == "1:3"  # /dev/null
+    if level == "minimal":
+        assert (ev["enrichment"], ev["proc"]) == ("kernel", None)
+        return
+    assert ev["enrichment"] == "full"
+    proc = ev["proc"]
+    # standard: stat (state, threads, memory); caps and saved/fs uid as the kernel captured them
+    assert proc["threads"] == 1 and proc["rss_bytes"] > 0 and proc["vsz_bytes"] > 0
+    assert proc["cap_eff"] == status["CapEff"].strip()
+    assert (proc["suid"], proc["fsuid"]) == (os.getuid(), os.getuid())
+    if level == "standard":
+        assert (proc["fds"], proc["fd_count"], proc["sockets"]) == (None, None, None)
+    else:
+        assert proc["fd_count"] == 3
+        assert proc["fds"][:2] == [f"0:pipe:[{ev['stdio'][0]['inode']}]", f"1:{sock_link}"]
+        (s,) = proc["sockets"]
+        assert (s["fd"], s["protocol"], s["inode"]) == (1, "tcp", ev["stdio"][1]["inode"])
