@@ -139,9 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wake the reader every N samples (default 1)")
     w.add_argument("--backlog", type=_positive(int), default=1024, metavar="N",
                    help="records in one batch beyond which procfs enrichment is skipped")
-    w.add_argument("--enrich", choices=("minimal", "standard", "full"), default="standard",
+    w.add_argument("--enrich", choices=("minimal", "standard", "full"), default="full",
                    help="procfs read per exec the kernel captured: minimal none, standard "
-                        "<pid>/stat (default), full also status, cmdline, every fd and socket")
+                        "<pid>/stat, full (default) also status, cmdline, every fd and socket")
     w.add_argument("--enrich-delay", type=float, default=5.0, metavar="MS",
                    help="hold records this long before acting on them: execs whose process "
                         "exits within it are not read from procfs (default 5)")

@@ -86,7 +86,9 @@ class Config:
     max_held: int = 65536  # records the window may hold before it is released regardless
     environ: bool = False
     # How much procfs each kernel-captured exec costs (--enrich; monitor/enrich.py LEVELS).
-    enrich: str = "standard"
+    # full by default: the argv-rewrite detection needs `differs` (cmdline and status), and
+    # an analyst every socket of a process; standard and minimal trade those for cost.
+    enrich: str = "full"
     poll_timeout_ms: int = 100
     # Encoded events held before they are written (--output-buffer): past it the pipeline
     # writes at once, and waits if the reader does (see Sink.pending_bytes).
