@@ -20,6 +20,8 @@
 #include <linux/cgroup.h>
 #include <linux/pid.h>
 #include <net/net_namespace.h>
+#include <linux/fdtable.h>   /* files_struct, fdtable: stdio at exec */
+#include <linux/net.h>       /* struct socket */
 
 BPF_ARRAY(offs, u64, 128);
 
