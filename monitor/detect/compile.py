@@ -36,6 +36,7 @@ Pred = Callable[[View], bool]
 
 KEYWORD_FIELDS = ("CommandLine", "Image", "CurrentDirectory")
 IMAGE_FIELDS = ("Image", "exe")
+COMMAND_LINE = "CommandLine"
 PARENT_IMAGE_FIELDS = ("ParentImage", "parent.exe")
 SUFFIX = "\x00"  # an index key for "the basename ends with": SUFFIX + the ending
 
@@ -378,3 +379,60 @@ def _image_basename(value) -> frozenset[str] | None:
         base = parts[0].rsplit("/", 1)[1]
         return frozenset((base.lower(),)) if base else None
     return None
+
+
+def required_literals(node, field: str = COMMAND_LINE) -> frozenset[str] | None:
+    """Lower-cased strings one of which must occur in the field's lower-cased text for the
+    condition to be true, or None when the condition does not require that. The index for
+    rules that name no executable (most of them test only the command line): the engine
+    checks all their literals in one regex search and evaluates only the rules whose
+    literal occurs. Sound, not complete, like required_basenames."""
+    if isinstance(node, C.ConditionAND):
+        sets = [s for s in (required_literals(a, field) for a in node.args) if s is not None]
+        # Any one child's set is sound; the one with the longest shortest literal rejects most.
+        return max(sets, key=lambda s: (min(map(len, s)), -len(s))) if sets else None
+    if isinstance(node, C.ConditionOR):
+        sets = [required_literals(a, field) for a in node.args]
+        if not sets or any(s is None for s in sets):
+            return None
+        return frozenset().union(*sets)
+    if isinstance(node, C.ConditionFieldEqualsValueExpression) and node.field == field:
+        return _literal(node.value)
+    return None
+
+
+def _literal(value) -> frozenset[str] | None:
+    if isinstance(value, T.SigmaExpansion):
+        sets = [_literal(x) for x in value.values]
+        return None if not sets or any(s is None for s in sets) else frozenset().union(*sets)
+    if not isinstance(value, T.SigmaString):
+        return None
+    plain = [p for p in value.s if isinstance(p, str)]
+    if any(not isinstance(p, (str, T.SpecialChars)) for p in value.s) or not plain:
+        return None
+    lit = max(plain, key=len)
+    # A case-sensitive (`cased`) value is tested on the original text; lower-casing keeps it a
+    # substring only per character, which holds for ASCII (str.lower of a Greek capital sigma
+    # depends on its neighbours).
+    if isinstance(value, T.SigmaCasedString) and not lit.isascii():
+        return None
+    return frozenset((lit.lower(),)) if lit else None
+
+
+def any_substring(literals) -> Callable[[str], Any]:
+    """search() of a regex that finds whether any of the literals occurs: the literals as a
+    trie, so the regex tries one branch per distinct next character instead of every literal
+    at every position (re does not factor common prefixes of an alternation itself)."""
+    trie: dict = {}
+    for lit in literals:
+        node = trie
+        for ch in lit:
+            node = node.setdefault(ch, {})
+        node[""] = {}  # end of a literal: a shorter literal already matches, stop there
+
+    def pattern(node: dict) -> str:
+        if "" in node:
+            return ""
+        alts = [re.escape(ch) + pattern(child) for ch, child in sorted(node.items())]
+        return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+    return re.compile(pattern(trie), re.DOTALL).search

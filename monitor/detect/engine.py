@@ -2,7 +2,10 @@
 
 Cost. SigmaHQ's Linux rules nearly all require `Image|endswith: '/name'`; rules are indexed by
 the executable basenames they require (compile.required_basenames), so an event is tested only
-against the rules for its own basename plus the few rules that constrain something else.
+against the rules for its own basename. Most of the others require one of a few strings in the
+command line (compile.required_literals): one regex search over the command line finds whether
+any of those strings occurs at all (for most command lines none does), and only the rules whose
+string occurs are evaluated. What is left is evaluated for every event.
 
 Failure. A rule that raises while evaluating (a compiler bug, a value of an unexpected type in
 a replayed stream) is counted in `evaluation_errors`, reported once per rule on stderr through
@@ -15,7 +18,7 @@ from collections import OrderedDict
 from typing import Any, Iterable
 
 from monitor.detect import behaviour
-from monitor.detect.compile import SUFFIX
+from monitor.detect.compile import COMMAND_LINE, SUFFIX, any_substring
 from monitor.detect.fields import View, attr
 from monitor.detect.loader import CompiledRule, Skipped, load, load_builtin
 from monitor.events import AlertEvent, RuleInfo
@@ -40,6 +43,7 @@ class Detector:
         self._index: dict[str, list[CompiledRule]] = {}  # exact basename -> rules
         self._suffix: dict[str, list[CompiledRule]] = {}  # basename ending -> rules
         self._always: list[CompiledRule] = []
+        self._by_literal: list[CompiledRule] = []  # rules needing one of .literals in CommandLine
         self._pindex: dict[str, list[CompiledRule]] = {}  # exact parent basename -> rules
         self._psuffix: dict[str, list[CompiledRule]] = {}
         for r in rules:
@@ -47,8 +51,12 @@ class Detector:
                 _file(r, r.basenames, self._index, self._suffix)
             elif r.parent_basenames is not None:
                 _file(r, r.parent_basenames, self._pindex, self._psuffix)
+            elif r.literals is not None:
+                self._by_literal.append(r)
             else:
                 self._always.append(r)
+        self._any_literal = (any_substring(set().union(*(r.literals for r in self._by_literal)))
+                             if self._by_literal else None)
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._users: OrderedDict[str, str | None] = OrderedDict()
         self.alerts_per_rule: dict[str, int] = {}
@@ -105,6 +113,11 @@ class Detector:
                 more = _lookup(pexe.rsplit("/", 1)[-1].lower(), self._pindex, self._psuffix)
                 if more:
                     candidates = candidates + more
+        if self._any_literal is not None:
+            cmd = view.lower(COMMAND_LINE)
+            if cmd.__class__ is str and self._any_literal(cmd) is not None:
+                candidates = candidates + [r for r in self._by_literal
+                                           if any(lit in cmd for lit in r.literals)]
         self.rule_evaluations += len(candidates)
         for rule in candidates:
             try:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from monitor.detect.compile import (PARENT_IMAGE_FIELDS, Pred, Unsupported, compile_condition,
-                                    required_basenames)
+                                    required_basenames, required_literals)
 from monitor.events import RuleInfo
 
 log = logging.getLogger("procsentry.detect")
@@ -34,6 +34,7 @@ class CompiledRule:
     leaves: list[tuple[str, Pred]]
     basenames: frozenset[str] | None  # index key: see compile.required_basenames
     parent_basenames: frozenset[str] | None = None  # the same on ParentImage, when no Image key
+    literals: frozenset[str] | None = None  # one must be in CommandLine: compile.required_literals
 
 
 @dataclass
@@ -160,7 +161,7 @@ def compile_rule(rule, source: str, file: str) -> CompiledRule:
     conds = rule.detection.parsed_condition
     if not conds:
         raise Unsupported("no condition")
-    preds, leaves, keys, pkeys = [], [], [], []
+    preds, leaves, keys, pkeys, lits = [], [], [], [], []
     for cond in conds:  # several conditions in one rule are alternatives (OR)
         tree = cond.parsed
         p, lv = compile_condition(tree)
@@ -168,13 +169,15 @@ def compile_rule(rule, source: str, file: str) -> CompiledRule:
         leaves.extend(lv)
         keys.append(required_basenames(tree))
         pkeys.append(required_basenames(tree, PARENT_IMAGE_FIELDS))
+        lits.append(required_literals(tree))
     if len(preds) == 1:
         match = preds[0]
     else:
         match = lambda v: any(p(v) for p in preds)  # noqa: E731
     basenames = None if any(k is None for k in keys) else frozenset().union(*keys)
     pbasenames = None if basenames is not None or any(k is None for k in pkeys) else frozenset().union(*pkeys)
-    return CompiledRule(_info(rule, source, file), match, leaves, basenames, pbasenames)
+    literals = None if any(k is None for k in lits) else frozenset().union(*lits)
+    return CompiledRule(_info(rule, source, file), match, leaves, basenames, pbasenames, literals)
 
 
 def load_builtin() -> tuple[list[CompiledRule], list[Skipped]]:

@@ -1,0 +1,94 @@
+"""The detector's indexes (executable basename, command-line literals) only decide which rules
+are evaluated, never what matches: for every rule and event of the semantics table, plus cases
+written against the literal index, the indexed detector alerts exactly where evaluating every
+rule on every event does, and it evaluates fewer rules."""
+from __future__ import annotations
+
+import pytest
+
+from monitor.detect.compile import any_substring
+from monitor.detect.engine import Detector
+from monitor.detect.fields import View
+from monitor.detect.loader import load
+from tests.detect.test_sigma_semantics import CASES, PROCESS_CREATION, ev, rule_yaml
+
+# Cases for the command-line literal index: every condition shape it reasons about.
+LITERAL_CASES = [
+    ("all_of_contains", "sel:\n    CommandLine|contains|all: ['-nc', ' -e ']\n  condition: sel",
+     [["ncat", "-nc", "-e", "/bin/sh"], ["nc -nc", "x -e y"], ["nc", "-nc"], ["echo", " -e "]]),
+    ("or_with_a_regex_is_not_indexed", "a: {CommandLine|contains: zzq}\n  b: {CommandLine|re: 'ab+c'}\n  condition: a or b",
+     [["x", "abbbc"], ["zzq"], ["abd"]]),
+    ("not_is_not_a_literal", "a: {CommandLine|contains: chmod}\n  b: {CommandLine|contains: '+x'}\n  condition: a and not b",
+     [["chmod", "600", "f"], ["chmod", "+x", "f"], ["ls"]]),
+    ("windash_expansion", "sel: {CommandLine|windash|contains: ' -force'}\n  condition: sel",
+     [["tool", "-force"], ["tool", "/force"], ["tool", "force"]]),
+    ("overlapping_literals", "a: {CommandLine|contains: [abc, bcd, b]}\n  condition: a",
+     [["xbx"], ["abcd"], ["xyz"]]),
+    ("equals_and_wildcards", "sel:\n    CommandLine: 'sh -c *wget*|*sh'\n  condition: sel",
+     [["sh", "-c", "wget -q -O- u|sh"], ["sh", "-c", "wget u"], ["SH", "-C", "WGET x|bash"]]),
+    ("cased_ascii", "sel: {CommandLine|cased|contains: 'ReAd'}\n  condition: sel",
+     [["x", "ReAd"], ["x", "read"]]),
+    ("cased_non_ascii_is_not_indexed", "sel: {CommandLine|cased|contains: 'ΑΣ'}\n  condition: sel",
+     [["echo", "ΑΣ"], ["echo", "ας"]]),
+    ("keywords_are_not_command_line_only", "keywords: ['/dev/shm/']\n  condition: keywords",
+     [["x"], ["cat", "/dev/shm/y"]]),
+    ("startswith_and_endswith", "a: {CommandLine|startswith: 'python3 -c'}\n  b: {CommandLine|endswith: 'pty.spawn(\"/bin/sh\")'}\n  condition: a or b",
+     [["python3", "-c", "x"], ["perl", "-e", 'pty.spawn("/bin/sh")'], ["python3"]]),
+]
+
+
+def _events() -> list[dict]:
+    out, pid = [], 2000
+    for _, _, _, table in CASES:
+        for fields, _ in table:
+            pid += 1
+            e = ev(pid=pid, exec_id=f"b:5:{pid}")
+            e.update(fields)
+            out.append(e)
+    for _, _, argvs in LITERAL_CASES:
+        for argv in argvs:
+            pid += 1
+            out.append(ev(pid=pid, exec_id=f"b:5:{pid}", argv=argv, exe="/usr/bin/" + argv[0].split()[0].lower()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def rules(tmp_path_factory):
+    d = tmp_path_factory.mktemp("index-rules")
+    for case, det, ls, _ in CASES:
+        (d / f"{case}.yml").write_text(rule_yaml(case, det, ls))
+    for case, det, _ in LITERAL_CASES:
+        (d / f"{case}.yml").write_text(rule_yaml(case, det, PROCESS_CREATION))
+    loaded, skipped = load([str(d)])
+    assert skipped == []
+    return loaded
+
+
+def test_indexed_alerts_equal_evaluating_every_rule(rules):
+    events = _events()
+    brute = {(r.info.id, e["pid"]) for e in events for r in rules if r.match(View(e))}
+    det = Detector(rules, [])
+    indexed = {(a.rule.id, a.pid) for e in events for a in det.observe(e)}
+    assert indexed == brute
+    assert det.rule_evaluations < len(rules) * len(events)
+
+
+def test_literal_index_shapes(rules):
+    by_title = {r.info.title.removeprefix("test "): r for r in rules}
+    assert by_title["all_of_contains"].literals in ({"-nc"}, {" -e "})
+    assert by_title["or_with_a_regex_is_not_indexed"].literals is None
+    assert by_title["not_is_not_a_literal"].literals == {"chmod"}
+    assert by_title["windash_expansion"].literals == {" -force", " /force", " –force", " —force", " ―force"}
+    assert by_title["overlapping_literals"].literals == {"abc", "bcd", "b"}
+    assert by_title["cased_ascii"].literals == {"read"}
+    assert by_title["cased_non_ascii_is_not_indexed"].literals is None
+    assert by_title["keywords_are_not_command_line_only"].literals is None
+    assert by_title["equals_and_wildcards"].literals == {"sh -c "}  # the longest plain part
+
+
+@pytest.mark.parametrize("text,found", [
+    ("xxabcxx", True), ("xxabxx", False), ("bcd", True), ("ab", False), ("", False), ("a\nbc", False),
+    ("zzz-e zz", True), ("-", False)])
+def test_any_substring_finds_any_literal_including_prefixes_of_others(text, found):
+    search = any_substring(["abc", "abcdef", "bcd", "-e ", "-e"])
+    assert (search(text) is not None) is found
