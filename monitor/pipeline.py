@@ -105,6 +105,7 @@ class Counters:
         # event's encoding (Sink.write) and Sink.flush only, so measuring costs ~0.1 us a call.
         self.time_enrich: dict[str, float] = {}
         self.time_encode: dict[str, float] = {}
+        self.time_detect: dict[str, float] = {}
         self.time_output = 0.0
         self.missed = 0
         self.inferred_exits = 0
@@ -185,7 +186,10 @@ class Pipeline:
         # when its process passes the process filters (--pid, --uid, --exe, ...) and `alert`
         # the --events filter. observe() never raises.
         if self.detector is not None:
+            t0 = perf_counter()
             alerts = self.detector.observe(ev)
+            spent = self.counters.time_detect
+            spent[ev.event] = spent.get(ev.event, 0.0) + perf_counter() - t0
             if alerts:
                 shown = self.cfg.filters.match_process(ev)
                 for alert in alerts:
@@ -600,6 +604,7 @@ class Pipeline:
             cgroups=dict(self.enricher.cgroups.stats),
             time_s={"enrich": {k: round(v, 6) for k, v in c.time_enrich.items()},
                     "encode": {k: round(v, 6) for k, v in c.time_encode.items()},
+                    "detect": {k: round(v, 6) for k, v in c.time_detect.items()},
                     "output": {"all": round(c.time_output, 6)}},
             cpu_time_s=round(ru.ru_utime + ru.ru_stime, 3), rss_bytes=rss,
             peak_rss_bytes=peak,

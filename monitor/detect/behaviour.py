@@ -100,6 +100,7 @@ def _start_ticks(exec_id: str | None) -> int | None:
 
 class Behaviour:
     info: RuleInfo
+    sees_exits = False  # called for exit events too (view None): only state across exits needs it
 
     def observe(self, ev: Any, view: View | None, probe) -> Iterator[Hit]:
         raise NotImplementedError
@@ -386,10 +387,6 @@ class Argv0Mismatch(Behaviour):
         a0 = _base(argv[0]).lstrip("-")
         if not a0 or filename.startswith(("/dev/fd/", PROC_PREFIX)):
             return  # fexecve and friends: the path names a descriptor, not a program
-        if argv[0].startswith("/") and _realpath(argv[0]) == exe:
-            # /bin/sh -> /usr/bin/dash; and #! scripts, whose argv[0] the kernel sets to the
-            # interpreter named on the #! line (argv = [interpreter, script, args...]).
-            return
         names = {_base(exe), _base(filename)}
         if _base(exe) in self.MULTICALL or _base(exe).startswith("ld-linux"):
             return
@@ -398,6 +395,16 @@ class Argv0Mismatch(Behaviour):
             nl = n.lower()
             # python3 -> python3.11, vi -> vim.basic, x.sh run as x: one is a prefix of the other
             if nl.startswith(a0l) or a0l.startswith(nl):
+                return
+        # Only now the filesystem (realpath costs a syscall per path component): most execs
+        # were decided by their names above.
+        if argv[0].startswith("/"):
+            real = _realpath(argv[0])
+            # /bin/sh -> /usr/bin/dash; and #! scripts, whose argv[0] the kernel sets to the
+            # interpreter named on the #! line (argv = [interpreter, script, args...]). In a
+            # chroot (debootstrap, a build root) the same path leads to <root>/usr/bin/dash:
+            # argv[0] is resolved here on the host's root, the executable's path is the host's.
+            if real == exe or (real.startswith("/") and exe.endswith(real)):
                 return
         yield self.info, ev, {"argv0": argv[0], "filename": filename, "Image": exe}
 
@@ -417,6 +424,8 @@ class ArgvRewritten(Behaviour):
                  ("attack.defense_evasion", "attack.t1036"))
     CONFIRM_S = 1.0
     KEPT = 1024
+
+    sees_exits = True  # an exit ends what is pending for the process
 
     def __init__(self) -> None:
         self._pending: OrderedDict[str, tuple[Any, float]] = OrderedDict()

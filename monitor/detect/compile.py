@@ -36,7 +36,6 @@ Pred = Callable[[View], bool]
 
 KEYWORD_FIELDS = ("CommandLine", "Image", "CurrentDirectory")
 IMAGE_FIELDS = ("Image", "exe")
-COMMAND_LINE = "CommandLine"
 PARENT_IMAGE_FIELDS = ("ParentImage", "parent.exe")
 SUFFIX = "\x00"  # an index key for "the basename ends with": SUFFIX + the ending
 
@@ -285,7 +284,28 @@ def _keyword(value) -> Pred:
 
 def _regex_text(value) -> str:
     r = value.regexp
-    return r if isinstance(r, str) else r.to_plain()
+    return _unwrapped(r if isinstance(r, str) else r.to_plain())
+
+
+def _unwrapped(rx: str) -> str:
+    """The regex without a leading and a trailing `.*`, which SigmaHQ's rules often write
+    (`'.*(-(W|R)( |")...).*'`). For re.search, whose only use here is whether it finds a match,
+    they change nothing (`.*` may match empty), but a leading `.*` makes the search retry every
+    start position against the rest of the line: on one such SigmaHQ rule, ~1 ms per event on
+    ordinary command lines, and quadratic in a long, hostile one."""
+    while rx.startswith(".*") and not rx.startswith((".*?", ".*+", ".**", ".*{")):
+        rx = rx[2:]
+    while rx.endswith(".*") and not _escaped(rx, len(rx) - 2):
+        rx = rx[:-2]
+    return rx
+
+
+def _escaped(rx: str, i: int) -> bool:
+    """Whether rx[i] is escaped (an odd number of backslashes before it)."""
+    n = 0
+    while i - n - 1 >= 0 and rx[i - n - 1] == "\\":
+        n += 1
+    return n % 2 == 1
 
 
 def _eq_bool(x: Any, want: bool) -> bool:
@@ -381,30 +401,42 @@ def _image_basename(value) -> frozenset[str] | None:
     return None
 
 
-def required_literals(node, field: str = COMMAND_LINE) -> frozenset[str] | None:
-    """Lower-cased strings one of which must occur in the field's lower-cased text for the
-    condition to be true, or None when the condition does not require that. The index for
-    rules that name no executable (most of them test only the command line): the engine
-    checks all their literals in one regex search and evaluates only the rules whose
-    literal occurs. Sound, not complete, like required_basenames."""
+def required_literals(node) -> frozenset[tuple[str, str]] | None:
+    """(field, lower-cased string) pairs one of which must hold, the string occurring in the
+    field's lower-cased text (in one element of a list field), for the condition to be true;
+    None when the condition does not require that. The index for rules that name no
+    executable (most of them test only the command line; the built-in pack's test flags such
+    as exe_fileless or a path prefix): per field, one regex search finds whether any of the
+    strings occurs at all (for most events none does), and only the rules whose string occurs
+    are evaluated. Sound, not complete, like required_basenames."""
     if isinstance(node, C.ConditionAND):
-        sets = [s for s in (required_literals(a, field) for a in node.args) if s is not None]
-        # Any one child's set is sound; the one with the longest shortest literal rejects most.
-        return max(sets, key=lambda s: (min(map(len, s)), -len(s))) if sets else None
+        sets = [s for s in (required_literals(a) for a in node.args) if s is not None]
+        # Any one child's set is sound; the one with the longest shortest string rejects most.
+        return max(sets, key=lambda s: (min(len(lit) for _, lit in s), -len(s))) if sets else None
     if isinstance(node, C.ConditionOR):
-        sets = [required_literals(a, field) for a in node.args]
+        sets = [required_literals(a) for a in node.args]
         if not sets or any(s is None for s in sets):
             return None
         return frozenset().union(*sets)
-    if isinstance(node, C.ConditionFieldEqualsValueExpression) and node.field == field:
-        return _literal(node.value)
+    if isinstance(node, C.ConditionFieldEqualsValueExpression):
+        lits = _literal(node.value)
+        return None if lits is None else frozenset((node.field, lit) for lit in lits)
+    if isinstance(node, C.ConditionValueExpression):  # keywords: a substring of any of these
+        lits = _literal(node.value)
+        return None if lits is None else frozenset((f, lit) for f in KEYWORD_FIELDS for lit in lits)
     return None
 
 
 def _literal(value) -> frozenset[str] | None:
+    """Strings one of which occurs in the lower-cased text (View.lower) of any value the leaf
+    is true for."""
     if isinstance(value, T.SigmaExpansion):
         sets = [_literal(x) for x in value.values]
         return None if not sets or any(s is None for s in sets) else frozenset().union(*sets)
+    if isinstance(value, T.SigmaBool):  # View.lower shows booleans as true/false
+        return frozenset(("true" if value.boolean else "false",))
+    if isinstance(value, T.SigmaNumber) and type(value) is T.SigmaNumber:
+        return frozenset((str(value.number).lower(),))  # 0 matches 0 and "0"; 0.0 contains it
     if not isinstance(value, T.SigmaString):
         return None
     plain = [p for p in value.s if isinstance(p, str)]

@@ -2,10 +2,11 @@
 
 Cost. SigmaHQ's Linux rules nearly all require `Image|endswith: '/name'`; rules are indexed by
 the executable basenames they require (compile.required_basenames), so an event is tested only
-against the rules for its own basename. Most of the others require one of a few strings in the
-command line (compile.required_literals): one regex search over the command line finds whether
-any of those strings occurs at all (for most command lines none does), and only the rules whose
-string occurs are evaluated. What is left is evaluated for every event.
+against the rules for its own basename. Most of the others require one of a few strings in a field, mostly the command line
+(compile.required_literals): one regex search per such field finds whether any of those strings
+occurs at all (for most events none does), and only the rules whose string occurs are
+evaluated. What is left is evaluated for every event. Behaviours that keep no state across
+exits are not called for exits.
 
 Failure. A rule that raises while evaluating (a compiler bug, a value of an unexpected type in
 a replayed stream) is counted in `evaluation_errors`, reported once per rule on stderr through
@@ -18,7 +19,7 @@ from collections import OrderedDict
 from typing import Any, Iterable
 
 from monitor.detect import behaviour
-from monitor.detect.compile import COMMAND_LINE, SUFFIX, any_substring
+from monitor.detect.compile import SUFFIX, any_substring
 from monitor.detect.fields import View, attr
 from monitor.detect.loader import CompiledRule, Skipped, load, load_builtin
 from monitor.events import AlertEvent, RuleInfo
@@ -39,11 +40,12 @@ class Detector:
         self.rules = rules
         self.skipped = skipped
         self.behaviours = list(behaviours)
+        self._exit_behaviours = [b for b in self.behaviours if b.sees_exits]
         self.probe = probe
         self._index: dict[str, list[CompiledRule]] = {}  # exact basename -> rules
         self._suffix: dict[str, list[CompiledRule]] = {}  # basename ending -> rules
         self._always: list[CompiledRule] = []
-        self._by_literal: list[CompiledRule] = []  # rules needing one of .literals in CommandLine
+        self._by_literal: list[CompiledRule] = []  # rules needing one of their .literals
         self._pindex: dict[str, list[CompiledRule]] = {}  # exact parent basename -> rules
         self._psuffix: dict[str, list[CompiledRule]] = {}
         for r in rules:
@@ -55,8 +57,15 @@ class Detector:
                 self._by_literal.append(r)
             else:
                 self._always.append(r)
-        self._any_literal = (any_substring(set().union(*(r.literals for r in self._by_literal)))
-                             if self._by_literal else None)
+        by_field: dict[str, set[str]] = {}
+        self._literal_rules: dict[str, list[CompiledRule]] = {}  # field -> rules with a string on it
+        for r in self._by_literal:
+            for field, lit in r.literals:
+                by_field.setdefault(field, set()).add(lit)
+                rules_here = self._literal_rules.setdefault(field, [])
+                if r not in rules_here:
+                    rules_here.append(r)
+        self._literal_search = [(f, any_substring(lits)) for f, lits in sorted(by_field.items())]
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._users: OrderedDict[str, str | None] = OrderedDict()
         self.alerts_per_rule: dict[str, int] = {}
@@ -93,7 +102,7 @@ class Detector:
         kind = attr(ev, "event")
         if kind not in EVALUATED:
             if kind == "exit":
-                for b in self.behaviours:
+                for b in self._exit_behaviours:
                     self._run_behaviour(b, ev, None, out)
             return
         self.events_evaluated += 1
@@ -113,11 +122,22 @@ class Detector:
                 more = _lookup(pexe.rsplit("/", 1)[-1].lower(), self._pindex, self._psuffix)
                 if more:
                     candidates = candidates + more
-        if self._any_literal is not None:
-            cmd = view.lower(COMMAND_LINE)
-            if cmd.__class__ is str and self._any_literal(cmd) is not None:
-                candidates = candidates + [r for r in self._by_literal
-                                           if any(lit in cmd for lit in r.literals)]
+        hits = None
+        for field, search in self._literal_search:
+            x = view.lower(field)
+            if x is None:
+                continue
+            if x.__class__ is not str:  # a list field: any element (a match across the
+                x = "\x00".join(x)     # separator only costs an evaluation)
+            if search(x) is not None:
+                if hits is None:
+                    hits = {}
+                hits[field] = x
+        if hits is not None:
+            found = [r for f in hits for r in self._literal_rules[f] if _holds(r.literals, hits)]
+            if len(hits) > 1:
+                found = list(dict.fromkeys(found))  # a rule with strings on two fields: once
+            candidates = candidates + found
         self.rule_evaluations += len(candidates)
         for rule in candidates:
             try:
@@ -199,6 +219,14 @@ def _lookup(base: str, exact: dict, suffix: dict) -> list[CompiledRule]:
         if extra:  # a rule can be under both an exact name and an ending: evaluate it once
             found = list(dict.fromkeys(found + extra, None))
     return found
+
+
+def _holds(literals: frozenset[tuple[str, str]], hits: dict[str, str]) -> bool:
+    for field, lit in literals:
+        text = hits.get(field)
+        if text is not None and lit in text:
+            return True
+    return False
 
 
 def _matched(rule: CompiledRule, view: View) -> dict[str, object]:

@@ -97,17 +97,32 @@ _AUDIT_ARG = re.compile(r"a([0-9]+)\Z")
 
 def resolve(ev: Any, name: str) -> Any:
     """The value of field `name` on event `ev` (None when the event has no such value)."""
+    fn = _GETTERS.get(name)
+    if fn is None:
+        fn = _GETTERS[name] = _getter(name)
+    return fn(ev)
+
+
+def _getter(name: str) -> Callable[[Any], Any]:
+    """How to read field `name`, worked out once per name: it is asked for every event."""
     fn = RESOLVERS.get(name)
     if fn is not None:
-        return fn(ev)
+        return fn
     m = _AUDIT_ARG.match(name)
     if m is not None:
-        argv = attr(ev, "argv")
         i = int(m.group(1))
-        return argv[i] if argv is not None and i < len(argv) else None
+
+        def audit_arg(ev):
+            argv = attr(ev, "argv")
+            return argv[i] if argv is not None and i < len(argv) else None
+        return audit_arg
     if "." in name:  # proc.state, ns.pid, differs.argv; through lists: proc.sockets.remote
-        return _path(ev, name.split("."))
-    return attr(ev, name)
+        parts = name.split(".")
+        return lambda ev: _path(ev, parts)
+    return lambda ev: attr(ev, name)
+
+
+_GETTERS: dict[str, Callable[[Any], Any]] = {}
 
 
 def _path(obj: Any, parts: list[str]) -> Any:
@@ -144,7 +159,8 @@ class View:
         """The field as text, lower-cased (a tuple for list fields); None when absent."""
         v = self._lower.get(name, MISSING)
         if v is MISSING:
-            v = _as_text(self.get(name), True)
+            v = self.get(name)
+            v = v.lower() if v.__class__ is str else _as_text(v, True)
             self._lower[name] = v
         return v
 

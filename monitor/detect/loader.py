@@ -34,7 +34,7 @@ class CompiledRule:
     leaves: list[tuple[str, Pred]]
     basenames: frozenset[str] | None  # index key: see compile.required_basenames
     parent_basenames: frozenset[str] | None = None  # the same on ParentImage, when no Image key
-    literals: frozenset[str] | None = None  # one must be in CommandLine: compile.required_literals
+    literals: frozenset[tuple[str, str]] | None = None  # (field, string): compile.required_literals
 
 
 @dataclass

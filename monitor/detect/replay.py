@@ -12,6 +12,7 @@ from typing import IO
 
 import orjson
 
+from monitor.detect.compile import SUFFIX
 from monitor.detect.loader import RulesPathError, load
 from monitor.output import Sink
 
@@ -43,6 +44,21 @@ def replay(detector, stream: IO[bytes], fmt: str = "json", out: IO[bytes] | None
     return EX_OK
 
 
+def index_of(rule) -> dict[str, list[str]] | None:
+    """What the detector files the rule under (so it is evaluated only for events that have
+    it), for rule authors weighing a rule's cost; None: evaluated for every process event.
+    An executable name given as an ending (`Image|endswith: tab`) shows as `*tab`."""
+    def names(keys):
+        return sorted(("*" + k[1:]) if k.startswith(SUFFIX) else k for k in keys)
+    if rule.basenames is not None:
+        return {"image": names(rule.basenames)}
+    if rule.parent_basenames is not None:
+        return {"parent_image": names(rule.parent_basenames)}
+    if rule.literals is not None:
+        return {"contains": sorted(f"{field}: {lit}" for field, lit in rule.literals)}
+    return None
+
+
 def check(paths: list[str], fmt: str = "text") -> int:
     """List each rule: loaded or skipped (with the reason). Exit 0 when every rule loaded,
     1 when some were skipped, 2 for a bad path."""
@@ -55,7 +71,7 @@ def check(paths: list[str], fmt: str = "text") -> int:
         for r in loaded:
             sys.stdout.buffer.write(orjson.dumps({"status": "loaded", "id": r.info.id, "title": r.info.title,
                                                   "level": r.info.level, "file": r.info.file,
-                                                  "indexed_by_image": sorted(r.basenames) if r.basenames else None},
+                                                  "index": index_of(r)},
                                                  option=orjson.OPT_APPEND_NEWLINE))
         for s in skipped:
             sys.stdout.buffer.write(orjson.dumps({"status": "skipped", "id": s.id, "title": s.title,

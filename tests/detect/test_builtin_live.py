@@ -464,6 +464,19 @@ def test_kernel_thread_name_and_argv0_masquerade(detecting, workdir):
     ev4 = exec_event(w, pid=r.pid, argv=["/bin/sh", str(script), "configure"])
     assert ev4["exe"] == os.path.realpath("/bin/sh")
     assert alerts(w, ARGV0, ev4["exec_id"]) == []
+    # the same script in a chroot (debootstrap runs maintainer scripts so): the executable's
+    # path is <root>/usr/bin/dash as the host sees it, argv[0] still /bin/sh
+    root = workdir / "root"
+    root.mkdir()
+    subprocess.run(["mount", "--bind", "/", str(root)], check=True)
+    try:
+        r = run(["chroot", str(root), str(script), "configure"])
+        r.wait(60)
+        ev5 = exec_event(w, pid=r.pid, argv=["/bin/sh", str(script), "configure"])
+        assert ev5["exe"] == str(root) + os.path.realpath("/bin/sh")
+        assert alerts(w, ARGV0, ev5["exec_id"]) == []
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=True)
 
 
 REWRITER = r"""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.detect.compile import any_substring
+from monitor.detect.compile import _unwrapped, any_substring
 from monitor.detect.engine import Detector
 from monitor.detect.fields import View
 from monitor.detect.loader import load
@@ -32,6 +32,7 @@ LITERAL_CASES = [
      [["echo", "ΑΣ"], ["echo", "ας"]]),
     ("keywords_are_not_command_line_only", "keywords: ['/dev/shm/']\n  condition: keywords",
      [["x"], ["cat", "/dev/shm/y"]]),
+    ("flags_and_numbers", "a: {exe_fileless: true}\n  b: {euid: 0}\n  condition: a or b", [{"exe_fileless": True}, {"euid": 0}, {"euid": 10}, {"exe_fileless": False}]),
     ("startswith_and_endswith", "a: {CommandLine|startswith: 'python3 -c'}\n  b: {CommandLine|endswith: 'pty.spawn(\"/bin/sh\")'}\n  condition: a or b",
      [["python3", "-c", "x"], ["perl", "-e", 'pty.spawn("/bin/sh")'], ["python3"]]),
 ]
@@ -45,10 +46,11 @@ def _events() -> list[dict]:
             e = ev(pid=pid, exec_id=f"b:5:{pid}")
             e.update(fields)
             out.append(e)
-    for _, _, argvs in LITERAL_CASES:
-        for argv in argvs:
+    for _, _, variants in LITERAL_CASES:
+        for v in variants:  # an argv, or the fields that differ from ev()'s
             pid += 1
-            out.append(ev(pid=pid, exec_id=f"b:5:{pid}", argv=argv, exe="/usr/bin/" + argv[0].split()[0].lower()))
+            fields = v if isinstance(v, dict) else {"argv": v, "exe": "/usr/bin/" + v[0].split()[0].lower()}
+            out.append(ev(pid=pid, exec_id=f"b:5:{pid}", **fields))
     return out
 
 
@@ -75,15 +77,21 @@ def test_indexed_alerts_equal_evaluating_every_rule(rules):
 
 def test_literal_index_shapes(rules):
     by_title = {r.info.title.removeprefix("test "): r for r in rules}
-    assert by_title["all_of_contains"].literals in ({"-nc"}, {" -e "})
+
+    def cmd(*lits):
+        return {("CommandLine", lit) for lit in lits}
+    assert by_title["all_of_contains"].literals in (cmd("-nc"), cmd(" -e "))
     assert by_title["or_with_a_regex_is_not_indexed"].literals is None
-    assert by_title["not_is_not_a_literal"].literals == {"chmod"}
-    assert by_title["windash_expansion"].literals == {" -force", " /force", " –force", " —force", " ―force"}
-    assert by_title["overlapping_literals"].literals == {"abc", "bcd", "b"}
-    assert by_title["cased_ascii"].literals == {"read"}
+    assert by_title["not_is_not_a_literal"].literals == cmd("chmod")
+    assert by_title["windash_expansion"].literals == cmd(" -force", " /force", " –force", " —force", " ―force")
+    assert by_title["overlapping_literals"].literals == cmd("abc", "bcd", "b")
+    assert by_title["cased_ascii"].literals == cmd("read")
     assert by_title["cased_non_ascii_is_not_indexed"].literals is None
-    assert by_title["keywords_are_not_command_line_only"].literals is None
-    assert by_title["equals_and_wildcards"].literals == {"sh -c "}  # the longest plain part
+    # a keyword is a substring of CommandLine, Image or CurrentDirectory
+    assert by_title["keywords_are_not_command_line_only"].literals == {
+        ("CommandLine", "/dev/shm/"), ("Image", "/dev/shm/"), ("CurrentDirectory", "/dev/shm/")}
+    assert by_title["equals_and_wildcards"].literals == cmd("sh -c ")  # the longest plain part
+    assert by_title["flags_and_numbers"].literals == {("exe_fileless", "true"), ("euid", "0")}
 
 
 @pytest.mark.parametrize("text,found", [
@@ -92,3 +100,12 @@ def test_literal_index_shapes(rules):
 def test_any_substring_finds_any_literal_including_prefixes_of_others(text, found):
     search = any_substring(["abc", "abcdef", "bcd", "-e ", "-e"])
     assert (search(text) is not None) is found
+
+
+@pytest.mark.parametrize("rx,plain", [
+    (".*(-(W|R)( |\")x).*", "(-(W|R)( |\")x)"), (".*.*x.*.*", "x"), ("a.*b", "a.*b"),
+    (".*?x", ".*?x"), (".*{2}x", ".*{2}x"), ("x\\.*", "x\\.*"), ("x\\\\.*", "x\\\\")])
+def test_a_regex_loses_only_a_wrapping_dot_star(rx, plain):
+    """A leading or trailing `.*` changes nothing for re.search's yes/no, and costs a retry
+    per start position; an escaped dot or a quantified `.*` is kept."""
+    assert _unwrapped(rx) == plain

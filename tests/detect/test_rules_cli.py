@@ -26,6 +26,9 @@ BAD_CONDITION = GOOD.replace("000000000001", "000000000005").replace("condition:
 AUDITD_SYSCALL = (GOOD.replace("000000000001", "000000000006")
                   .replace("{category: process_creation, product: linux}", "{product: linux, service: auditd}")
                   .replace("sel: {Image|endswith: /id}", "sel: {type: SYSCALL, syscall: ptrace}"))
+SUFFIX_IMAGE = GOOD.replace("000000000001", "000000000007").replace("endswith: /id", "endswith: TAB")
+COMMAND_LINE = GOOD.replace("000000000001", "000000000008").replace("Image|endswith: /id", "CommandLine|contains: [xYz, ' -abc']")
+EVERY_EVENT = GOOD.replace("000000000001", "000000000009").replace("Image|endswith: /id", "CommandLine|re: '^x'")
 
 
 def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
@@ -36,14 +39,19 @@ def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
 def test_rules_check_lists_loaded_and_skipped_with_reasons(tmp_path):
     for name, text in [("good.yml", GOOD), ("net.yml", NETWORK), ("win.yml", WINDOWS), ("ph.yml", PLACEHOLDER),
                        ("cond.yml", BAD_CONDITION), ("audit.yml", AUDITD_SYSCALL),
-                       ("broken.yml", "title: [unclosed\n")]:
+                       ("broken.yml", "title: [unclosed\n"), ("tab.yml", SUFFIX_IMAGE),
+                       ("cmd.yml", COMMAND_LINE), ("all.yml", EVERY_EVENT)]:
         (tmp_path / name).write_text(text)
     r = run("rules", "check", "--format", "json", str(tmp_path))
     assert r.returncode == 1  # some rules were skipped
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     by_file = {Path(row["file"]).name: row for row in rows}
     assert by_file["good.yml"]["status"] == "loaded"
-    assert by_file["good.yml"]["indexed_by_image"] == ["id"]
+    # what each rule is filed under: the events it is evaluated for
+    assert by_file["good.yml"]["index"] == {"image": ["id"]}
+    assert by_file["tab.yml"]["index"] == {"image": ["*tab"]}
+    assert by_file["cmd.yml"]["index"] == {"contains": ["CommandLine:  -abc", "CommandLine: xyz"]}
+    assert by_file["all.yml"]["index"] is None
     assert {n for n, row in by_file.items() if row["status"] == "skipped"} == {
         "net.yml", "win.yml", "ph.yml", "cond.yml", "audit.yml", "broken.yml"}
     assert "category=network_connection" in by_file["net.yml"]["reason"]

@@ -131,6 +131,10 @@ CASES = [
      [({"argv": ["docker", "run", "--privileged"]}, True), ({"argv": ["docker", "run"]}, False)]),
     ("dotted_own_field", "sel:\n    ns.pid: 4026531836\n  condition: sel", PROCESS_CREATION,
      [({"ns": {"pid": 4026531836}}, True), ({"ns": {"pid": 4026532000}}, False), ({"ns": None}, False)]),
+    # SigmaHQ writes `.*(...).*`; procsentry drops the wrapping `.*` for speed: same answers.
+    ("re_wrapped_in_dot_star", "sel: {CommandLine|re: '.*(-(W|R) ([0-9a-f]{2} ){2,}).*'}\n  condition: sel",
+     PROCESS_CREATION, [({"argv": ["pnscan", "-W", "aa", "bb", "cc"]}, True), ({"argv": ["x", "-W", "aa"]}, False),
+                        ({"argv": ["a\nb", "-R", "0f", "1e", "2d"]}, True), ({"argv": ["x", "-w", "aa", "bb", "c"]}, False)]),
     ("auditd_execve", "sel:\n    type: EXECVE\n    a0: curl\n    a1: '-o'\n  condition: sel", AUDITD,
      [({"exe": "/usr/bin/curl", "argv": ["curl", "-o", "f", "u"]}, True), ({"exe": "/usr/bin/curl", "argv": ["curl", "-s"]}, False)]),
 ]
