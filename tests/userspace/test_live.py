@@ -357,6 +357,40 @@ def test_diag_agrees_with_net_files(my_sockets: dict[str, socket.socket]) -> Non
         assert ino in diag and ino in files
 
 
+def test_diag_dump_leaves_out_time_wait_but_not_a_held_connection() -> None:
+    """TIME_WAIT sockets belong to no process: the dump asks the kernel not to send them (a
+    busy server keeps tens of thousands), and still has every socket a process holds."""
+    from pyroute2 import DiagSocket
+
+    from userspace.sockets import OWNED_STATES, TCP_TIME_WAIT
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    port = srv.getsockname()[1]
+    for _ in range(20):  # the client closes first: its side stays in TIME_WAIT
+        c = socket.create_connection(("127.0.0.1", port))
+        a, _ = srv.accept()
+        c.close()
+        a.close()
+    held = socket.create_connection(("127.0.0.1", port))
+    peer, _ = srv.accept()
+    try:
+        with DiagSocket() as ds:
+            ds.bind()
+            all_states = [m["idiag_state"] for m in ds.get_sock_stats(family=socket.AF_INET)]
+            owned = [m["idiag_state"] for m in ds.get_sock_stats(family=socket.AF_INET, states=OWNED_STATES)]
+        assert all_states.count(TCP_TIME_WAIT) >= 20 and TCP_TIME_WAIT not in owned
+        table = read_diag_table(_own_netns())
+        for sock in (held, peer, srv):
+            info = table[os.fstat(sock.fileno()).st_ino]
+            assert info.local_port == sock.getsockname()[1]
+        assert table[os.fstat(held.fileno()).st_ino].state == "ESTABLISHED"
+    finally:
+        held.close()
+        peer.close()
+        srv.close()
+
+
 _SS_LINE = re.compile(r"^(?P<netid>\S+)\s+(?P<state>\S+)\s+\d+\s+\d+\s+(?P<local>\S+)\s+(?P<peer>\S+)\s*(?P<rest>.*)$")
 
 
