@@ -12,6 +12,7 @@ import subprocess
 import pytest
 
 from monitor.sensors.bpf import loader, perfbuf, wire
+from tests.support.wait import reap, run
 
 TRUE = os.path.realpath("/bin/true")
 SUBMIT_FAILED = wire.COUNTERS.index("submit_failed")
@@ -54,9 +55,8 @@ def test_overflow_is_counted_on_its_cpu_by_both_loss_channels(backend, progs):
     s = backend(perf_pages=8)
     s.start()
     try:
-        storm = subprocess.Popen([str(progs / "fork_storm"), str(n), TRUE], stdout=subprocess.PIPE,
-                                 preexec_fn=pin)
-        children = {int(x) for x in storm.communicate(timeout=60)[0].split()}
+        storm = run([str(progs / "fork_storm"), str(n), TRUE], 60, stdout=subprocess.PIPE, preexec_fn=pin)
+        children = {int(x) for x in storm.stdout.split()}
         assert storm.returncode == 0 and len(children) == n
         samples = []  # (cpu, record)
 
@@ -69,7 +69,7 @@ def test_overflow_is_counted_on_its_cpu_by_both_loss_channels(backend, progs):
         drain()
         # The next sample that fits on that CPU carries the kernel's report: make one.
         flush = subprocess.Popen([TRUE, "flush"], preexec_fn=pin)
-        flush.wait()
+        reap(flush, 60)
         for _ in range(200):
             drain()
             if any(isinstance(r, wire.RawExec) and r.tgid == flush.pid for _c, r in samples):

@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from tests.support.cgroups import TRUE, cgroup_tree, random_container_ids, runtime_schemes  # noqa: F401
+from tests.support.wait import reap
 
 pytestmark = pytest.mark.bpf
 
@@ -89,7 +90,7 @@ def test_the_container_filter_sees_a_container_whose_only_process_is_gone(watch,
         assert w.stop() == 0
     finally:
         resident.kill()
-        resident.wait()
+        reap(resident, 30)
 
 
 def test_a_namespaced_container_has_host_pid_namespaces_and_id_on_one_event(watch, cgroup_tree, tmp_path):  # noqa: F811

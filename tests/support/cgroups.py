@@ -17,6 +17,7 @@ import pytest
 
 from userspace.cgroups import find_cgroup2_mount, kernfs_id_of
 from userspace.procfs import ProcFS
+from tests.support.wait import run
 
 POD_UID = "5f6c2b1e-3a4d-4e8f-9a0b-1c2d3e4f5a6b"
 
@@ -88,15 +89,9 @@ class CgroupTree:
         """sh moves itself into cg, then execs argv: the first and only process to run there.
         Waits for it (bounded); returns its pid, exit status and stderr."""
         script = 'echo $$ > "$0/cgroup.procs" && exec "$@"'
-        p = subprocess.Popen(["/bin/sh", "-c", script, str(cg), *argv],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            _, err = p.communicate(timeout=timeout)
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        return Ran(p.pid, p.returncode, err)
+        p = run(["/bin/sh", "-c", script, str(cg), *argv], timeout,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return Ran(p.pid, p.returncode, p.stderr)
 
     def remove(self, cg: Path) -> None:
         self._rmdir(cg)

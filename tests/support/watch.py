@@ -21,7 +21,7 @@ import pytest
 
 from monitor.schema import SCHEMA_PATH
 from tests.support.procstat import proc_stat
-from tests.support.wait import until
+from tests.support.wait import reap, until
 
 REPO = Path(__file__).resolve().parents[2]
 _VALIDATOR = jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
@@ -176,7 +176,7 @@ class Watch:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)  # a paused monitor must die too
             self.proc.kill()
-        self.proc.wait()
+        reap(self.proc, 30, "the monitor, killed")
         self._out.join(5)
         self._err.join(5)
 
