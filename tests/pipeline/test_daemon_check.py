@@ -3,10 +3,12 @@
 This is what the kernel matrix (scripts/test-kernels.sh) runs in each guest besides tests/bpf,
 and what `make test` runs here: one compile of the sensor (~20 s under emulation) and then the
 whole pipeline on the kernel under test: the start-up sweep (`existing`), exec/fork/exit of a
-known tree with exact argv, exit codes and ancestry, then a forced loss (the reader stopped
-while one CPU's perf ring is filled past its 1 MiB) and the recovery (a `lost` event, and the
-sweep reporting the processes whose execs were lost as `missed`). The connector sensor's share
-is tests/sensors/test_each_sensor.py::test_process_tree[connector], which the guests select too.
+known tree with exact argv, exit codes and ancestry, a container's first and only process named
+from the kernel's cgroup id (issue 18; tests/pipeline/test_containers.py has every runtime's
+naming, a compile each), then a forced loss (the reader stopped while one CPU's perf ring is
+filled past its 1 MiB) and the recovery (a `lost` event, and the sweep reporting the processes
+whose execs were lost as `missed`). The connector sensor's share is
+tests/sensors/test_each_sensor.py::test_process_tree[connector], which the guests select too.
 """
 from __future__ import annotations
 
@@ -14,11 +16,14 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 
 import pytest
 
 from monitor.sensors.bpf import limits
+from tests.support.cgroups import cgroup_tree, exec_and_exit, random_container_ids  # noqa: F401
 from tests.support.procstat import start_ticks
+from tests.support.wait import reap
 
 pytestmark = pytest.mark.bpf
 
@@ -38,7 +43,7 @@ CHILD = ("import os, subprocess, sys\n"
 # least as large (sleep sums its arguments: "0" pads its argv past ARGV_MAX_BYTES), so they are
 # lost too, whatever smaller records still fit.
 FILL_EXECS = (limits.PERF_PAGES * 4096 * 3 // 2) // limits.ARGV_MAX_BYTES
-SURVIVOR_ARGV = [SLEEP, "20.9"] + ["0"] * (limits.ARGV_MAX_BYTES // 2)
+SURVIVOR_ARGV = [SLEEP, "600.9"] + ["0"] * (limits.ARGV_MAX_BYTES // 2)
 SURVIVORS = 3
 
 
@@ -47,8 +52,10 @@ def one(events: list[dict], what: str) -> dict:
     return events[0]
 
 
-def test_daemon_end_to_end(watch, tmp_path):
-    resident = subprocess.Popen([SLEEP, "30.7"], cwd=tmp_path)
+def test_daemon_end_to_end(watch, tmp_path, cgroup_tree):  # noqa: F811
+    # Lives past the monitor's start-up (a sensor compile takes ~50 s under emulation: a shorter
+    # sleep would be a zombie by the sweep); killed at the end.
+    resident = subprocess.Popen([SLEEP, "600.7"], cwd=tmp_path)
     survivors: list[subprocess.Popen] = []
     try:
         w = watch("--sweep-interval", "600", "--stats-interval", "600")
@@ -58,8 +65,8 @@ def test_daemon_end_to_end(watch, tmp_path):
         ev = one(w.find(event="existing", pid=resident.pid), "existing event of the resident")
         me = one(w.find(event="existing", pid=os.getpid()), "existing event of the test")
         assert (ev["source"], ev["argv"], ev["exe"], ev["cwd"], ev["ppid"], ev["start_time"],
-                ev["parent_exec_id"]) == ("sweep", [SLEEP, "30.7"], SLEEP, str(tmp_path.resolve()),
-                                          os.getpid(), start_ticks(resident.pid), me["exec_id"])
+                ev["parent_exec_id"]) == ("sweep", [SLEEP, "600.7"], SLEEP, str(tmp_path.resolve()),
+                                          os.getpid(), start_ticks(resident.pid), me["exec_id"]), ev
 
         # -- a known tree: bash -> python (-> fork, exit 6) -> sleep ----------------------------
         p = subprocess.Popen([BASH, "-c", f"{sys.executable} -c \"$0\"; exit 4", CHILD])
@@ -90,6 +97,16 @@ def test_daemon_end_to_end(watch, tmp_path):
         codes = {x: (one(e, f"exit of {x}")["exit_code"], e[0]["signal"]) for x, e in exits.items()}
         assert codes == {py["pid"]: (5, None), sleep["pid"]: (0, None), forked["pid"]: (6, None)}
         assert (one(bash_exit, "exit of bash")["exit_code"], bash_exit[0]["exec_id"]) == (4, bash["exec_id"])
+
+        # -- a container's first and only process: named from the cgroup id the kernel gave ------
+        (cid,) = random_container_ids(1)
+        cg = cgroup_tree.make(f"/system.slice/docker-{cid}.scope")
+        token = f"cg-{uuid.uuid4().hex}"
+        ran = cgroup_tree.first_process(cg, TRUE, token)
+        assert ran.returncode == 0, ran.stderr
+        ex, xt = exec_and_exit(w, token)
+        assert (ex["pid"], ex["cgroup_id"], ex["container_id"], xt["container_id"]) == (
+            ran.pid, cgroup_tree.id_of(cg), cid, cid), ex
         assert not [e for e in w.snapshot() if e["event"] == "lost"], "lost samples before the forced loss"
 
         # -- forced loss, then recovery --------------------------------------------------------
@@ -126,4 +143,4 @@ def test_daemon_end_to_end(watch, tmp_path):
     finally:
         for s in [resident, *survivors]:
             s.kill()
-            s.wait(60)
+            reap(s, 30)

@@ -44,6 +44,17 @@ def random_container_ids(n: int = 7) -> list[str]:
     return [uuid.uuid4().hex + uuid.uuid4().hex for _ in range(n)]
 
 
+def exec_and_exit(w, token: str, timeout: float = 30.0) -> tuple[dict, dict]:
+    """The one exec event whose argv is [TRUE, token], and the exit of that exec (bounded)."""
+    def both(evs):
+        execs = [e for e in evs if e["event"] == "exec" and e["argv"] == [TRUE, token]]
+        if len(execs) != 1:
+            return None
+        exits = [e for e in evs if e["event"] == "exit" and e["exec_id"] == execs[0]["exec_id"]]
+        return (execs[0], exits[0]) if exits else None
+    return w.until(both, timeout, what=f"the exec and exit of {token}")
+
+
 class Ran(NamedTuple):
     pid: int
     returncode: int
