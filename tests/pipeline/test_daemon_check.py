@@ -23,7 +23,7 @@ import pytest
 from monitor.sensors.bpf import limits
 from tests.support.cgroups import cgroup_tree, exec_and_exit, random_container_ids  # noqa: F401
 from tests.support.procstat import start_ticks
-from tests.support.wait import reap
+from tests.support.wait import reap, run
 
 pytestmark = pytest.mark.bpf
 
@@ -70,7 +70,7 @@ def test_daemon_end_to_end(watch, tmp_path, cgroup_tree):  # noqa: F811
 
         # -- a known tree: bash -> python (-> fork, exit 6) -> sleep ----------------------------
         p = subprocess.Popen([BASH, "-c", f"{sys.executable} -c \"$0\"; exit 4", CHILD])
-        assert p.wait(60) == 4
+        assert reap(p, 60) == 4
         bash_exit = w.until(lambda evs: [e for e in evs if e["event"] == "exit" and e["pid"] == p.pid],
                             60, f"the exit of bash (pid {p.pid})")
         bash = one(w.find(event="exec", pid=p.pid), "exec of bash")
@@ -118,7 +118,7 @@ def test_daemon_end_to_end(watch, tmp_path, cgroup_tree):  # noqa: F811
         try:
             fill = b"x" * limits.ARGV_MAX_BYTES
             for i in range(FILL_EXECS):
-                subprocess.run([TRUE, fill, b"fill-%d" % i], check=True, timeout=60)
+                run([TRUE, fill, b"fill-%d" % i], 60, check=True)
             survivors = [subprocess.Popen(SURVIVOR_ARGV) for _ in range(SURVIVORS)]
         finally:
             os.sched_setaffinity(0, mask)
