@@ -1,12 +1,13 @@
 # Kernel matrix and Vagrant targets (included by the top Makefile). See vagrant/README.md.
 #
-#   sudo make test-kernels                 Debian 6.1 + 6.12 kernels under virtme-ng (TCG), ~3-4 min
+#   sudo make test-kernels                 Debian 5.10 + 6.1 + 6.12 kernels under virtme-ng (TCG):
+#                                          tests/bpf and the daemon check in each
 #   sudo make test-kernels KERNELS=trixie  one kernel
 #   make vagrant-validate                  static check of vagrant/Vagrantfile (libvirt + virtualbox)
 #   sudo make vagrant-test [BOX=debian12]  vagrant up / sudo make test / destroy, one machine at a time
 #   sudo make vagrant-box                  build the local Debian 12 libvirt box (offline stand-in)
 
-KERNELS ?= bookworm trixie
+KERNELS ?= bullseye bookworm trixie
 VM_DIR ?= $(CURDIR)/vm
 BOX ?=
 PROVIDER ?= libvirt

@@ -7,7 +7,9 @@
 # so everything worth keeping goes to OUT_DIR, the --rwdir shared with the host:
 #   uname-r        the kernel that actually booted
 #   boot-seconds   guest uptime when this script started (boot cost under TCG)
-#   pytest.log     the test output; junit.xml; counts (tests= failures= errors= skipped=)
+#   pytest.log     the test output; junit.xml; counts (tests= failures= errors= skipped=);
+#                  ran (per check of VM_TESTS: passed/selected, scripts/vm-junit-summary.py)
+#   doctor.json    `procsentry doctor --no-load --format json`; doctor: its one-line summary
 #   rc             the test exit code, written last: its absence means the run did not finish
 # Without udev on the host, `vng` exits 255 whatever happens here, so these files are the verdict.
 set -u
@@ -76,6 +78,8 @@ print(json.dumps({"check": "smoke", "compile_seconds": round(compile_s, 1),
                   "child_pid": child.pid, "seen": len(keys), "ok": ok}))
 with open(sys.argv[1] + "/counts", "w") as f:
     f.write("tests=1 failures=%d errors=0 skipped=0\n" % (0 if ok else 1))
+with open(sys.argv[1] + "/ran", "w") as f:
+    f.write("smoke:%d/1\n" % ok)
 sys.exit(0 if ok else 1)
 EOF
 }
@@ -84,34 +88,57 @@ run_pytest() {
     # One pytest process, so a session-scoped fixture compiles the BPF programs once per boot.
     # It runs under a budget ending in SIGINT: pytest then stops, still writes junit xml and its
     # summary, and the host gets counts instead of a killed guest.
-    local args=() paths=()
+    # VM_TESTS words are LABEL=PATH (PATH a file, directory or node id; LABEL names the check in
+    # the results line; a bare PATH is its own label).
+    local args=() words=() paths=() word
     # shellcheck disable=SC2206
     [ -n "${VM_PYTEST_ARGS:-}" ] && args=($VM_PYTEST_ARGS)
-    local p
-    for p in ${VM_TESTS:-tests/bpf}; do paths+=("$repo/$p"); done
-    for p in ${VM_DESELECT:-}; do args+=(--deselect "$p"); log "deselected (too slow under emulation): $p"; done
+    set -f  # node ids carry [params]: no globbing of the words
+    # shellcheck disable=SC2206
+    words=(${VM_TESTS:-kernel=tests/bpf})
+    for word in ${VM_DESELECT:-}; do args+=(--deselect "$word"); log "deselected (too slow under emulation): $word"; done
+    set +f
+    for word in "${words[@]}"; do paths+=("$repo/${word#*=}"); done
     cd "$repo" || return 4
+    # bpf: the kernel tests; vm: tests that mean something only here; root: the connector check
+    # (root, no BPF). Nothing outside what VM_TESTS names is collected.
     timeout -s INT -k 30 "${VM_TEST_BUDGET:-600}" \
-        "$py" -m pytest -m "bpf or vm" -p no:cacheprovider -v -ra --durations=15 \
+        "$py" -m pytest -m "bpf or vm or root" -p no:cacheprovider -v -ra --durations=15 \
         -o faulthandler_timeout=240 --rootdir "$repo" --junitxml "$out/junit.xml" \
         "${args[@]}" "${paths[@]}"
     local rc=$?
-    "$py" - "$out" <<'EOF'
-import sys, xml.etree.ElementTree as ET
-out = sys.argv[1]
-try:
-    root = ET.parse(out + "/junit.xml").getroot()
-except (OSError, ET.ParseError):
-    sys.exit(0)
-suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
-tot = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
-with open(out + "/counts", "w") as f:
-    f.write(" ".join("%s=%d" % kv for kv in tot.items()) + "\n")
-EOF
+    # counts (the totals) and ran (per label: passed/selected) for the host's results line
+    "$py" "$repo/scripts/vm-junit-summary.py" "$out" "${words[@]}"
     [ $rc -eq 124 ] && log "tests stopped: over the budget of ${VM_TEST_BUDGET:-600} s"
     return $rc
 }
 
+doctor() {
+    # What `procsentry doctor` says about this kernel (without its trial load: the tests load the
+    # sensor anyway). Every check that is not PASS is named in the host's results line, so a
+    # feature degraded on an old kernel shows there with the reason doctor gives.
+    "$py" -m monitor doctor --no-load --format json > "$out/doctor.json" 2>"$out/doctor.err"
+    local rc=$?
+    "$py" - "$out" "$rc" <<'EOF'
+import json, sys
+out, rc = sys.argv[1], sys.argv[2]
+try:
+    with open(out + "/doctor.json") as f:
+        checks = json.load(f)["checks"]
+except (OSError, ValueError, KeyError):
+    summary = f"no report (exit {rc})"
+else:
+    for c in checks:
+        if c["status"] != "PASS":
+            print(f"vm-guest-run: doctor {c['status']} {c['name']}: {c['detail']}")
+    other = [f"{c['status']}:{c['name']}" for c in checks if c["status"] != "PASS"]
+    summary = ("ready" if rc == "0" else f"exit {rc}") + (" " + ",".join(other) if other else "")
+with open(out + "/doctor", "w") as f:
+    f.write(summary + "\n")
+EOF
+}
+
+doctor
 start=$(date +%s)
 case $mode in
     smoke) smoke 2>&1 | tee "$out/pytest.log"; rc=${PIPESTATUS[0]} ;;

@@ -8,12 +8,12 @@ the missing prerequisite fails the test instead.
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.support.proctree import FIXTURES, materialise
+from tests.support.wait import run
 
 pytest_plugins = ("tests.support.watch",)  # the `watch` fixture: procsentry watch as a subprocess
 
@@ -100,7 +100,7 @@ def progs(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("progs")
     for src in (REPO / "tests" / "progs").glob("*.c"):
         exe = out / src.stem
-        subprocess.run(["cc", "-O1", "-pthread", "-o", str(exe), str(src)], check=True)
+        run(["cc", "-O1", "-pthread", "-o", str(exe), str(src)], 120, check=True)
     return out
 
 

@@ -9,7 +9,6 @@ meaningless and the test skips, except under PROCSENTRY_VM=1, where it must run.
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import pytest
 from monitor.sensors.bpf import offsets
 from monitor.sensors.bpf.btf import BTF
 from monitor.doctor import headers_release
+from tests.support.wait import run
 
 pytestmark = [pytest.mark.bpf, pytest.mark.vm]
 
@@ -49,7 +49,7 @@ def test_btf_offsets_match_matching_headers():
     b = BPF(src_file=str(HERE / "offsets_probe.bpf.c").encode(), cflags=[f"-DOFFSET_CHECKS={flags}"])
     try:
         b.attach_raw_tracepoint(tp=b"sched_process_exec", fn_name=b"probe")
-        subprocess.run(["/bin/true"], check=True)
+        run(["/bin/true"], check=True)
         table = b[b"offs"]
         from_headers = {m: table[table.Key(i)].value for i, (m, _s, _p, _o) in enumerate(checks)}
     finally:

@@ -13,23 +13,13 @@ import uuid
 
 import pytest
 
-from tests.support.cgroups import TRUE, cgroup_tree, random_container_ids, runtime_schemes  # noqa: F401
+from tests.support.cgroups import TRUE, cgroup_tree, exec_and_exit, random_container_ids, runtime_schemes  # noqa: F401
+from tests.support.wait import reap
 
 pytestmark = pytest.mark.bpf
 
 SLEEP = os.path.realpath("/bin/sleep")
 NS_KEYS = ("pid", "mnt", "net", "user", "uts", "ipc", "cgroup")
-
-
-def exec_and_exit(w, token: str, timeout: float = 30.0) -> tuple[dict, dict]:
-    """The one exec event whose argv is [TRUE, token], and the exit of that exec (bounded)."""
-    def both(evs):
-        execs = [e for e in evs if e["event"] == "exec" and e["argv"] == [TRUE, token]]
-        if len(execs) != 1:
-            return None
-        exits = [e for e in evs if e["event"] == "exit" and e["exec_id"] == execs[0]["exec_id"]]
-        return (execs[0], exits[0]) if exits else None
-    return w.until(both, timeout, what=f"the exec and exit of {token}")
 
 
 def test_each_runtime_naming_names_its_first_and_only_process(watch, cgroup_tree):  # noqa: F811
@@ -89,7 +79,7 @@ def test_the_container_filter_sees_a_container_whose_only_process_is_gone(watch,
         assert w.stop() == 0
     finally:
         resident.kill()
-        resident.wait()
+        reap(resident, 30)
 
 
 def test_a_namespaced_container_has_host_pid_namespaces_and_id_on_one_event(watch, cgroup_tree, tmp_path):  # noqa: F811

@@ -17,6 +17,7 @@ import pytest
 
 from userspace.cgroups import find_cgroup2_mount, kernfs_id_of
 from userspace.procfs import ProcFS
+from tests.support.wait import run
 
 POD_UID = "5f6c2b1e-3a4d-4e8f-9a0b-1c2d3e4f5a6b"
 
@@ -41,6 +42,17 @@ def runtime_schemes(ids: list[str], pod: str = POD_UID) -> dict[str, tuple[str, 
 
 def random_container_ids(n: int = 7) -> list[str]:
     return [uuid.uuid4().hex + uuid.uuid4().hex for _ in range(n)]
+
+
+def exec_and_exit(w, token: str, timeout: float = 30.0) -> tuple[dict, dict]:
+    """The one exec event whose argv is [TRUE, token], and the exit of that exec (bounded)."""
+    def both(evs):
+        execs = [e for e in evs if e["event"] == "exec" and e["argv"] == [TRUE, token]]
+        if len(execs) != 1:
+            return None
+        exits = [e for e in evs if e["event"] == "exit" and e["exec_id"] == execs[0]["exec_id"]]
+        return (execs[0], exits[0]) if exits else None
+    return w.until(both, timeout, what=f"the exec and exit of {token}")
 
 
 class Ran(NamedTuple):
@@ -88,15 +100,9 @@ class CgroupTree:
         """sh moves itself into cg, then execs argv: the first and only process to run there.
         Waits for it (bounded); returns its pid, exit status and stderr."""
         script = 'echo $$ > "$0/cgroup.procs" && exec "$@"'
-        p = subprocess.Popen(["/bin/sh", "-c", script, str(cg), *argv],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            _, err = p.communicate(timeout=timeout)
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        return Ran(p.pid, p.returncode, err)
+        p = run(["/bin/sh", "-c", script, str(cg), *argv], timeout,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return Ran(p.pid, p.returncode, p.stderr)
 
     def remove(self, cg: Path) -> None:
         self._rmdir(cg)

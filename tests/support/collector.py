@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from collections import Counter
 from typing import Callable
 
 from monitor.sensors.bpf import wire
-from tests.support.wait import until
+from tests.support.wait import run, until
 
 TRUE = os.path.realpath("/bin/true")
 
@@ -77,6 +76,6 @@ class Collector:
         landed there; one that starts after the marker's exit cannot)."""
         self._barriers += 1
         argv = (TRUE.encode(), f"barrier-{os.getpid()}-{self._barriers}".encode())
-        subprocess.run(argv, check=True)
+        run(argv, timeout, check=True)
         self.wait_exit(self.exec_of(argv, timeout), timeout)
         self.poll(0)

@@ -21,7 +21,7 @@ import pytest
 
 from monitor.schema import SCHEMA_PATH
 from tests.support.procstat import proc_stat
-from tests.support.wait import until
+from tests.support.wait import reap, until
 
 REPO = Path(__file__).resolve().parents[2]
 _VALIDATOR = jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
@@ -31,6 +31,9 @@ _SWITCHES = ("PROCSENTRY_DISABLE_BPF", "PROCSENTRY_DISABLE_CONNECTOR", "PROCSENT
 # Given unless the test gives its own: JSON lines; no periodic stats in the middle of a test;
 # and a bound on the monitor's life, so that even a test that never stops it ends.
 _DEFAULTS = (("--format", "json"), ("--stats-interval", "600"), ("--duration", "300"))
+# How long a monitor may take to start: natively a second or two; in the emulated kernel matrix
+# (PROCSENTRY_VM=1) the sensor compile alone takes 20-50 s, depending on the host's load.
+START_TIMEOUT = 180.0 if os.environ.get("PROCSENTRY_VM") == "1" else 60.0
 
 
 class Watch:
@@ -135,11 +138,11 @@ class Watch:
             return next((line for line in self.stderr.splitlines() if needle in line), None)
         return self._wait(look, timeout, f"{needle!r} on stderr")
 
-    def sensor_line(self, timeout: float = 60.0) -> str:
+    def sensor_line(self, timeout: float = START_TIMEOUT) -> str:
         """The start-up line, printed once the sensor is attached (or polling has its baseline)."""
         return self.until_stderr("procsentry: sensor ", timeout)
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         """The start-up sweep is flushed in one write: once our own process is listed, all are."""
         me = os.getpid()
         self.until(lambda evs: any(e["event"] == "existing" and e["pid"] == me for e in evs),
@@ -176,7 +179,7 @@ class Watch:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)  # a paused monitor must die too
             self.proc.kill()
-        self.proc.wait()
+        reap(self.proc, 30, "the monitor, killed")
         self._out.join(5)
         self._err.join(5)
 

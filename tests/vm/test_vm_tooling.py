@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,23 @@ def test_every_machine_names_a_box_per_provider() -> None:
         line = next(l for l in text.splitlines() if l.strip().startswith(f'"{name}"'))
         assert re.search(r'libvirt:\s*"[\w.-]+/[\w.-]+"', line), line
         assert re.search(r'virtualbox:\s*"[\w.-]+/[\w.-]+"', line), line
+
+
+def test_guest_summary_counts_each_check(tmp_path: Path) -> None:
+    # what scripts/vm-guest-run.sh hands the host: totals, and per LABEL=PATH word passed/selected
+    (tmp_path / "junit.xml").write_text(
+        '<testsuites><testsuite tests="5" failures="1" errors="0" skipped="1">'
+        '<testcase classname="tests.bpf.test_sensor" name="test_a"/>'
+        '<testcase classname="tests.bpf.test_sensor" name="test_b"><failure message="x"/></testcase>'
+        '<testcase classname="tests.bpf.test_loader" name="test_c"><skipped message="y"/></testcase>'
+        '<testcase classname="tests.sensors.test_each_sensor" name="test_process_tree[connector]"/>'
+        '<testcase classname="tests.pipeline.test_containers.TestX" name="test_d"/>'
+        '</testsuite></testsuites>')
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "vm-junit-summary.py"), str(tmp_path),
+                        "kernel=tests/bpf", "connector=tests/sensors/test_each_sensor.py::test_process_tree[connector]",
+                        "containers=tests/pipeline/test_containers.py", "daemon=tests/pipeline/test_daemon_check.py"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "counts").read_text() == "tests=5 failures=1 errors=0 skipped=1\n"
+    assert (tmp_path / "ran").read_text() == (
+        "kernel:1/3,failed=1,skipped=1 connector:1/1 containers:1/1 daemon:0/0\n")
