@@ -9,9 +9,9 @@
 #                                   PURGE=1, and so does a settings file the admin changed
 #
 # Idempotent: a second install with the same sources does no pip work and changes nothing (a
-# running service is restarted only when its venv or unit changed); a second uninstall finds
-# nothing to do. DESTDIR=/some/root stages everything under that root
-# (no systemctl then); the venv's scripts are rewritten to name the final paths.
+# running service is restarted only when its venv, unit or drop-in changed); a second uninstall
+# finds nothing to do. DESTDIR=/some/root stages everything under that root (no systemctl then);
+# the venv's scripts are rewritten to name the final paths.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

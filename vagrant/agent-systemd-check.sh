@@ -221,10 +221,13 @@ else
 fi
 
 exec 9>"$lock"
+t_lock=$SECONDS
 if ! flock -n 9; then
     say "waiting for another guest to finish ($lock)"
     flock 9
 fi
+t_lock=$((SECONDS - t_lock))
+t_guest=$SECONDS
 t0=$SECONDS
 boot_guest
 boot1=$(wait_ssh 600)
@@ -271,7 +274,7 @@ fails=$(grep -c '^FAIL' "$res/results.txt" || true)
 passes=$(grep -c '^PASS' "$res/results.txt" || true)
 {
     echo "# $(date -u +%FT%TZ) sudo make test-service: guest kernel $(cat "$img/kernel"), QEMU TCG $cpus vCPU / $mem MiB"
-    echo "# $passes passed, $fails failed, $((SECONDS - t_all)) s"
+    echo "# $passes passed, $fails failed; guest $((SECONDS - t_guest)) s (boot to poweroff), waiting for the lock $t_lock s, in all $((SECONDS - t_all)) s"
 } >> "$res/results.txt"
-say "$passes checks passed, $fails failed in $((SECONDS - t_all)) s: $res/results.txt"
+say "$passes checks passed, $fails failed; guest $((SECONDS - t_guest)) s, in all $((SECONDS - t_all)) s: $res/results.txt"
 [ "$fails" -eq 0 ] && [ "$passes" -gt 0 ]
