@@ -6,7 +6,7 @@
 #   sudo make vagrant-test [BOX=debian12]  vagrant up / sudo make test / destroy, one machine at a time
 #   sudo make vagrant-box                  build the local Debian 12 libvirt box (offline stand-in)
 #   sudo make test-service                 make install / reboot / kill / uninstall under a real
-#                                          systemd (Debian 12 guest, QEMU TCG), ~6 min (+2 min
+#                                          systemd (Debian 12 guest, QEMU TCG), ~5 min (+2 min
 #                                          to build the image the first time)
 
 KERNELS ?= bookworm trixie
