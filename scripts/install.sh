@@ -8,9 +8,10 @@
 #                                   (/var/lib, /var/log, /var/cache procsentry) stay unless
 #                                   PURGE=1, and so does a settings file the admin changed
 #
-# Idempotent: a second install with the same sources does no pip work and changes nothing; a
-# second uninstall finds nothing to do. DESTDIR=/some/root stages everything under that root
-# (no systemctl then); the venv's scripts are rewritten to name the final paths.
+# Idempotent: a second install with the same sources does no pip work and changes nothing (a
+# running service is restarted only when its venv, unit or drop-in changed); a second uninstall
+# finds nothing to do. DESTDIR=/some/root stages everything under that root (no systemctl then);
+# the venv's scripts are rewritten to name the final paths.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,8 +23,14 @@ unit=/etc/systemd/system/procsentry.service
 confdir=/etc/procsentry
 conf=$confdir/procsentry.toml
 logrotate=/etc/logrotate.d/procsentry
+dropin_dir=/etc/systemd/system/procsentry.service.d
+dropin=$dropin_dir/perf-event-paranoid.conf
 link=/usr/local/bin/procsentry
 datadirs=(/var/lib/procsentry /var/log/procsentry /var/cache/procsentry)
+
+# Set when something the service runs was replaced (the venv, the unit, its drop-in): a running
+# service is restarted then, and only then.
+changed=0
 
 say() { printf 'install: %s\n' "$*" >&2; }
 die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
@@ -48,6 +55,7 @@ install_venv() {
         return 0
     fi
     say "installing procsentry into $venv"
+    changed=1
     [ -x "$venv/bin/python" ] || "$py" -m venv --system-site-packages "$venv" \
         || die "could not create $venv (install python3-venv)"
     # Build from a copy: pip must not leave build/ or *.egg-info in the checkout.
@@ -70,12 +78,56 @@ install_venv() {
 # install -C: copy only when different (keeps the mtime, and the file, when nothing changed).
 put() { install -C -D -m "$1" "$2" "$D$3"; }
 
+# Debian's kernels (and others with its patch) add kernel.perf_event_paranoid levels above 2;
+# Debian's default is 3, and there perf_event_open(2) needs CAP_SYS_ADMIN: CAP_PERFMON is not
+# enough. The sensor loads and attaches its programs without it, but its perf buffer is a
+# perf_event_open per CPU: under the unit's capabilities alone the agent fell back to the
+# connector ("cannot open the perf buffers: Permission denied", Debian 12, `make test-service`).
+# There, and only there, a drop-in adds CAP_SYS_ADMIN. Read at install time: after changing the
+# sysctl, run `make install` again (setting it to 2 removes the drop-in).
+paranoid_dropin() {
+    local level
+    level=$(cat /proc/sys/kernel/perf_event_paranoid 2>/dev/null || echo 2)
+    [ "$level" -gt 2 ] || return 0
+    cat <<EOF
+# Written by \`make install\` (scripts/install.sh): kernel.perf_event_paranoid is $level here, and
+# above 2 (a Debian kernel patch) perf_event_open(2), which the BPF sensor's perf buffer needs,
+# requires CAP_SYS_ADMIN. With kernel.perf_event_paranoid=2 run \`make install\` again: it removes
+# this file.
+[Service]
+CapabilityBoundingSet=CAP_SYS_ADMIN
+AmbientCapabilities=CAP_SYS_ADMIN
+EOF
+}
+
+# The drop-in that this kernel needs, or none (not under DESTDIR: the target's kernel is unknown).
+install_dropin() {
+    local want=""
+    [ -n "$D" ] || want=$(paranoid_dropin)
+    if [ -n "$want" ]; then
+        if [ "$(cat "$dropin" 2>/dev/null)" != "$want" ]; then
+            install -d -m 0755 "$dropin_dir"
+            printf '%s\n' "$want" > "$dropin.new"
+            chmod 0644 "$dropin.new"
+            mv "$dropin.new" "$dropin"
+            changed=1
+            say "kernel.perf_event_paranoid > 2: $dropin adds CAP_SYS_ADMIN (see the file)"
+        fi
+    elif [ -e "$D$dropin" ]; then
+        rm -f "$D$dropin"
+        rmdir "$D$dropin_dir" 2>/dev/null || true
+        changed=1
+    fi
+}
+
 do_install() {
     install_venv
     install -d -m 0755 "$D$prefix/share"
     put 0644 "$here/README.md" "$prefix/share/README.md"
+    cmp -s "$here/contrib/procsentry.service" "$D$unit" || changed=1
     put 0644 "$here/contrib/procsentry.service" "$unit"
     put 0644 "$here/contrib/procsentry.logrotate" "$logrotate"
+    install_dropin
     install -d -m 0755 "$D$confdir"
     # The settings file is the admin's once written: never overwritten. Its digest as written is
     # kept, so uninstall can tell whether it was changed.
@@ -95,12 +147,15 @@ do_install() {
     if systemd_running; then
         systemctl daemon-reload
         systemctl enable procsentry.service >/dev/null 2>&1
-        if systemctl is-active -q procsentry.service; then
-            systemctl try-restart procsentry.service
-        else
+        if ! systemctl is-active -q procsentry.service; then
             systemctl start procsentry.service
+            say "procsentry.service enabled and started (procsentry status)"
+        elif [ $changed = 1 ]; then
+            systemctl restart procsentry.service
+            say "procsentry.service enabled and restarted on the new version (procsentry status)"
+        else
+            say "procsentry.service enabled and running: nothing changed, not restarted"
         fi
-        say "procsentry.service enabled and running (procsentry status)"
     elif [ -z "$D" ]; then
         say "systemd is not running: start it by hand: $prefix/bin/procsentry watch --config $conf"
     fi
@@ -110,7 +165,8 @@ do_uninstall() {
     if systemd_running; then
         systemctl disable --now procsentry.service >/dev/null 2>&1 || true
     fi
-    rm -f "$D$unit" "$D$logrotate"
+    rm -f "$D$unit" "$D$logrotate" "$D$dropin"
+    rmdir "$D$dropin_dir" 2>/dev/null || true
     if [ -L "$D$link" ] && [ "$(readlink "$D$link")" = "$prefix/bin/procsentry" ]; then
         rm -f "$D$link"
     fi

@@ -22,6 +22,7 @@ SCRIPTS = [
     "vagrant/run-matrix.sh",
     "vagrant/host-libvirt.sh",
     "vagrant/build-debian-box.sh",
+    "vagrant/agent-systemd-check.sh",
 ]
 
 
@@ -31,6 +32,13 @@ def test_script_parses(script: str) -> None:
     assert bash, "bash is required"
     r = subprocess.run([bash, "-n", str(REPO / script)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_service_guest_checks_compile() -> None:
+    """vagrant/agent-systemd-guest.py runs only inside the test-service guest: it must at least
+    compile here."""
+    path = REPO / "vagrant" / "agent-systemd-guest.py"
+    compile(path.read_text(), str(path), "exec")
 
 
 def vagrantfile_machines() -> list[str]:
