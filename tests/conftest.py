@@ -104,6 +104,19 @@ def progs(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _session_state_dir(tmp_path_factory):
+    """The same for monitors that module- and session-scoped fixtures start (they run before
+    any per-test fixture): a procsentry already running on the host holds /var/lib/procsentry."""
+    old = os.environ.get("PROCSENTRY_STATE_DIR")
+    os.environ["PROCSENTRY_STATE_DIR"] = str(tmp_path_factory.mktemp("session-state"))
+    yield
+    if old is None:
+        os.environ.pop("PROCSENTRY_STATE_DIR", None)
+    else:
+        os.environ["PROCSENTRY_STATE_DIR"] = old
+
+
 @pytest.fixture(autouse=True)
 def _own_state_dir(tmp_path_factory, monkeypatch):
     """Every test's `procsentry watch` keeps its seq and spools in a directory of its own
