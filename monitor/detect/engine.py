@@ -2,10 +2,10 @@
 
 Cost. SigmaHQ's Linux rules nearly all require `Image|endswith: '/name'`; rules are indexed by
 the executable basenames they require (compile.required_basenames), so an event is tested only
-against the rules for its own basename. Most of the others require one of a few strings in a field, mostly the command line
-(compile.required_literals): one regex search per such field finds whether any of those strings
-occurs at all (for most events none does), and only the rules whose string occurs are
-evaluated. What is left is evaluated for every event. Behaviours that keep no state across
+against the rules for its own basename. Most of the others require one of a few strings in a
+field, mostly the command line (compile.required_literals): one regex search per such field
+finds whether any of those strings occurs at all (for most events none does), and only the
+rules whose string occurs are evaluated. What is left is evaluated for every event. Behaviours that keep no state across
 exits are not called for exits.
 
 Failure. A rule that raises while evaluating (a compiler bug, a value of an unexpected type in
@@ -45,21 +45,21 @@ class Detector:
         self._index: dict[str, list[CompiledRule]] = {}  # exact basename -> rules
         self._suffix: dict[str, list[CompiledRule]] = {}  # basename ending -> rules
         self._always: list[CompiledRule] = []
-        self._by_literal: list[CompiledRule] = []  # rules needing one of their .literals
         self._pindex: dict[str, list[CompiledRule]] = {}  # exact parent basename -> rules
         self._psuffix: dict[str, list[CompiledRule]] = {}
+        by_literal: list[CompiledRule] = []  # rules needing one of their .literals
         for r in rules:
             if r.basenames is not None:
                 _file(r, r.basenames, self._index, self._suffix)
             elif r.parent_basenames is not None:
                 _file(r, r.parent_basenames, self._pindex, self._psuffix)
             elif r.literals is not None:
-                self._by_literal.append(r)
+                by_literal.append(r)
             else:
                 self._always.append(r)
         by_field: dict[str, set[str]] = {}
         self._literal_rules: dict[str, list[CompiledRule]] = {}  # field -> rules with a string on it
-        for r in self._by_literal:
+        for r in by_literal:
             for field, lit in r.literals:
                 by_field.setdefault(field, set()).add(lit)
                 rules_here = self._literal_rules.setdefault(field, [])
