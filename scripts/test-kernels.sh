@@ -40,8 +40,10 @@
 #                                                     procsentry watch end to end, one compile
 #                   connector=tests/sensors/test_each_sensor.py::test_process_tree[connector]
 #                 Not selected: tests/pipeline/test_containers.py (issue 18), nine watches, a
-#                 compile each (~60 s apiece in a 5.10 guest): the daemon check names a
-#                 container's first process from its cgroup id instead, and make test runs them.
+#                 compile each (~60 s apiece in a 5.10 guest): the daemon check runs its
+#                 every-runtime and namespaced-container checks in its one watch instead (the
+#                 results line says which cgroup layout the guest booted with), and make test
+#                 runs them all.
 #   VM_DESELECT   pytest node ids not run in the guest (default: none; under PROCSENTRY_VM=1 the
 #                 10,000-exec storm scales to 300 and the loader overflow burst to 150)
 #   VM_PYTEST_ARGS extra pytest arguments for the guest (e.g. "-k offsets")
@@ -238,12 +240,13 @@ run_kernel() {
     local vng_rc=$?
     set -e
     t2=$(now)
-    local kernel rc ran doctor v tests=0 failures=0 errors=0 skipped=0 passed=0 boot verdict reason=""
+    local kernel rc ran doctor cgroup v tests=0 failures=0 errors=0 skipped=0 passed=0 boot verdict reason=""
     kernel=$(cat "$out/uname-r" 2>/dev/null || echo "-")
     rc=$(cat "$out/rc" 2>/dev/null || echo "")
     boot=$(cat "$out/boot-seconds" 2>/dev/null || echo "-")
     ran=$(cat "$out/ran" 2>/dev/null || true)
     doctor=$(cat "$out/doctor" 2>/dev/null || echo "-")
+    cgroup=$(cat "$out/cgroup" 2>/dev/null || echo "-")
     if [ -e "$out/counts" ]; then
         local k
         for k in tests failures errors skipped; do
@@ -268,9 +271,9 @@ run_kernel() {
     total_pass=$(( total_pass + (passed > 0 ? passed : 0) ))
     total_skip=$(( total_skip + skipped ))
     local line
-    line=$(printf '%s  %-8s  %-24s  %-4s  tests=%d passed=%d failed=%d errors=%d skipped=%d  boot=%ss fetch=%ss guest=%ss  ran: %s  doctor: %s%s' \
+    line=$(printf '%s  %-8s  %-24s  %-4s  tests=%d passed=%d failed=%d errors=%d skipped=%d  boot=%ss fetch=%ss guest=%ss  ran: %s  doctor: %s  cgroup: %s%s' \
         "$run_id" "$suite" "$kernel" "$verdict" "$tests" "$passed" "$failures" "$errors" "$skipped" \
-        "$boot" "$(elapsed "$t0" "$t1")" "$(elapsed "$t1" "$t2")" "${ran:--}" "$doctor" "${reason:+  ($reason)}")
+        "$boot" "$(elapsed "$t0" "$t1")" "$(elapsed "$t1" "$t2")" "${ran:--}" "$doctor" "$cgroup" "${reason:+  ($reason)}")
     echo "$line" >> "$summary_file"
     # A kernel that failed without a failing test (no boot, no tests) still counts as one failure.
     if [ "$verdict" = FAIL ] && [ $(( failures + errors )) -eq 0 ]; then failures=1; fi

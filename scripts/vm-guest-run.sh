@@ -10,6 +10,7 @@
 #   pytest.log     the test output; junit.xml; counts (tests= failures= errors= skipped=);
 #                  ran (per check of VM_TESTS: passed/selected, scripts/vm-junit-summary.py)
 #   doctor.json    `procsentry doctor --no-load --format json`; doctor: its one-line summary
+#   cgroup         the cgroup layout the guest booted with (v2, hybrid, v1), from its mounts
 #   rc             the test exit code, written last: its absence means the run did not finish
 # Without udev on the host, `vng` exits 255 whatever happens here, so these files are the verdict.
 set -u
@@ -138,6 +139,18 @@ with open(out + "/doctor", "w") as f:
 EOF
 }
 
+cgroup_layout() {
+    # Which cgroup layout this boot has: the container tests' meaning depends on it (issue 18:
+    # ids resolve to paths on cgroup2; a v1-only host names containers from procfs only).
+    awk '$3 == "cgroup2" { v2 = v2 (v2 ? "," : "") $2 } $3 == "cgroup" { v1++ }
+         END { if (v2 && v1) print "hybrid (cgroup2 at " v2 ", " v1 " v1 hierarchies)";
+               else if (v2) print "v2 (cgroup2 at " v2 ")";
+               else if (v1) print "v1 only (" v1 " hierarchies, no cgroup2)";
+               else print "none mounted" }' /proc/self/mounts > "$out/cgroup"
+    log "cgroup layout: $(cat "$out/cgroup")"
+}
+
+cgroup_layout
 doctor
 start=$(date +%s)
 case $mode in

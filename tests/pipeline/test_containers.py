@@ -13,34 +13,20 @@ import uuid
 
 import pytest
 
-from tests.support.cgroups import TRUE, cgroup_tree, exec_and_exit, random_container_ids, runtime_schemes  # noqa: F401
+from tests.support.cgroups import (TRUE, cgroup_tree, check_each_runtime_naming,  # noqa: F401
+                                   check_namespaced_container, exec_and_exit, random_container_ids,
+                                   runtime_schemes)
 from tests.support.wait import reap
 
 pytestmark = pytest.mark.bpf
 
 SLEEP = os.path.realpath("/bin/sleep")
-NS_KEYS = ("pid", "mnt", "net", "user", "uts", "ipc", "cgroup")
 
 
 def test_each_runtime_naming_names_its_first_and_only_process(watch, cgroup_tree):  # noqa: F811
-    schemes = runtime_schemes(random_container_ids())
     w = watch("--stats-interval", "600")
     w.wait_ready()
-    runs = {}
-    for name, (path, cid) in schemes.items():
-        cg = cgroup_tree.make(path)
-        token = f"cg-{uuid.uuid4().hex}"
-        ran = cgroup_tree.first_process(cg, TRUE, token)
-        assert ran.returncode == 0, ran.stderr
-        runs[name] = (ran.pid, token, cgroup_tree.id_of(cg), cid)
-    got, expected, enrichment = {}, {}, {}
-    for name, (pid, token, cgroup_id, cid) in runs.items():
-        ex, xt = exec_and_exit(w, token)
-        got[name] = {"pid": ex["pid"], "cgroup_id": ex["cgroup_id"], "exec": ex["container_id"],
-                     "exit": xt["container_id"]}
-        expected[name] = {"pid": pid, "cgroup_id": cgroup_id, "exec": cid, "exit": cid}
-        enrichment[name] = ex["enrichment"]
-    assert got == expected, f"enrichment per scheme: {enrichment}"
+    check_each_runtime_naming(w, cgroup_tree)
     assert w.stop() == 0
 
 
@@ -83,29 +69,7 @@ def test_the_container_filter_sees_a_container_whose_only_process_is_gone(watch,
 
 
 def test_a_namespaced_container_has_host_pid_namespaces_and_id_on_one_event(watch, cgroup_tree, tmp_path):  # noqa: F811
-    (cid,) = random_container_ids(1)
-    cg = cgroup_tree.make(f"/system.slice/docker-{cid}.scope")
-    token = f"cg-ns-{uuid.uuid4().hex}"
-    # Inside: the shell's host PID (field 4, ppid, of its child's stat, read through the host's
-    # procfs, which shows host PIDs), its PID in the new namespace ($$), its namespace inodes;
-    # then it becomes the "container's" short-lived payload.
-    inner = ('cut -d" " -f4 /proc/self/stat > "$0/hostpid"; echo $$ > "$0/nspid"; '
-             'for n in ' + " ".join(NS_KEYS) + '; do readlink /proc/self/ns/$n; done > "$0/ns"; '
-             f'exec {TRUE} {token}')
     w = watch("--stats-interval", "600")
     w.wait_ready()
-    ran = cgroup_tree.first_process(cg, "unshare", "--pid", "--mount", "--uts", "--net", "--fork",
-                                    "/bin/sh", "-c", inner, str(tmp_path))
-    assert ran.returncode == 0, ran.stderr
-    host_pid = int((tmp_path / "hostpid").read_text())
-    assert (tmp_path / "nspid").read_text().strip() == "1"
-    links = (tmp_path / "ns").read_text().split()
-    ns = {k: int(link.split("[")[1].rstrip("]")) for k, link in zip(NS_KEYS, links)}
-    ex, xt = exec_and_exit(w, token)
-    assert (ex["pid"], ex["vpid"], ex["ns"], ex["container_id"], ex["cgroup_id"]) == (
-        host_pid, 1, ns, cid, cgroup_tree.id_of(cg))
-    assert (xt["pid"], xt["vpid"], xt["ns"], xt["container_id"]) == (host_pid, 1, ns, cid)
-    # and they really are other namespaces than the monitor's, where asked for
-    mine = {k: os.stat(f"/proc/self/ns/{k}").st_ino for k in NS_KEYS}
-    assert {k for k in NS_KEYS if ns[k] != mine[k]} == {"pid", "mnt", "net", "uts"}
+    check_namespaced_container(w, cgroup_tree, tmp_path)
     assert w.stop() == 0

@@ -3,9 +3,10 @@
 This is what the kernel matrix (scripts/test-kernels.sh) runs in each guest besides tests/bpf,
 and what `make test` runs here: one compile of the sensor (~20 s under emulation) and then the
 whole pipeline on the kernel under test: the start-up sweep (`existing`), exec/fork/exit of a
-known tree with exact argv, exit codes and ancestry, a container's first and only process named
-from the kernel's cgroup id (issue 18; tests/pipeline/test_containers.py has every runtime's
-naming, a compile each), then a forced loss (the reader stopped while one CPU's perf ring is
+known tree with exact argv, exit codes and ancestry, containers (issue 18: each runtime's
+naming of a container's first and only process, named from the kernel's cgroup id, and a
+namespaced one; tests/pipeline/test_containers.py adds the --container filter, a compile per
+runtime), then a forced loss (the reader stopped while one CPU's perf ring is
 filled past its 1 MiB) and the recovery (a `lost` event, and the sweep reporting the processes
 whose execs were lost as `missed`). The connector sensor's share is
 tests/sensors/test_each_sensor.py::test_process_tree[connector], which the guests select too.
@@ -16,12 +17,11 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 
 import pytest
 
 from monitor.sensors.bpf import limits
-from tests.support.cgroups import cgroup_tree, exec_and_exit, random_container_ids  # noqa: F401
+from tests.support.cgroups import cgroup_tree, check_each_runtime_naming, check_namespaced_container  # noqa: F401
 from tests.support.procstat import start_ticks
 from tests.support.wait import reap, run, task_states, until
 
@@ -111,15 +111,10 @@ def test_daemon_end_to_end(watch, tmp_path, cgroup_tree):  # noqa: F811
         assert codes == {py["pid"]: (5, None), sleep["pid"]: (0, None), forked["pid"]: (6, None)}
         assert (one(bash_exit, "exit of bash")["exit_code"], bash_exit[0]["exec_id"]) == (4, bash["exec_id"])
 
-        # -- a container's first and only process: named from the cgroup id the kernel gave ------
-        (cid,) = random_container_ids(1)
-        cg = cgroup_tree.make(f"/system.slice/docker-{cid}.scope")
-        token = f"cg-{uuid.uuid4().hex}"
-        ran = cgroup_tree.first_process(cg, TRUE, token)
-        assert ran.returncode == 0, ran.stderr
-        ex, xt = exec_and_exit(w, token)
-        assert (ex["pid"], ex["cgroup_id"], ex["container_id"], xt["container_id"]) == (
-            ran.pid, cgroup_tree.id_of(cg), cid, cid), ex
+        # -- containers: each runtime's naming, named from the cgroup id the kernel gave, and a
+        # namespaced one (host and namespace PID, namespace inodes, id on one event) -------------
+        check_each_runtime_naming(w, cgroup_tree)
+        check_namespaced_container(w, cgroup_tree, tmp_path)
         assert not [e for e in w.snapshot() if e["event"] == "lost"], "lost samples before the forced loss"
 
         # -- forced loss, then recovery --------------------------------------------------------

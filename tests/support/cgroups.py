@@ -148,3 +148,58 @@ def cgroup_tree():
         yield tree
     finally:
         tree.cleanup()
+
+
+NS_KEYS = ("pid", "mnt", "net", "user", "uts", "ipc", "cgroup")
+
+
+def check_each_runtime_naming(w, tree: "CgroupTree") -> None:
+    """In a running watch `w`: for each runtime's naming, a cgroup made now, a short-lived
+    process the first and only thing run in it; its exec and exit carry that runtime's exact
+    container id (None for the names that are no container) and the cgroup id, whatever procfs
+    could still be read. Shared by tests/pipeline/test_containers.py and the daemon check that
+    every kernel-matrix guest runs."""
+    runs = {}
+    for name, (path, cid) in runtime_schemes(random_container_ids()).items():
+        cg = tree.make(path)
+        token = f"cg-{uuid.uuid4().hex}"
+        ran = tree.first_process(cg, TRUE, token)
+        assert ran.returncode == 0, ran.stderr
+        runs[name] = (ran.pid, token, tree.id_of(cg), cid)
+    got, expected, enrichment = {}, {}, {}
+    for name, (pid, token, cgroup_id, cid) in runs.items():
+        ex, xt = exec_and_exit(w, token)
+        got[name] = {"pid": ex["pid"], "cgroup_id": ex["cgroup_id"], "exec": ex["container_id"],
+                     "exit": xt["container_id"]}
+        expected[name] = {"pid": pid, "cgroup_id": cgroup_id, "exec": cid, "exit": cid}
+        enrichment[name] = ex["enrichment"]
+    assert got == expected, f"enrichment per scheme: {enrichment}"
+
+
+def check_namespaced_container(w, tree: "CgroupTree", scratch: Path) -> None:
+    """In a running watch `w`: a "container" built from namespaces (`unshare --pid --mount
+    --uts --net --fork`) in a Docker-named cgroup; host PID, in-namespace PID, namespace inodes
+    and container id all right on its payload's exec and exit events."""
+    (cid,) = random_container_ids(1)
+    cg = tree.make(f"/system.slice/docker-{cid}.scope")
+    token = f"cg-ns-{uuid.uuid4().hex}"
+    # Inside: the shell's host PID (field 4, ppid, of its child's stat, read through the host's
+    # procfs, which shows host PIDs), its PID in the new namespace ($$), its namespace inodes;
+    # then it becomes the "container's" short-lived payload.
+    inner = ('cut -d" " -f4 /proc/self/stat > "$0/hostpid"; echo $$ > "$0/nspid"; '
+             'for n in ' + " ".join(NS_KEYS) + '; do readlink /proc/self/ns/$n; done > "$0/ns"; '
+             f'exec {TRUE} {token}')
+    ran = tree.first_process(cg, "unshare", "--pid", "--mount", "--uts", "--net", "--fork",
+                             "/bin/sh", "-c", inner, str(scratch))
+    assert ran.returncode == 0, ran.stderr
+    host_pid = int((scratch / "hostpid").read_text())
+    assert (scratch / "nspid").read_text().strip() == "1"
+    links = (scratch / "ns").read_text().split()
+    ns = {k: int(link.split("[")[1].rstrip("]")) for k, link in zip(NS_KEYS, links)}
+    ex, xt = exec_and_exit(w, token)
+    assert (ex["pid"], ex["vpid"], ex["ns"], ex["container_id"], ex["cgroup_id"]) == (
+        host_pid, 1, ns, cid, tree.id_of(cg))
+    assert (xt["pid"], xt["vpid"], xt["ns"], xt["container_id"]) == (host_pid, 1, ns, cid)
+    # and they really are other namespaces than the monitor's, where asked for
+    mine = {k: os.stat(f"/proc/self/ns/{k}").st_ino for k in NS_KEYS}
+    assert {k for k in NS_KEYS if ns[k] != mine[k]} == {"pid", "mnt", "net", "uts"}
