@@ -215,10 +215,17 @@ class PsPoll(Contender):
 
 
 class Procsentry(Contender):
-    def __init__(self, ctx: Context, sensor: str) -> None:
+    def __init__(self, ctx: Context, sensor: str, detection: tuple[str, str, tuple[str, ...]] | None = None) -> None:
+        """detection: (name suffix, label, watch options) for a variant of the default
+        detection (run.py --detection: none, or the built-in pack plus a rules directory)."""
         self.sensor = sensor
         self.name = f"procsentry-{sensor}"
         self.label = f"procsentry `--sensor {sensor}`"
+        self.extra: tuple[str, ...] = ()
+        if detection is not None:
+            suffix, label, self.extra = detection
+            self.name += f"-{suffix}"
+            self.label += f", {label}"
         self.last_stats: tuple[int, bytes] | None = None
         super().__init__(ctx)
 
@@ -226,7 +233,7 @@ class Procsentry(Contender):
         # Default settings, default enrichment and every event type; only the stats period is
         # shortened so that lost counts can be read per level.
         return [self.ctx.python, "-m", "monitor", "watch", "--sensor", self.sensor,
-                "--format", "json", "--stats-interval", "1"]
+                "--format", "json", "--stats-interval", "1", *self.extra]
 
     def keep(self, t, line):
         if b'"stats"' in line[:40]:
@@ -522,8 +529,14 @@ class ProcsentryTree(Procsentry):
             self.ctx.repo = repo
 
 
-def all_contenders(ctx: Context, compare_tree: Path | None = None) -> list[Contender]:
+def all_contenders(ctx: Context, compare_tree: Path | None = None,
+                   detection_rules: Path | None = None) -> list[Contender]:
     before = [ProcsentryTree(ctx, compare_tree)] if compare_tree else []
+    # The cost of detection (issue 13): the default (built-in pack) against no detection and
+    # against the built-in pack plus a rules directory, in the same run.
+    detect = [Procsentry(ctx, "bpf", ("nodetect", "no detection", ("--no-builtin-rules",))),
+              Procsentry(ctx, "bpf", ("rules", f"built-in pack + {detection_rules.name}/",
+                                      ("--rules", str(detection_rules))))] if detection_rules else []
     return [Baseline(ctx), PsPoll(ctx, 1.0), PsPoll(ctx, 0.1),
             Procsentry(ctx, "poll"), Procsentry(ctx, "connector"), *before, Procsentry(ctx, "bpf"),
-            Forkstat(ctx), Auditd(ctx), Bpftrace(ctx)]
+            *detect, Forkstat(ctx), Auditd(ctx), Bpftrace(ctx)]

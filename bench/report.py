@@ -238,7 +238,7 @@ def render(data: dict) -> str:
     order = [n for n in labels if n in summ]
     lv_names = [lv["name"] for lv in meta["levels"]]
     has_counters = {"procsentry-poll", "procsentry-connector", "procsentry-bpf", "procsentry-bpf-before",
-                    "auditd", "bpftrace"}
+                    "procsentry-bpf-nodetect", "procsentry-bpf-rules", "auditd", "bpftrace"}
     out: list[str] = []
     w = out.append
     w("# procsentry benchmark results" + (" (smoke run)" if meta.get("smoke") else ""))

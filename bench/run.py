@@ -266,6 +266,9 @@ def parse_args(argv):
     ap.add_argument("--fork-ops", type=int, default=20000)
     ap.add_argument("--compare-tree", type=Path, default=None,
                     help="another checkout whose procsentry runs as contender procsentry-bpf-before")
+    ap.add_argument("--detection", type=Path, default=None, metavar="RULES_DIR",
+                    help="also run procsentry-bpf-nodetect (--no-builtin-rules) and "
+                         "procsentry-bpf-rules (--rules RULES_DIR): what detection costs")
     ap.add_argument("--baseline-runs", type=int, default=2, help="no-monitor runs per repetition")
     ap.add_argument("--gap", type=float, default=0.5, help="idle seconds before each level")
     ap.add_argument("--max-drain", type=float, default=60.0, help="longest wait for a tool to catch up")
@@ -283,6 +286,10 @@ def parse_args(argv):
         args.reps = 1
         args.no_profile = True
         args.contenders = args.contenders or "baseline,procsentry-bpf"
+    if args.detection is not None:
+        if not args.detection.is_dir():
+            ap.error(f"--detection {args.detection}: not a directory")
+        args.detection = args.detection.resolve()  # the monitor runs in the repository
     args.bin_dir = args.bin_dir.resolve()
     args.workdir = args.workdir.resolve()
     args.json = args.json or args.workdir / "results.json"
@@ -313,7 +320,7 @@ def main(argv=None) -> int:
     names = args.contenders.split(",") if args.contenders else None
 
     def fresh() -> list[C.Contender]:
-        cs = C.all_contenders(ctx, args.compare_tree)
+        cs = C.all_contenders(ctx, args.compare_tree, args.detection)
         return [c for c in cs if names is None or c.name in names]
 
     roster = fresh()

@@ -42,6 +42,17 @@ def _base(path: str | None) -> str:
     return path.rsplit("/", 1)[-1] if path else ""
 
 
+@functools.lru_cache(maxsize=4096)
+def _program_kind(name: str) -> str | None:
+    """"shell", "interpreter", "net" (a network tool) or None, by executable basename: asked
+    for every exec, so remembered per name (a regex match costs more than the lookup)."""
+    if name in SHELLS:
+        return "shell"
+    if _INTERP.match(name):
+        return "interpreter"
+    return "net" if name in NET_TOOLS else None
+
+
 def _fd_map(ev) -> dict[int, str]:
     """fd number -> target text as procfs shows it ("socket:[123]", "pipe:[9]", "/dev/pts/3"):
     from proc.fds when procfs was read (--enrich full), else from what the kernel captured at
@@ -102,6 +113,12 @@ class Behaviour:
     info: RuleInfo
     sees_exits = False  # called for exit events too (view None): only state across exits needs it
 
+    def wants(self, base: str) -> bool:
+        """Whether process events of executables with this (lower-cased) basename can matter:
+        asked once per basename (the engine remembers the answer), so that most execs call only
+        the behaviours that look at every process."""
+        return True
+
     def observe(self, ev: Any, view: View | None, probe) -> Iterator[Hit]:
         raise NotImplementedError
 
@@ -129,6 +146,9 @@ class ReverseShell(Behaviour):
         # connection, about the process that first had it, not one per command.
         self._reported: OrderedDict[int, None] = OrderedDict()
 
+    def wants(self, base: str) -> bool:
+        return _program_kind(base) is not None
+
     def _first(self, inodes: list[int]) -> bool:
         new = not any(i in self._reported for i in inodes)
         for i in inodes:
@@ -141,11 +161,12 @@ class ReverseShell(Behaviour):
         if view is None:
             return
         name = view.base
-        is_shell = name in SHELLS
-        if not is_shell and name not in NET_TOOLS and not _INTERP.match(name):
+        kind = _program_kind(name)
+        if kind is None:
             return
+        is_shell = kind == "shell"
         fds = _fd_map(ev)
-        if is_shell or _INTERP.match(name):
+        if kind != "net":
             known = {attr(s, "fd"): s for s in (attr(attr(ev, "proc"), "sockets") or ())}
             socks = [{"fd": fd, "inode": attr(s, "inode"), "protocol": attr(s, "protocol"),
                       "remote": attr(s, "remote")}
@@ -208,6 +229,9 @@ class ServiceAccountShell(Behaviour):
     def __init__(self) -> None:
         self.uid_min = _login_defs_uid_min()
         self._shells: dict[int, str | None] = {}
+
+    def wants(self, base: str) -> bool:
+        return base in SHELLS
 
     def _login_shell(self, uid: int) -> str | None:
         if uid not in self._shells:
@@ -387,15 +411,16 @@ class Argv0Mismatch(Behaviour):
         a0 = _base(argv[0]).lstrip("-")
         if not a0 or filename.startswith(("/dev/fd/", PROC_PREFIX)):
             return  # fexecve and friends: the path names a descriptor, not a program
-        names = {_base(exe), _base(filename)}
-        if _base(exe) in self.MULTICALL or _base(exe).startswith("ld-linux"):
+        exe_name = view.base  # the engine's lower-cased basename of exe
+        if exe_name in self.MULTICALL or exe_name.startswith("ld-linux"):
             return
         a0l = a0.lower()
-        for n in names:
-            nl = n.lower()
-            # python3 -> python3.11, vi -> vim.basic, x.sh run as x: one is a prefix of the other
-            if nl.startswith(a0l) or a0l.startswith(nl):
-                return
+        # python3 -> python3.11, vi -> vim.basic, x.sh run as x: one is a prefix of the other
+        if exe_name.startswith(a0l) or a0l.startswith(exe_name):
+            return
+        nl = _base(filename).lower()
+        if nl.startswith(a0l) or a0l.startswith(nl):
+            return
         # Only now the filesystem (realpath costs a syscall per path component): most execs
         # were decided by their names above.
         if argv[0].startswith("/"):

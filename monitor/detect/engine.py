@@ -5,7 +5,9 @@ the executable basenames they require (compile.required_basenames), so an event 
 against the rules for its own basename. Most of the others require one of a few strings in a
 field, mostly the command line (compile.required_literals): one regex search per such field
 finds whether any of those strings occurs at all (for most events none does), and only the
-rules whose string occurs are evaluated. What is left is evaluated for every event. Behaviours that keep no state across
+rules whose string occurs are evaluated. What is left is evaluated for every event. Which rules
+and behaviours an executable's basename leads to is worked out once per basename (most execs
+call only the behaviours that look at every process). Behaviours that keep no state across
 exits are not called for exits.
 
 Failure. A rule that raises while evaluating (a compiler bug, a value of an unexpected type in
@@ -16,11 +18,11 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from monitor.detect import behaviour
 from monitor.detect.compile import SUFFIX, any_substring
-from monitor.detect.fields import View, attr
+from monitor.detect.fields import View, attr, field_getter
 from monitor.detect.loader import CompiledRule, Skipped, load, load_builtin
 from monitor.events import AlertEvent, RuleInfo
 
@@ -32,6 +34,7 @@ log = logging.getLogger("procsentry.detect")
 EVALUATED = frozenset(("exec", "existing", "missed"))
 _SEEN_ALERTS = 65536  # (rule, exec_id, time) remembered so one process alerts once per rule
 _USERS = 65536  # exec_id -> user, for ParentUser
+_BASENAMES = 4096  # basenames whose plan is remembered (cleared when full)
 
 
 class Detector:
@@ -41,6 +44,7 @@ class Detector:
         self.skipped = skipped
         self.behaviours = list(behaviours)
         self._exit_behaviours = [b for b in self.behaviours if b.sees_exits]
+        self._plans: dict[str, tuple[list[CompiledRule], list[behaviour.Behaviour]]] = {}  # see _plan
         self.probe = probe
         self._index: dict[str, list[CompiledRule]] = {}  # exact basename -> rules
         self._suffix: dict[str, list[CompiledRule]] = {}  # basename ending -> rules
@@ -65,7 +69,11 @@ class Detector:
                 rules_here = self._literal_rules.setdefault(field, [])
                 if r not in rules_here:
                     rules_here.append(r)
-        self._literal_search = [(f, any_substring(lits)) for f, lits in sorted(by_field.items())]
+        # (field, how to read it from the event, the search): read raw and lower-cased here,
+        # not through the View, since every event pays this for every field (ParentUser is
+        # the View's own state: read there).
+        self._literal_search = [(f, None if f == "ParentUser" else field_getter(f), _searcher(lits))
+                                for f, lits in sorted(by_field.items())]
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._users: OrderedDict[str, str | None] = OrderedDict()
         self.alerts_per_rule: dict[str, int] = {}
@@ -114,7 +122,10 @@ class Detector:
             self._users[exec_id] = attr(ev, "user")
             if len(self._users) > _USERS:
                 self._users.popitem(last=False)
-        candidates = self._always + _lookup(base, self._index, self._suffix)
+        plan = self._plans.get(base)
+        if plan is None:
+            plan = self._plan(base)
+        candidates, runs = plan
         if self._pindex or self._psuffix:
             anc = attr(ev, "ancestry")
             pexe = attr(anc[0], "exe") if anc else None
@@ -123,13 +134,24 @@ class Detector:
                 if more:
                     candidates = candidates + more
         hits = None
-        for field, search in self._literal_search:
-            x = view.lower(field)
-            if x is None:
+        for field, get, search in self._literal_search:
+            v = get(ev) if get is not None else view.get(field)
+            if v is None:
                 continue
-            if x.__class__ is not str:  # a list field: any element (a match across the
-                x = "\x00".join(x)     # separator only costs an evaluation)
-            if search(x) is not None:
+            cls = v.__class__
+            if cls is str:
+                x = view.seed_lower(field, v)
+            elif cls is bool:  # the flags (exe_fileless, exe_deleted): as Sigma compares them
+                x = "true" if v else "false"
+            elif cls is int:
+                x = str(v)
+            else:
+                x = view.lower(field)
+                if x is None:
+                    continue
+                if x.__class__ is not str:  # a list field: any element (a match across the
+                    x = "\x00".join(x)     # separator only costs an evaluation)
+            if search(x):
                 if hits is None:
                     hits = {}
                 hits[field] = x
@@ -145,8 +167,17 @@ class Detector:
                     self._alert(rule.info, ev, _matched(rule, view), kind, out)
             except Exception as e:  # noqa: BLE001 - see the module docstring
                 self._error(rule.info.id, e)
-        for b in self.behaviours:
+        for b in runs:
             self._run_behaviour(b, ev, view, out)
+
+    def _plan(self, base: str) -> tuple[list[CompiledRule], list[behaviour.Behaviour]]:
+        """What an exec of this basename is tested against: the rules filed under it (and those
+        for every event), and the behaviours that want it. Remembered per basename, bounded."""
+        if len(self._plans) >= _BASENAMES:
+            self._plans.clear()
+        plan = self._plans[base] = (self._always + _lookup(base, self._index, self._suffix),
+                                    [b for b in self.behaviours if b.wants(base)])
+        return plan
 
     def _run_behaviour(self, b: "behaviour.Behaviour", ev: Any, view: View | None,
                        out: list[AlertEvent]) -> None:
@@ -219,6 +250,15 @@ def _lookup(base: str, exact: dict, suffix: dict) -> list[CompiledRule]:
         if extra:  # a rule can be under both an exact name and an ending: evaluate it once
             found = list(dict.fromkeys(found + extra, None))
     return found
+
+
+def _searcher(literals: set[str]) -> Callable[[str], Any]:
+    """Whether any of the literals occurs in a text: `in` for one (most fields of the built-in
+    pack have one: a flag's "true", a path prefix), else one trie regex search."""
+    if len(literals) == 1:
+        lit = next(iter(literals))
+        return lambda text: lit in text
+    return any_substring(literals)
 
 
 def _holds(literals: frozenset[tuple[str, str]], hits: dict[str, str]) -> bool:

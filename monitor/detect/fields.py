@@ -38,6 +38,12 @@ def _basename(path: str | None) -> str | None:
     return None if path is None else path.rsplit("/", 1)[-1]
 
 
+def _setuid(uid, euid) -> bool | None:
+    """The effective uid is not the real one (a setuid executable, or a process that changed
+    its effective uid alone); None when either is unknown."""
+    return None if uid is None or euid is None else uid != euid
+
+
 def _ancestry_field(name: str) -> Callable[[Any], Any]:
     def get(ev):
         anc = attr(ev, "ancestry")
@@ -83,6 +89,7 @@ AUDITD: dict[str, Callable[[Any], Any]] = {
 # top-level field, and dotted paths into the ns, proc and differs objects, resolve by name).
 EXTRA: dict[str, Callable[[Any], Any]] = {
     "argv0": lambda ev: (attr(ev, "argv") or (None,))[0],
+    "setuid": lambda ev: _setuid(attr(ev, "uid"), attr(ev, "euid")),
     "ancestry.exe": _ancestry_field("exe"),
     "ancestry.argv": _ancestry_field("argv"),
     "ancestry.pid": _ancestry_field("pid"),
@@ -101,6 +108,14 @@ def resolve(ev: Any, name: str) -> Any:
     if fn is None:
         fn = _GETTERS[name] = _getter(name)
     return fn(ev)
+
+
+def field_getter(name: str) -> Callable[[Any], Any]:
+    """The function that reads field `name` from an event (raw, not lower-cased)."""
+    fn = _GETTERS.get(name)
+    if fn is None:
+        fn = _GETTERS[name] = _getter(name)
+    return fn
 
 
 def _getter(name: str) -> Callable[[Any], Any]:
@@ -151,7 +166,13 @@ class View:
     def get(self, name: str) -> Any:
         v = self._values.get(name, MISSING)
         if v is MISSING:
-            v = self.parent_user if name == "ParentUser" else resolve(self.ev, name)
+            if name == "ParentUser":
+                v = self.parent_user
+            else:  # resolve(), inlined: this runs for several fields of every event
+                fn = _GETTERS.get(name)
+                if fn is None:
+                    fn = _GETTERS[name] = _getter(name)
+                v = fn(self.ev)
             self._values[name] = v
         return v
 
@@ -163,6 +184,15 @@ class View:
             v = v.lower() if v.__class__ is str else _as_text(v, True)
             self._lower[name] = v
         return v
+
+    def seed_lower(self, name: str, v: str) -> str:
+        """Field `name` read by the caller as the string v: cached as get() and lower() would
+        have, and returned lower-cased."""
+        low = self._lower.get(name)
+        if low is None:
+            self._values[name] = v
+            low = self._lower[name] = v.lower()
+        return low
 
     def text(self, name: str) -> Any:
         return _as_text(self.get(name), False)

@@ -303,7 +303,7 @@ def test_unexpected_setuid_root(detecting, workdir):
     ev = exec_event(w, pid=p.pid, argv=[str(planted), "-u"])
     assert (ev["uid"], ev["euid"]) == (65534, 0)
     a = wait_alert(w, SETUID, ev["exec_id"])
-    assert a["matched"] == {"euid": 0}
+    assert a["matched"] == {"euid": 0, "setuid": True}
     # look-alike: a distribution setuid-root program run by the same user
     b = run([*drop, "/usr/bin/passwd", "-S", "nobody"])
     b.wait(60)
