@@ -38,6 +38,9 @@ class RedisTransport(Transport):
             t = self.dest.tls
             kw = dict(ssl=True, ssl_ca_certs=t.ca if t else None, ssl_certfile=t.cert if t else None,
                       ssl_keyfile=t.key if t else None, ssl_cert_reqs="required", ssl_check_hostname=True)
+        key = self.dest.key.encode()
+        self._xadd_head = b"*5\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n" % (len(key), key)
+        self._rpush_head = b"*3\r\n$5\r\nRPUSH\r\n$%d\r\n%s\r\n" % (len(key), key)
         try:
             # No retries inside redis-py: the worker owns reconnects, backoff and resending.
             # (With single_connection_client the constructor already connects.)
@@ -58,23 +61,22 @@ class RedisTransport(Transport):
 
     def deliver(self, records: list) -> list[Outcome]:
         self.refusals = {}
-        pipe = self.client.pipeline(transaction=False)
-        for r in records:
-            line = r.payload[:-1] if r.payload.endswith(b"\n") else r.payload
-            if self.dest.mode == "stream":
-                pipe.xadd(self.dest.key, {b"json": line}, id=f"{r.seq}-{r.sub}")
-            else:
-                pipe.rpush(self.dest.key, line)
+        # The batch is packed here as one RESP buffer and sent on redis-py's connection, whose
+        # parser reads the replies: redis-py's pipeline spent ~5.6 µs of client CPU per XADD
+        # building and packing each command in Python, this ~1.7 µs (20,000 XADDs of 1 KiB).
+        conn = self.client.connection
         try:
-            replies = pipe.execute(raise_on_error=False)
+            conn.send_packed_command([b"".join([self._command(r) for r in records])], check_health=False)
         except redis.RedisError as e:
-            # The connection broke somewhere in the batch: which commands were applied is
-            # unknown, so none counts as acknowledged (stream IDs make the resend harmless).
+            # The connection broke while sending: which commands were applied is unknown, so
+            # none counts as acknowledged (stream IDs make the resend harmless).
             self.broken = _why(e)
             return []
         out = []
-        for i, reply in enumerate(replies):
-            if isinstance(reply, redis.ResponseError):
+        for i in range(len(records)):
+            try:
+                conn.read_response()  # the reply to command i, or its error reply raised
+            except redis.ResponseError as reply:  # read whole: the next reply follows
                 msg = str(reply)
                 if _NOT_NEWER in msg:
                     out.append(Outcome.DUPLICATE)
@@ -85,12 +87,21 @@ class RedisTransport(Transport):
                     break
                 out.append(Outcome.REFUSED)
                 self.refusals[i] = msg[:200]
-            elif isinstance(reply, Exception):
-                self.broken = _why(reply)
+            except redis.RedisError as e:
+                self.broken = _why(e)
                 break
             else:
                 out.append(Outcome.OK)
-        return out
+        return out  # when broken, the worker closes the connection: unread replies go with it
+
+    def _command(self, r) -> bytes:
+        """The RESP encoding of this record's XADD KEY <seq>-<sub> json LINE (or RPUSH KEY LINE)."""
+        line = r.payload[:-1] if r.payload.endswith(b"\n") else r.payload
+        if self.dest.mode == "stream":
+            entry_id = b"%d-%d" % (r.seq, r.sub)
+            return b"%s$%d\r\n%s\r\n$4\r\njson\r\n$%d\r\n%s\r\n" % (
+                self._xadd_head, len(entry_id), entry_id, len(line), line)
+        return b"%s$%d\r\n%s\r\n" % (self._rpush_head, len(line), line)
 
     def close(self) -> None:
         if self.client is not None:

@@ -44,6 +44,25 @@ def test_stream_ids_from_seq_make_a_replay_a_counted_duplicate(redis_server):
     assert json.loads(c.xrange("ps:host1")[0][1][b"json"]) == {"seq": 1, "event": "exec"}
 
 
+def test_a_large_batch_then_a_server_state_error_mid_batch(redis_server):
+    # The batch is one packed buffer and its replies are read one by one: 3,000 events of 1 KiB
+    # arrive in order; then the key changes type under the session, and the error reply to the
+    # first command stops the batch as broken (the server's state, not the event's fault).
+    key = "ps:big"
+    t = RedisTransport(parse(f"redis://127.0.0.1:{redis_server.port}/{key}"), 5.0)
+    t.connect()
+    big = [Record(n, 0, b'{"seq":%d,"pad":"%s"}\n' % (n, b"x" * 1000), (1, n)) for n in range(1, 3001)]
+    assert t.deliver(big) == [Outcome.OK] * 3000
+    c = redis_server.client()
+    assert [int(i.split(b"-")[0]) for i, _ in c.xrange(key)] == list(range(1, 3001))
+    assert json.loads(c.xrange(key, "2999-0", "2999-0")[0][1][b"json"])["seq"] == 2999
+    c.delete(key)
+    c.set(key, "x")
+    assert t.deliver([rec(3001), rec(3002)]) == []
+    assert t.broken.startswith("Redis: WRONGTYPE"), t.broken
+    t.close()
+
+
 def test_list_mode_pushes_lines(redis_server):
     t = RedisTransport(parse(f"redis://127.0.0.1:{redis_server.port}/beats?mode=list"), 5.0)
     t.connect()
