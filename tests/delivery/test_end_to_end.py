@@ -88,12 +88,14 @@ def test_redis_stream_killed_mid_storm_holds_each_seq_once(watch, tmp_path, prog
     local = tmp_path / "local.jsonl"
     w = watch("--output", url, "--output", str(local), "--stats-interval", "1", "--retry-max", "0.5")
     wait_for(lambda: len(rd.stream("procsentry:test")) > 10, 30, "the start-up sweep in redis")
+    t0 = time.monotonic()
     load = storm(progs, STORM)
     wait_for(lambda: rd.client().xlen("procsentry:test") > STORM // 2, 120, "half the storm in redis", every=0.02)
     rd.kill(signal.SIGKILL)
     time.sleep(1.5)
     rd.start()  # the append-only file brings back what was acknowledged
     assert load.wait(300) == 0
+    storm_s = time.monotonic() - t0
     last = max(e["seq"] for e in emitted(local))
     wait_for(lambda: last in seqs(rd.stream("procsentry:test")), 120, f"seq {last} in redis")
     assert w.stop() == 0
@@ -105,7 +107,8 @@ def test_redis_stream_killed_mid_storm_holds_each_seq_once(watch, tmp_path, prog
     final = last_stats(local, url)
     assert final["reconnects"] >= 1 and final["dropped"] == 0
     assert final["duplicates"] <= final["resent"]
-    report("redis kill", events=len(want), resent=final["resent"], duplicates_refused=final["duplicates"])
+    report("redis kill", events=len(want), storm_s=round(storm_s, 2), resent=final["resent"],
+           duplicates_refused=final["duplicates"])
     assert_identical(stream, emitted(local))
 
 
