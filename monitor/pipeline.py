@@ -377,12 +377,17 @@ class Pipeline:
                                          since_ns=r.ts_ns))
         supersedes = False
         if entry.exited_at is not None:
-            if inferred or not entry.exit_inferred:
+            if entry.exit_unreported and not inferred:
+                # The start-up sweep caught it a zombie after the sensor was attached, and said
+                # nothing of its exit: this record is that exit, reported once, here.
+                entry.exit_unreported = False
+            elif inferred or not entry.exit_inferred:
                 return  # already reported
-            # A real exit after a sweep inferred one (the watermark should prevent it; if it
-            # happens, the sensor's record, with its exit status, wins and says so).
-            supersedes = True
-            self.counters.reconcile["late_exits"] += 1
+            else:
+                # A real exit after a sweep inferred one (the watermark should prevent it; if
+                # it happens, the sensor's record, with its exit status, wins and says so).
+                supersedes = True
+                self.counters.reconcile["late_exits"] += 1
         if r.comm and entry.comm is None:
             entry.comm = text_or_none(r.comm)
         self.table.mark_exited(key)
@@ -481,8 +486,13 @@ class Pipeline:
         """A process found by a sweep: `existing` at start, `missed` later."""
         entry = self.on_exec(exec_from_snapshot(snap, time.monotonic_ns()), kind=kind,
                              source="sweep")
-        if entry is not None and snap.zombie:
+        # Exited only when nothing of the group is left but the zombie: a leader that called
+        # pthread_exit is a zombie too while its other threads run (delay_group_leader), and
+        # the process's real exit, with its status, is still to come from the sensor (taking
+        # it for exited here made on_exit drop that exit as already reported).
+        if entry is not None and snap.zombie and (snap.threads or 1) <= 1:
             if kind == "existing":
+                entry.exit_unreported = True  # see on_exit
                 self.table.mark_exited((entry.pid, entry.start_ticks))
             else:
                 self.on_exit(ExitRecord(time.monotonic_ns(), snap.pid, snap.start_ticks, None),

@@ -46,6 +46,9 @@ class Entry:
     image_layout: tuple[int, int] | None = None
     exited_at: float | None = None  # monotonic seconds; None while alive
     exit_inferred: bool = False  # its exit was inferred by a sweep, not reported by the sensor
+    # Found a zombie by the start-up sweep and marked exited without an exit event: an exit
+    # record from the sensor (attached before that sweep) is then still its one exit.
+    exit_unreported: bool = False
     # CLOCK_MONOTONIC ns of the first record that told the table about it (or of the sweep that
     # found it): reconciliation judges only what it knew of before its watermark.
     since_ns: int = 0

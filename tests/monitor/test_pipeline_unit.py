@@ -13,7 +13,7 @@ from monitor.records import LostRecord, lost_since
 from monitor.sensors.bpf import wire
 from monitor.sensors.bpf.source import exec_record, exit_record, fork_record
 from userspace.procfs import ProcFS
-from userspace.types import NSEC_PER_TICK, ProcKey
+from userspace.types import NSEC_PER_TICK, ProcessSnapshot, ProcKey
 
 BOOT = "4b7c1a7e-1111-2222-3333-444455556666"
 
@@ -139,6 +139,24 @@ def test_exit_before_exec_is_kept_and_not_resurrected(proc_tree):
     assert p.table.get((7100, 9100)).exited_at is not None
     p.drain()
     assert len(sink.records) == 2  # a late duplicate exit would not be reported twice
+
+
+def test_a_zombie_found_by_the_start_up_sweep_still_gets_the_sensors_exit(proc_tree):
+    # The sensor is attached before the start-up sweep: a process that the sweep finds a
+    # zombie may have died after that, and its exit record is then still to come. Two cases:
+    # main() called pthread_exit while another thread runs (Z with 2 threads: alive), and the
+    # whole group gone but not yet reaped (Z, 1 thread). Either way, one exit, the sensor's.
+    p, src, sink = make(proc_tree)
+    for pid, threads in ((7300, 2), (7301, 1)):
+        snap = ProcessSnapshot(key=ProcKey(BOOT, pid, 9300), pid=pid, ppid=1, comm=b"exit_leader",
+                               state="Z", start_ticks=9300, zombie=True, threads=threads)
+        p.on_snapshot(snap, "existing")
+    assert p.table.get((7300, 9300)).exited_at is None  # its exit(7) is still to come
+    src.batches = [[rexit(7300, 9300, 7 << 8, 50), rexit(7301, 9300, 7 << 8, 60)]]
+    p.drain(flush=True)
+    p.drain(flush=True)
+    exits = [r for r in sink.records if r.event == "exit"]
+    assert [(r.pid, r.exit_code, r.inferred) for r in exits] == [(7300, 7, False), (7301, 7, False)]
 
 
 def test_records_in_a_batch_are_applied_in_kernel_time_order(proc_tree):
