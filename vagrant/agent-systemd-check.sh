@@ -33,6 +33,8 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=vagrant/debian-rootfs.sh
+. "$repo/vagrant/debian-rootfs.sh"
 vm_dir=${VM_DIR:-$repo/vm}
 img=$vm_dir/images/agent-bookworm
 res=$vm_dir/results/agent-systemd
@@ -76,11 +78,7 @@ build_image() {
     say "image: debootstrap $suite (~2 min)"
     debootstrap --variant=minbase --include="$base_pkgs" "$suite" "$root" "$mirror" > "$new/debootstrap.log" 2>&1 \
         || { tail -5 "$new/debootstrap.log" >&2; die "debootstrap failed (log: $new/debootstrap.log)"; }
-    cat > "$root/etc/apt/sources.list" <<EOF
-deb http://deb.debian.org/debian $suite main
-deb http://deb.debian.org/debian $suite-updates main
-deb http://deb.debian.org/debian-security $suite-security main
-EOF
+    write_apt_sources "$root" "$suite"
     # No service starts inside the chroot.
     printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"
     chmod 755 "$root/usr/sbin/policy-rc.d"

@@ -11,6 +11,8 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=vagrant/debian-rootfs.sh
+. "$repo/vagrant/debian-rootfs.sh"
 vm_dir=${VM_DIR:-$repo/vm}
 suite=${BOX_SUITE:-bookworm}
 name=${BOX_NAME:-procsentry/debian12-local}
@@ -70,11 +72,7 @@ debootstrap --variant=minbase --components=main \
     "$suite" "$mnt" "$mirror" > "$work/debootstrap.log" 2>&1 \
     || { tail -20 "$work/debootstrap.log" >&2; die "debootstrap failed (log: $work/debootstrap.log)." "check that $mirror is reachable."; }
 
-cat > "$mnt/etc/apt/sources.list" <<EOF
-deb http://deb.debian.org/debian $suite main
-deb http://deb.debian.org/debian $suite-updates main
-deb http://deb.debian.org/debian-security $suite-security main
-EOF
+write_apt_sources "$mnt" "$suite"
 echo "UUID=$uuid / ext4 errors=remount-ro 0 1" > "$mnt/etc/fstab"
 echo procsentry-box > "$mnt/etc/hostname"
 printf '127.0.0.1 localhost\n127.0.1.1 procsentry-box\n' > "$mnt/etc/hosts"

@@ -104,10 +104,7 @@ _AUDIT_ARG = re.compile(r"a([0-9]+)\Z")
 
 def resolve(ev: Any, name: str) -> Any:
     """The value of field `name` on event `ev` (None when the event has no such value)."""
-    fn = _GETTERS.get(name)
-    if fn is None:
-        fn = _GETTERS[name] = _getter(name)
-    return fn(ev)
+    return field_getter(name)(ev)
 
 
 def field_getter(name: str) -> Callable[[Any], Any]:
@@ -168,11 +165,8 @@ class View:
         if v is MISSING:
             if name == "ParentUser":
                 v = self.parent_user
-            else:  # resolve(), inlined: this runs for several fields of every event
-                fn = _GETTERS.get(name)
-                if fn is None:
-                    fn = _GETTERS[name] = _getter(name)
-                v = fn(self.ev)
+            else:  # resolve()
+                v = field_getter(name)(self.ev)
             self._values[name] = v
         return v
 
