@@ -185,7 +185,7 @@ class Pipeline:
         # Detection sees every process event, before the output filters; an alert is shown
         # when its process passes the process filters (--pid, --uid, --exe, ...) and `alert`
         # the --events filter. observe() never raises.
-        if self.detector is not None:
+        if self.detector is not None and self.detector.wants(ev.event):
             t0 = perf_counter()
             alerts = self.detector.observe(ev)
             spent = self.counters.time_detect

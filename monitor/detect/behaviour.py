@@ -2,7 +2,8 @@
 between processes, the host's account database, or a live look at another process.
 
 Each Behaviour has a RuleInfo like a Sigma rule (README.md lists them with the YAML ones) and an
-`observe(ev, view, probe)` that yields (rule, the event the alert is about, matched fields).
+`observe(ev, view, probe)` that returns (rule, the event the alert is about, matched fields)
+for each alert, or None.
 State is bounded (OrderedDicts trimmed to a size) so a hostile workload cannot grow it.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pwd
 import re
 import time
 from collections import OrderedDict
-from typing import Any, Iterator
+from typing import Any
 
 from monitor.detect.fields import View, attr
 from monitor.events import RuleInfo
@@ -110,16 +111,27 @@ def _start_ticks(exec_id: str | None) -> int | None:
 
 
 class Behaviour:
+    """When the engine calls observe: for the execs of the basenames it `wants` (asked once per
+    basename); for any exec while `pending` is non-zero (state that any program may complete:
+    a downloaded file made executable); for any exec that has the `trigger` field; and for
+    exits only if it `sees_exits`, while `pending`. Most execs call no behaviour that does
+    not look at every process."""
+
     info: RuleInfo
     sees_exits = False  # called for exit events too (view None): only state across exits needs it
+    trigger: str | None = None  # an event field whose presence makes any exec matter
+    can_pend = False  # keeps state that any exec may complete (then it keeps `pending`)
+    pending = 0  # kept by the behaviour: how much state it holds that any event may complete
 
     def wants(self, base: str) -> bool:
         """Whether process events of executables with this (lower-cased) basename can matter:
-        asked once per basename (the engine remembers the answer), so that most execs call only
-        the behaviours that look at every process."""
+        asked once per basename (the engine remembers the answer)."""
         return True
 
-    def observe(self, ev: Any, view: View | None, probe) -> Iterator[Hit]:
+    def observe(self, ev: Any, view: View | None, probe) -> list[Hit] | None:
+        """The alerts this event raises (None or empty: none). A list, not a generator: this is
+        called for most execs and nearly always returns nothing, which a plain return does
+        for less than creating and exhausting a generator."""
         raise NotImplementedError
 
 
@@ -182,19 +194,18 @@ class ReverseShell(Behaviour):
                 socks = _kernel_inet_stdio(ev)  # gone already, or procfs not read: the kernel's word
             if socks:
                 if self._first([s["inode"] for s in socks]):
-                    yield self.info, ev, {"fds": [f"{s['fd']}:{fds.get(s['fd'], '')}" for s in socks],
-                                          "remote": [s["remote"] for s in socks],
-                                          "protocol": socks[0]["protocol"]}
-                return  # else a descendant of a shell already reported: same connection
+                    return [(self.info, ev, {"fds": [f"{s['fd']}:{fds.get(s['fd'], '')}" for s in socks],
+                                             "remote": [s["remote"] for s in socks],
+                                             "protocol": socks[0]["protocol"]})]
+                return None  # else a descendant of a shell already reported: same connection
         if is_shell and probe is not None and (fds.get(0) or "").startswith("/dev/pts/"):
             ppid = attr(ev, "ppid")
             if ppid:
                 socks = probe.std_inet_sockets(ppid, _start_ticks(attr(ev, "parent_exec_id")))
                 if socks and self._first([s["inode"] for s in socks]):
-                    yield self.info, ev, {"fds": [f"0:{fds.get(0)}"], "parent_pid": ppid,
-                                          "parent_exe": view.get("ParentImage"),
-                                          "parent_sockets": socks}
-                    return
+                    return [(self.info, ev, {"fds": [f"0:{fds.get(0)}"], "parent_pid": ppid,
+                                             "parent_exe": view.get("ParentImage"),
+                                             "parent_sockets": socks})]
         side = "shell" if is_shell and _reads_commands(attr(ev, "argv")) else (
             "net" if name in NET_TOOLS else None)
         if side is None:
@@ -208,11 +219,10 @@ class ReverseShell(Behaviour):
             if other is not None and other[0] != side and now - other[2] < self.PIPE_TTL_S:
                 shell_ev, net_ev = (ev, other[1]) if side == "shell" else (other[1], ev)
                 del self._pipes[inode]
-                yield self.info, shell_ev, {"pipe": f"pipe:[{inode}]",
-                                            "network_tool": attr(net_ev, "exe"),
-                                            "network_tool_pid": attr(net_ev, "pid"),
-                                            "network_tool_argv": list(attr(net_ev, "argv") or ())}
-                return
+                return [(self.info, shell_ev, {"pipe": f"pipe:[{inode}]",
+                                               "network_tool": attr(net_ev, "exe"),
+                                               "network_tool_pid": attr(net_ev, "pid"),
+                                               "network_tool_argv": list(attr(net_ev, "argv") or ())})]
             self._pipes[inode] = (side, ev, now)
             if len(self._pipes) > self.PIPES_KEPT:
                 self._pipes.popitem(last=False)
@@ -251,8 +261,9 @@ class ServiceAccountShell(Behaviour):
         if shell is None or _base(shell) not in ("nologin", "false", "sync", ""):
             return
         if _reads_commands(attr(ev, "argv")):
-            yield self.info, ev, {"uid": uid, "user": attr(ev, "user"), "login_shell": shell,
-                                  "CommandLine": view.get("CommandLine")}
+            return [(self.info, ev, {"uid": uid, "user": attr(ev, "user"), "login_shell": shell,
+                                     "CommandLine": view.get("CommandLine")})]
+        return None
 
 
 def _login_defs_uid_min(path: str = "/etc/login.defs") -> int:
@@ -278,17 +289,21 @@ class DownloadChmodExec(Behaviour):
                              "sftp", "rsync"))
     TTL_S = 3600.0
     KEPT = 4096
+    can_pend = True
 
     def __init__(self) -> None:
         # (session, path) -> [state "downloaded"|"executable", download exec_id, downloader, time]
         self._files: OrderedDict[tuple[Any, str], list] = OrderedDict()
-        self._executables = 0  # entries in state "executable" (the per-event fast path)
+        self.pending = 0  # entries in state "executable": then any exec may be one of them
+
+    def wants(self, base: str) -> bool:
+        return base in self.DOWNLOADERS or base == "chmod"
 
     def observe(self, ev, view, probe):
         if view is None:
             return
         name = view.base
-        if name not in self.DOWNLOADERS and name != "chmod" and not self._executables:
+        if name not in self.DOWNLOADERS and name != "chmod" and not self.pending:
             return  # the common case: nothing downloaded and made executable is pending
         if attr(ev, "event") != "exec":
             return
@@ -309,27 +324,27 @@ class DownloadChmodExec(Behaviour):
                 if st is not None and now - st[3] < self.TTL_S:
                     st[0] = "executable"
                     st.append(" ".join(argv))
-                    self._executables += 1
+                    self.pending += 1
             return
         for path in {p for p in (attr(ev, "exe"), attr(ev, "filename")) if p}:
             key = (session, _abs(cwd, path))
             st = self._files.get(key)
             if st is not None and st[0] == "executable" and now - st[3] < self.TTL_S:
                 del self._files[key]
-                self._executables -= 1
-                yield self.info, ev, {"file": key[1], "downloaded_by": st[2], "chmod": st[4],
-                                      "download_exec_id": st[1]}
-                return
+                self.pending -= 1
+                return [(self.info, ev, {"file": key[1], "downloaded_by": st[2], "chmod": st[4],
+                                         "download_exec_id": st[1]})]
+        return None
 
     def _remember(self, key, value) -> None:
         old = self._files.pop(key, None)
         if old is not None and old[0] == "executable":
-            self._executables -= 1
+            self.pending -= 1
         self._files[key] = value
         if len(self._files) > self.KEPT:
             _, dropped = self._files.popitem(last=False)
             if dropped[0] == "executable":
-                self._executables -= 1
+                self.pending -= 1
 
 
 _MODE = re.compile(r"[0-7]{3,4}\Z|[ugoa]*[+-=][rwxXstugo]+(,[ugoa]*[+-=][rwxXstugo]+)*\Z")
@@ -401,13 +416,16 @@ class Argv0Mismatch(Behaviour):
                  ("attack.defense_evasion", "attack.t1036.005"))
     MULTICALL = frozenset(("busybox", "toybox", "systemd", "coreutils", "sudo", "su", "ld.so"))
 
+    def wants(self, base: str) -> bool:
+        return base not in self.MULTICALL and not base.startswith("ld-linux")
+
     def observe(self, ev, view, probe):
-        if view is None or attr(ev, "event") != "exec":
-            return
-        argv = attr(ev, "argv")
-        exe, filename = attr(ev, "exe"), attr(ev, "filename")
-        if not argv or not exe or not filename or attr(ev, "exe_fileless"):
-            return
+        # ev is a record or a Replayed (the engine's as_record): top-level fields as attributes
+        if view is None or ev.event != "exec":
+            return None
+        argv, exe, filename = ev.argv, ev.exe, ev.filename
+        if not argv or not exe or not filename or ev.exe_fileless or argv[0] == filename:
+            return None  # (the last: argv[0] is the very path executed, as execvp passes it)
         a0 = _base(argv[0]).lstrip("-")
         if not a0 or filename.startswith(("/dev/fd/", PROC_PREFIX)):
             return  # fexecve and friends: the path names a descriptor, not a program
@@ -431,7 +449,7 @@ class Argv0Mismatch(Behaviour):
             # argv[0] is resolved here on the host's root, the executable's path is the host's.
             if real == exe or (real.startswith("/") and exe.endswith(real)):
                 return
-        yield self.info, ev, {"argv0": argv[0], "filename": filename, "Image": exe}
+        return [(self.info, ev, {"argv0": argv[0], "filename": filename, "Image": exe})]
 
 
 class ArgvRewritten(Behaviour):
@@ -451,14 +469,26 @@ class ArgvRewritten(Behaviour):
     KEPT = 1024
 
     sees_exits = True  # an exit ends what is pending for the process
+    trigger = "differs"  # procfs disagreed with the kernel about something
+    can_pend = True  # a rewrite waiting to be confirmed by the next event after CONFIRM_S
 
     def __init__(self) -> None:
         self._pending: OrderedDict[str, tuple[Any, float]] = OrderedDict()
 
+    def wants(self, base: str) -> bool:
+        return False  # any executable, but only with `differs` (trigger) or while pending
+
     def observe(self, ev, view, probe):
+        try:
+            return self._observe(ev, probe)
+        finally:
+            self.pending = len(self._pending)
+
+    def _observe(self, ev, probe):
         if probe is None or (not self._pending and attr(ev, "differs") is None):
             return
         now = time.monotonic()
+        hits = []
         exec_id, kind = attr(ev, "exec_id"), attr(ev, "event")
         if exec_id in self._pending and kind in ("exec", "exit"):
             # Re-exec: not a rewrite. Exit: the executable can no longer be checked.
@@ -468,16 +498,14 @@ class ArgvRewritten(Behaviour):
             if now - t < self.CONFIRM_S:
                 break
             del self._pending[first_id]
-            yield from self._confirm(pending, probe)
+            if probe.exe(attr(pending, "pid"), attr(pending, "start_time")) == attr(pending, "exe"):
+                hits.append((self.info, pending, {"argv_at_exec": list(attr(pending, "argv")),
+                                                  "argv_now": list(attr(attr(pending, "differs"), "argv"))}))
         if kind == "exec" and attr(attr(ev, "differs"), "argv") and attr(ev, "exe") and attr(ev, "argv"):
             self._pending[exec_id] = (ev, now)
             if len(self._pending) > self.KEPT:
                 self._pending.popitem(last=False)
-
-    def _confirm(self, ev, probe):
-        if probe.exe(attr(ev, "pid"), attr(ev, "start_time")) == attr(ev, "exe"):
-            yield self.info, ev, {"argv_at_exec": list(attr(ev, "argv")),
-                                  "argv_now": list(attr(attr(ev, "differs"), "argv"))}
+        return hits
 
 
 def builtin() -> list[Behaviour]:

@@ -31,6 +31,7 @@ from sigma import conditions as C
 from sigma import types as T
 
 from monitor.detect.fields import MISSING, View
+from monitor.detect.regex_literals import regex_literals
 
 Pred = Callable[[View], bool]
 
@@ -48,6 +49,15 @@ def compile_condition(node) -> tuple[Pred, list[tuple[str, Pred]]]:
     """(predicate, positive leaves): the leaves not under a NOT, to report what matched."""
     leaves: list[tuple[str, Pred]] = []
     return _node(node, leaves, False), leaves
+
+
+def fields_of(node) -> frozenset[str]:
+    """Every field the condition reads, under a NOT or not (keywords: KEYWORD_FIELDS)."""
+    if isinstance(node, C.ConditionFieldEqualsValueExpression):
+        return frozenset((node.field,))
+    if isinstance(node, C.ConditionValueExpression):
+        return frozenset(KEYWORD_FIELDS)
+    return frozenset().union(*(fields_of(a) for a in getattr(node, "args", ())))
 
 
 def _node(node, leaves: list, negated: bool) -> Pred:
@@ -221,11 +231,8 @@ def _field_value(field: str, value) -> Pred:
             return _any_text(lambda v: v.text(field), test)
         return _lower_text(field, test)
     if isinstance(value, T.SigmaRegularExpression):
-        flags = 0
-        for f in value.flags:
-            flags |= T.SigmaRegularExpression.sigma_to_python_flags[f]
         try:
-            search = re.compile(_regex_text(value), flags).search
+            search = re.compile(_regex_text(value), _regex_flags(value)).search
         except re.error as e:
             raise Unsupported(f"regular expression not valid in Python: {e}") from None
         return _any_text(lambda v: v.text(field), lambda x: search(x) is not None)
@@ -276,10 +283,17 @@ def _keyword(value) -> Pred:
         preds = [_any_text(g, test) for g in gets]
         return lambda v: any(p(v) for p in preds)
     if isinstance(value, T.SigmaRegularExpression):
-        search = re.compile(_regex_text(value)).search
+        search = re.compile(_regex_text(value), _regex_flags(value)).search
         return lambda v: any(t is not None and search(t) is not None
                              for t in (v.text(f) for f in KEYWORD_FIELDS))
     raise Unsupported(f"keyword of type {type(value).__name__}")
+
+
+def _regex_flags(value) -> int:
+    flags = 0
+    for f in getattr(value, "flags", ()):
+        flags |= T.SigmaRegularExpression.sigma_to_python_flags[f]
+    return flags
 
 
 def _regex_text(value) -> str:
@@ -436,7 +450,9 @@ def _literal(value) -> frozenset[str] | None:
     if isinstance(value, T.SigmaBool):  # View.lower shows booleans as true/false
         return frozenset(("true" if value.boolean else "false",))
     if isinstance(value, T.SigmaNumber) and type(value) is T.SigmaNumber:
-        return frozenset((str(value.number).lower(),))  # 0 matches 0 and "0"; 0.0 contains it
+        return frozenset((str(value.number).lower(),))
+    if isinstance(value, T.SigmaRegularExpression):
+        return regex_literals(_regex_text(value), _regex_flags(value))  # 0 matches 0 and "0"; 0.0 contains it
     if not isinstance(value, T.SigmaString):
         return None
     plain = [p for p in value.s if isinstance(p, str)]

@@ -5,10 +5,19 @@ the executable basenames they require (compile.required_basenames), so an event 
 against the rules for its own basename. Most of the others require one of a few strings in a
 field, mostly the command line (compile.required_literals): one regex search per such field
 finds whether any of those strings occurs at all (for most events none does), and only the
-rules whose string occurs are evaluated. What is left is evaluated for every event. Which rules
-and behaviours an executable's basename leads to is worked out once per basename (most execs
-call only the behaviours that look at every process). Behaviours that keep no state across
-exits are not called for exits.
+rules whose string occurs are evaluated (a `re` leaf's strings come from its parse tree:
+regex_literals.py). What is left is evaluated for every event. Which rules and behaviours an
+executable's basename leads to is worked out once per basename (most execs call only the
+behaviours that look at every process). Behaviours that keep no state across exits are not
+called for exits; the pipeline asks `wants(kind)` first, so a fork or an exit costs a set
+lookup.
+
+What is left is mostly the Python work done for every exec, not rule evaluations (about one
+per 200 execs in a storm with SigmaHQ's rules loaded), so that work is kept small: fields are
+read as attributes (a replayed dict through fields.Replayed); a field's literal search result
+is remembered per value (most values repeat: the executable, its directory, the parent's
+command line); an executable path's basename and plan are remembered; ParentUser's
+bookkeeping is done only when a rule reads it. bench/DETECTION.md has the measurements.
 
 Failure. A rule that raises while evaluating (a compiler bug, a value of an unexpected type in
 a replayed stream) is counted in `evaluation_errors`, reported once per rule on stderr through
@@ -22,7 +31,7 @@ from typing import Any, Callable, Iterable
 
 from monitor.detect import behaviour
 from monitor.detect.compile import SUFFIX, any_substring
-from monitor.detect.fields import View, attr, field_getter
+from monitor.detect.fields import View, as_record, attr, field_getter
 from monitor.detect.loader import CompiledRule, Skipped, load, load_builtin
 from monitor.events import AlertEvent, RuleInfo
 
@@ -35,6 +44,9 @@ EVALUATED = frozenset(("exec", "existing", "missed"))
 _SEEN_ALERTS = 65536  # (rule, exec_id, time) remembered so one process alerts once per rule
 _USERS = 65536  # exec_id -> user, for ParentUser
 _BASENAMES = 4096  # basenames whose plan is remembered (cleared when full)
+_EXES = 1024  # executable paths whose basename and plan are remembered (cleared when full)
+_SEEN_TEXTS = 1024  # values per field whose literal search result is remembered (see _literal_hit)
+_SEEN_TEXT_MAX = 256  # longer texts are searched each time (the memory stays a few MB at most)
 
 
 class Detector:
@@ -44,7 +56,7 @@ class Detector:
         self.skipped = skipped
         self.behaviours = list(behaviours)
         self._exit_behaviours = [b for b in self.behaviours if b.sees_exits]
-        self._plans: dict[str, tuple[list[CompiledRule], list[behaviour.Behaviour]]] = {}  # see _plan
+        self._plans: dict[str, tuple] = {}  # basename -> what its execs are tested against: see _plan
         self.probe = probe
         self._index: dict[str, list[CompiledRule]] = {}  # exact basename -> rules
         self._suffix: dict[str, list[CompiledRule]] = {}  # basename ending -> rules
@@ -72,10 +84,19 @@ class Detector:
         # (field, how to read it from the event, the search): read raw and lower-cased here,
         # not through the View, since every event pays this for every field (ParentUser is
         # the View's own state: read there).
-        self._literal_search = [(f, None if f == "ParentUser" else field_getter(f), _searcher(lits))
-                                for f, lits in sorted(by_field.items())]
+        # Per field: how to read it, the search, text (or number) -> its lower-cased text when
+        # one of the strings occurs in it, else "" (see _literal_hit), and whether false and
+        # true (a flag's value) contain one.
+        self._literal_search = []
+        for f, lits in sorted(by_field.items()):
+            search = _searcher(lits)
+            self._literal_search.append((f, None if f == "ParentUser" else field_getter(f), search, {},
+                                         (bool(search("false")), bool(search("true")))))
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self._users: OrderedDict[str, str | None] = OrderedDict()
+        # exec_id -> user, kept only when a rule reads ParentUser (no SigmaHQ Linux rule does)
+        self._users: OrderedDict[str, str | None] | None = (
+            OrderedDict() if any("ParentUser" in r.fields for r in rules) else None)
+        self._exes: dict[str, tuple[str, tuple]] = {}  # exe -> (its basename, its plan): see _observe
         self.alerts_per_rule: dict[str, int] = {}
         self.errors_per_rule: dict[str, int] = {}
         self.events_evaluated = 0
@@ -98,63 +119,89 @@ class Detector:
         return cls(rules, skipped, behaviour.builtin() if builtin else (), probe=probe)
 
     # -- the per-event path --------------------------------------------------------------------
+    def wants(self, kind: str) -> bool:
+        """Whether an event of this kind can matter now: execs and their like always, exits
+        while a behaviour waits for one (ArgvRewritten: rarely), forks never. The pipeline asks
+        first, so that most forks and exits cost a set lookup, not a call into detection."""
+        if kind in EVALUATED:
+            return True
+        return kind == "exit" and any(b.pending for b in self._exit_behaviours)
+
     def observe(self, ev: Any) -> list[AlertEvent]:
         out: list[AlertEvent] = []
         try:
-            self._observe(ev, out)
+            self._observe(as_record(ev), out)
         except Exception as e:  # noqa: BLE001 - a malformed (replayed) event, never a crash
             self._error("-", e)
         return out
 
     def _observe(self, ev: Any, out: list[AlertEvent]) -> None:
-        kind = attr(ev, "event")
+        kind = ev.event
         if kind not in EVALUATED:
             if kind == "exit":
                 for b in self._exit_behaviours:
                     self._run_behaviour(b, ev, None, out)
             return
         self.events_evaluated += 1
-        exec_id = attr(ev, "exec_id")
-        exe = attr(ev, "exe")
-        base = exe.rsplit("/", 1)[-1].lower() if exe and isinstance(exe, str) else ""
-        view = View(ev, self._users.get(attr(ev, "parent_exec_id")), base)
-        if exec_id is not None:
-            self._users[exec_id] = attr(ev, "user")
-            if len(self._users) > _USERS:
-                self._users.popitem(last=False)
-        plan = self._plans.get(base)
-        if plan is None:
-            plan = self._plan(base)
-        candidates, runs = plan
+        exe = ev.exe
+        # The executable's basename and what it leads to, remembered per path: most execs run
+        # a program that ran before.
+        known = self._exes.get(exe) if exe.__class__ is str else None
+        if known is None:
+            base = exe.rsplit("/", 1)[-1].lower() if exe and exe.__class__ is str else ""
+            known = (base, self._plans.get(base) or self._plan(base))
+            if exe.__class__ is str and len(exe) <= 512:
+                if len(self._exes) >= _EXES:
+                    self._exes.clear()
+                self._exes[exe] = known
+        base, (candidates, runs, gated) = known
+        users = self._users
+        if users is None:
+            view = View(ev, None, base)
+        else:
+            view = View(ev, users.get(ev.parent_exec_id), base)
+            if ev.exec_id is not None:
+                users[ev.exec_id] = ev.user
+                if len(users) > _USERS:
+                    users.popitem(last=False)
+        for b in gated:  # the behaviours this basename does not lead to, unless...
+            if b.pending or (b.trigger is not None and getattr(ev, b.trigger) is not None):
+                runs = runs + [b]
         if self._pindex or self._psuffix:
-            anc = attr(ev, "ancestry")
+            anc = ev.ancestry
             pexe = attr(anc[0], "exe") if anc else None
             if pexe and isinstance(pexe, str):
                 more = _lookup(pexe.rsplit("/", 1)[-1].lower(), self._pindex, self._psuffix)
                 if more:
                     candidates = candidates + more
         hits = None
-        for field, get, search in self._literal_search:
+        for field, get, search, seen, flag_hits in self._literal_search:
             v = get(ev) if get is not None else view.get(field)
             if v is None:
                 continue
             cls = v.__class__
-            if cls is str:
-                x = view.seed_lower(field, v)
+            if cls is str or cls is int:
+                x = seen.get(v)
+                if x is None:
+                    x = _literal_hit(v, search, seen)
+                if not x:
+                    continue
+                view.seed_lower(field, v, x)
             elif cls is bool:  # the flags (exe_fileless, exe_deleted): as Sigma compares them
+                if not flag_hits[v]:
+                    continue
                 x = "true" if v else "false"
-            elif cls is int:
-                x = str(v)
             else:
                 x = view.lower(field)
                 if x is None:
                     continue
                 if x.__class__ is not str:  # a list field: any element (a match across the
                     x = "\x00".join(x)     # separator only costs an evaluation)
-            if search(x):
-                if hits is None:
-                    hits = {}
-                hits[field] = x
+                if not search(x):
+                    continue
+            if hits is None:
+                hits = {}
+            hits[field] = x
         if hits is not None:
             found = [r for f in hits for r in self._literal_rules[f] if _holds(r.literals, hits)]
             if len(hits) > 1:
@@ -170,20 +217,26 @@ class Detector:
         for b in runs:
             self._run_behaviour(b, ev, view, out)
 
-    def _plan(self, base: str) -> tuple[list[CompiledRule], list[behaviour.Behaviour]]:
+    def _plan(self, base: str) -> tuple[list[CompiledRule], list[behaviour.Behaviour],
+                                        list[behaviour.Behaviour]]:
         """What an exec of this basename is tested against: the rules filed under it (and those
-        for every event), and the behaviours that want it. Remembered per basename, bounded."""
+        for every event), the behaviours that want it, and the others that can still want it
+        (see behaviour.Behaviour). Remembered per basename, bounded."""
         if len(self._plans) >= _BASENAMES:
             self._plans.clear()
-        plan = self._plans[base] = (self._always + _lookup(base, self._index, self._suffix),
-                                    [b for b in self.behaviours if b.wants(base)])
+            self._exes.clear()
+        wanted = [b for b in self.behaviours if b.wants(base)]
+        gated = [b for b in self.behaviours if b not in wanted and (b.trigger is not None or b.can_pend)]
+        plan = self._plans[base] = (self._always + _lookup(base, self._index, self._suffix), wanted, gated)
         return plan
 
     def _run_behaviour(self, b: "behaviour.Behaviour", ev: Any, view: View | None,
                        out: list[AlertEvent]) -> None:
         try:
-            for info, target, matched in b.observe(ev, view, self.probe):
-                self._alert(info, target, matched, attr(target, "event") or "exec", out)
+            hits = b.observe(ev, view, self.probe)
+            if hits:
+                for info, target, matched in hits:
+                    self._alert(info, target, matched, attr(target, "event") or "exec", out)
         except Exception as e:  # noqa: BLE001 - see the module docstring
             self._error(b.info.id, e)
 
@@ -259,6 +312,21 @@ def _searcher(literals: set[str]) -> Callable[[str], Any]:
         lit = next(iter(literals))
         return lambda text: lit in text
     return any_substring(literals)
+
+
+def _literal_hit(value: str | int, search: Callable[[str], Any], seen: dict) -> str:
+    """The value as lower-cased text when one of a field's strings occurs in it, else "":
+    remembered per value, since most fields repeat from exec to exec (the executable, its
+    directory, the parent's command line, a uid): a dictionary lookup instead of lower() and
+    a search. Long texts (a hostile command line) are not kept; the memory is bounded and
+    cleared when full."""
+    low = value.lower() if value.__class__ is str else str(value)
+    x = low if search(low) else ""
+    if len(low) <= _SEEN_TEXT_MAX:
+        if len(seen) >= _SEEN_TEXTS:
+            seen.clear()
+        seen[value] = x
+    return x
 
 
 def _holds(literals: frozenset[tuple[str, str]], hits: dict[str, str]) -> bool:

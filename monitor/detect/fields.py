@@ -6,13 +6,24 @@ own field names. One event answers all three vocabularies; README.md ("Detection
 mapping") documents the table below.
 
 A View wraps one event (a ProcessEvent from the live pipeline, or the dict of a JSON line
-replayed by `procsentry detect`) and computes each field at most once, on first use: most
-rules are never evaluated for most events (see engine.py), so most fields are never built.
+replayed by `procsentry detect`, read through Replayed) and computes each field at most once,
+on first use: most rules are never evaluated for most events (see engine.py), so most fields
+are never built.
+
+Fields are read from the event as attributes: a live record's own, a replayed line's keys
+through Replayed. A plain attribute is read by operator.attrgetter (C, no Python frame): the
+engine reads some fields of every exec, and what a read costs there is mostly the calls.
+Nested objects (ancestors, proc, differs) may still be dicts in a replayed line: attr() reads
+both.
 """
 from __future__ import annotations
 
+import dataclasses
+import operator
 import re
 from typing import Any, Callable
+
+from monitor.events import ExitEvent
 
 MISSING = object()
 
@@ -29,8 +40,26 @@ def _join(argv) -> str | None:
     return None if argv is None else " ".join(argv)
 
 
+class Replayed:
+    """A process event replayed from JSON (`procsentry detect`), read like a live record: a key
+    as an attribute, None when absent. Only the event's top level; nested objects stay dicts."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, d: dict) -> None:
+        self._d = d
+
+    def __getattr__(self, name: str) -> Any:  # only for names the class itself does not have
+        return self._d.get(name)
+
+
+def as_record(ev: Any) -> Any:
+    """The event as the getters read it: a replayed dict wrapped, a live record as it is."""
+    return Replayed(ev) if ev.__class__ is dict else ev
+
+
 def _parent(ev):
-    anc = attr(ev, "ancestry")
+    anc = ev.ancestry
     return anc[0] if anc else None
 
 
@@ -38,15 +67,27 @@ def _basename(path: str | None) -> str | None:
     return None if path is None else path.rsplit("/", 1)[-1]
 
 
-def _setuid(uid, euid) -> bool | None:
+def _setuid(ev) -> bool | None:
     """The effective uid is not the real one (a setuid executable, or a process that changed
     its effective uid alone); None when either is unknown."""
+    uid, euid = ev.uid, ev.euid
     return None if uid is None or euid is None else uid != euid
+
+
+def _argc(ev) -> int | None:
+    if ev.argc is not None:
+        return ev.argc
+    return None if ev.argv is None else len(ev.argv)
+
+
+def _argv0(ev) -> str | None:
+    argv = ev.argv
+    return argv[0] if argv else None
 
 
 def _ancestry_field(name: str) -> Callable[[Any], Any]:
     def get(ev):
-        anc = attr(ev, "ancestry")
+        anc = ev.ancestry
         if anc is None:
             return None
         if name == "argv":  # each ancestor's command line, as CommandLine is built
@@ -58,38 +99,37 @@ def _ancestry_field(name: str) -> Callable[[Any], Any]:
 # Sysmon for Linux (event 1, process creation) names -> procsentry. ParentUser needs state
 # (ancestors carry no uid) and is supplied by the engine; see View.parent_user.
 SYSMON: dict[str, Callable[[Any], Any]] = {
-    "Image": lambda ev: attr(ev, "exe"),
-    "CommandLine": lambda ev: _join(attr(ev, "argv")),
-    "CurrentDirectory": lambda ev: attr(ev, "cwd"),
-    "User": lambda ev: attr(ev, "user"),
+    "Image": operator.attrgetter("exe"),
+    "CommandLine": lambda ev: _join(ev.argv),
+    "CurrentDirectory": operator.attrgetter("cwd"),
+    "User": operator.attrgetter("user"),
     # Sysmon for Linux fills LogonId from the process's uid (two SigmaHQ OMIGOD rules test
     # `LogonId: 0` for root), so it is the uid here too.
-    "LogonId": lambda ev: attr(ev, "uid"),
-    "ProcessId": lambda ev: attr(ev, "pid"),
-    "ParentProcessId": lambda ev: attr(ev, "ppid"),
-    "ProcessGuid": lambda ev: attr(ev, "exec_id"),
-    "ParentProcessGuid": lambda ev: attr(ev, "parent_exec_id"),
+    "LogonId": operator.attrgetter("uid"),
+    "ProcessId": operator.attrgetter("pid"),
+    "ParentProcessId": operator.attrgetter("ppid"),
+    "ProcessGuid": operator.attrgetter("exec_id"),
+    "ParentProcessGuid": operator.attrgetter("parent_exec_id"),
     "ParentImage": lambda ev: attr(_parent(ev), "exe"),
     "ParentCommandLine": lambda ev: _join(attr(_parent(ev), "argv")),
-    "OriginalFileName": lambda ev: _basename(attr(ev, "exe")),
+    "OriginalFileName": lambda ev: _basename(ev.exe),
 }
 
 # auditd EXECVE record fields (a0..aN are handled in View.get).
 AUDITD: dict[str, Callable[[Any], Any]] = {
     "type": lambda ev: "EXECVE",
-    "argc": lambda ev: attr(ev, "argc") if attr(ev, "argc") is not None else (
-        len(attr(ev, "argv")) if attr(ev, "argv") is not None else None),
-    "exe": lambda ev: attr(ev, "exe"),
-    "cwd": lambda ev: attr(ev, "cwd"),
-    "auid": lambda ev: attr(ev, "loginuid"),
-    "ses": lambda ev: attr(ev, "sessionid"),
+    "argc": _argc,
+    "exe": operator.attrgetter("exe"),
+    "cwd": operator.attrgetter("cwd"),
+    "auid": operator.attrgetter("loginuid"),
+    "ses": operator.attrgetter("sessionid"),
 }
 
 # Names procsentry adds for rules written against it (its own fields need no entry: any
 # top-level field, and dotted paths into the ns, proc and differs objects, resolve by name).
 EXTRA: dict[str, Callable[[Any], Any]] = {
-    "argv0": lambda ev: (attr(ev, "argv") or (None,))[0],
-    "setuid": lambda ev: _setuid(attr(ev, "uid"), attr(ev, "euid")),
+    "argv0": _argv0,
+    "setuid": _setuid,
     "ancestry.exe": _ancestry_field("exe"),
     "ancestry.argv": _ancestry_field("argv"),
     "ancestry.pid": _ancestry_field("pid"),
@@ -102,13 +142,18 @@ RESOLVERS: dict[str, Callable[[Any], Any]] = {**SYSMON, **AUDITD, **EXTRA}
 _AUDIT_ARG = re.compile(r"a([0-9]+)\Z")
 
 
+# A live record has every one of these (a dataclass field): read as a plain attribute.
+_RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(ExitEvent))
+
+
 def resolve(ev: Any, name: str) -> Any:
     """The value of field `name` on event `ev` (None when the event has no such value)."""
-    return field_getter(name)(ev)
+    return field_getter(name)(as_record(ev))
 
 
 def field_getter(name: str) -> Callable[[Any], Any]:
-    """The function that reads field `name` from an event (raw, not lower-cased)."""
+    """The function that reads field `name` from an event (a record, or a Replayed: see
+    as_record), raw, not lower-cased."""
     fn = _GETTERS.get(name)
     if fn is None:
         fn = _GETTERS[name] = _getter(name)
@@ -125,13 +170,15 @@ def _getter(name: str) -> Callable[[Any], Any]:
         i = int(m.group(1))
 
         def audit_arg(ev):
-            argv = attr(ev, "argv")
+            argv = ev.argv
             return argv[i] if argv is not None and i < len(argv) else None
         return audit_arg
     if "." in name:  # proc.state, ns.pid, differs.argv; through lists: proc.sockets.remote
         parts = name.split(".")
         return lambda ev: _path(ev, parts)
-    return lambda ev: attr(ev, name)
+    if name in _RECORD_FIELDS:
+        return operator.attrgetter(name)
+    return lambda ev: getattr(ev, name, None)
 
 
 _GETTERS: dict[str, Callable[[Any], Any]] = {}
@@ -154,7 +201,7 @@ class View:
     __slots__ = ("ev", "_values", "_lower", "parent_user", "base")
 
     def __init__(self, ev: Any, parent_user: str | None = None, base: str = "") -> None:
-        self.ev = ev
+        self.ev = as_record(ev)
         self.base = base  # the executable's basename, lower-cased ("" without one)
         self._values: dict[str, Any] = {}
         self._lower: dict[str, Any] = {}
@@ -179,14 +226,11 @@ class View:
             self._lower[name] = v
         return v
 
-    def seed_lower(self, name: str, v: str) -> str:
-        """Field `name` read by the caller as the string v: cached as get() and lower() would
-        have, and returned lower-cased."""
-        low = self._lower.get(name)
-        if low is None:
-            self._values[name] = v
-            low = self._lower[name] = v.lower()
-        return low
+    def seed_lower(self, name: str, v: str, low: str) -> None:
+        """Field `name` read by the caller as the string v, lower-cased low: cached as get()
+        and lower() would have."""
+        self._values[name] = v
+        self._lower[name] = low
 
     def text(self, name: str) -> Any:
         return _as_text(self.get(name), False)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from monitor.detect.compile import (PARENT_IMAGE_FIELDS, Pred, Unsupported, compile_condition,
-                                    required_basenames, required_literals)
+                                    fields_of, required_basenames, required_literals)
 from monitor.events import RuleInfo
 
 log = logging.getLogger("procsentry.detect")
@@ -35,6 +35,7 @@ class CompiledRule:
     basenames: frozenset[str] | None  # index key: see compile.required_basenames
     parent_basenames: frozenset[str] | None = None  # the same on ParentImage, when no Image key
     literals: frozenset[tuple[str, str]] | None = None  # (field, string): compile.required_literals
+    fields: frozenset[str] = frozenset()  # every field the condition reads (compile.fields_of)
 
 
 @dataclass
@@ -161,7 +162,7 @@ def compile_rule(rule, source: str, file: str) -> CompiledRule:
     conds = rule.detection.parsed_condition
     if not conds:
         raise Unsupported("no condition")
-    preds, leaves, keys, pkeys, lits = [], [], [], [], []
+    preds, leaves, keys, pkeys, lits, fields = [], [], [], [], [], set()
     for cond in conds:  # several conditions in one rule are alternatives (OR)
         tree = cond.parsed
         p, lv = compile_condition(tree)
@@ -170,6 +171,7 @@ def compile_rule(rule, source: str, file: str) -> CompiledRule:
         keys.append(required_basenames(tree))
         pkeys.append(required_basenames(tree, PARENT_IMAGE_FIELDS))
         lits.append(required_literals(tree))
+        fields |= fields_of(tree)
     if len(preds) == 1:
         match = preds[0]
     else:
@@ -177,7 +179,8 @@ def compile_rule(rule, source: str, file: str) -> CompiledRule:
     basenames = None if any(k is None for k in keys) else frozenset().union(*keys)
     pbasenames = None if basenames is not None or any(k is None for k in pkeys) else frozenset().union(*pkeys)
     literals = None if any(k is None for k in lits) else frozenset().union(*lits)
-    return CompiledRule(_info(rule, source, file), match, leaves, basenames, pbasenames, literals)
+    return CompiledRule(_info(rule, source, file), match, leaves, basenames, pbasenames, literals,
+                        frozenset(fields))
 
 
 def load_builtin() -> tuple[list[CompiledRule], list[Skipped]]:

