@@ -113,9 +113,10 @@ def _start_ticks(exec_id: str | None) -> int | None:
 class Behaviour:
     """When the engine calls observe: for the execs of the basenames it `wants` (asked once per
     basename); for any exec while `pending` is non-zero (state that any program may complete:
-    a downloaded file made executable); for any exec that has the `trigger` field; and for
-    exits only if it `sees_exits`, while `pending`. Most execs call no behaviour that does
-    not look at every process."""
+    a downloaded file made executable; only behaviours that `can_pend` keep it); for any exec
+    that has the `trigger` field; and for exits only if it `sees_exits` (every exit, or only
+    while `pending` for one that `can_pend`). Most execs call no behaviour that does not look
+    at every process."""
 
     info: RuleInfo
     sees_exits = False  # called for exit events too (view None): only state across exits needs it
@@ -425,7 +426,11 @@ class Argv0Mismatch(Behaviour):
             return None
         argv, exe, filename = ev.argv, ev.exe, ev.filename
         if not argv or not exe or not filename or ev.exe_fileless or argv[0] == filename:
-            return None  # (the last: argv[0] is the very path executed, as execvp passes it)
+            # The last: argv[0] is the very path executed (as execvp passes it), whatever the
+            # executable it leads to: a symlink's name is not a mismatch (the name checks
+            # below decided the same, except for a name starting with "-", stripped from
+            # argv[0] as a login shell's mark but not from the path).
+            return None
         a0 = _base(argv[0]).lstrip("-")
         if not a0 or filename.startswith(("/dev/fd/", PROC_PREFIX)):
             return  # fexecve and friends: the path names a descriptor, not a program

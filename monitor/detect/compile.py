@@ -52,8 +52,11 @@ def compile_condition(node) -> tuple[Pred, list[tuple[str, Pred]]]:
 
 
 def fields_of(node) -> frozenset[str]:
-    """Every field the condition reads, under a NOT or not (keywords: KEYWORD_FIELDS)."""
+    """Every field the condition reads, under a NOT or not (keywords: KEYWORD_FIELDS; the
+    field a `fieldref` value names)."""
     if isinstance(node, C.ConditionFieldEqualsValueExpression):
+        if isinstance(node.value, T.SigmaFieldReference):
+            return frozenset((node.field, node.value.field))
         return frozenset((node.field,))
     if isinstance(node, C.ConditionValueExpression):
         return frozenset(KEYWORD_FIELDS)
@@ -450,9 +453,9 @@ def _literal(value) -> frozenset[str] | None:
     if isinstance(value, T.SigmaBool):  # View.lower shows booleans as true/false
         return frozenset(("true" if value.boolean else "false",))
     if isinstance(value, T.SigmaNumber) and type(value) is T.SigmaNumber:
-        return frozenset((str(value.number).lower(),))
+        return frozenset((str(value.number).lower(),))  # 0 matches 0 and "0"; 0.0 contains it
     if isinstance(value, T.SigmaRegularExpression):
-        return regex_literals(_regex_text(value), _regex_flags(value))  # 0 matches 0 and "0"; 0.0 contains it
+        return regex_literals(_regex_text(value), _regex_flags(value))
     if not isinstance(value, T.SigmaString):
         return None
     plain = [p for p in value.s if isinstance(p, str)]

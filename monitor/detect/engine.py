@@ -125,7 +125,7 @@ class Detector:
         first, so that most forks and exits cost a set lookup, not a call into detection."""
         if kind in EVALUATED:
             return True
-        return kind == "exit" and any(b.pending for b in self._exit_behaviours)
+        return kind == "exit" and any(b.pending or not b.can_pend for b in self._exit_behaviours)
 
     def observe(self, ev: Any) -> list[AlertEvent]:
         out: list[AlertEvent] = []

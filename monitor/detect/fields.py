@@ -23,7 +23,7 @@ import operator
 import re
 from typing import Any, Callable
 
-from monitor.events import ExitEvent
+from monitor.events import ProcessEvent
 
 MISSING = object()
 
@@ -142,8 +142,9 @@ RESOLVERS: dict[str, Callable[[Any], Any]] = {**SYSMON, **AUDITD, **EXTRA}
 _AUDIT_ARG = re.compile(r"a([0-9]+)\Z")
 
 
-# A live record has every one of these (a dataclass field): read as a plain attribute.
-_RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(ExitEvent))
+# Every record the rules see (exec, existing, missed) has these (a ProcessEvent dataclass
+# field; not ExitEvent's own: an exec record has no exit_code): read as a plain attribute.
+_RECORD_FIELDS = frozenset(f.name for f in dataclasses.fields(ProcessEvent))
 
 
 def resolve(ev: Any, name: str) -> Any:

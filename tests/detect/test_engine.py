@@ -6,7 +6,7 @@ import logging
 
 from monitor.detect.engine import Detector
 from monitor.detect.loader import CompiledRule, load
-from monitor.events import AlertEvent, RuleInfo
+from monitor.events import AlertEvent, ProcessEvent, RuleInfo
 from monitor.output import to_json, to_text
 
 RULE = """title: id run
@@ -100,3 +100,39 @@ def test_download_chmod_exec_reaches_an_executable_of_any_name():
 def test_the_pipeline_asks_before_handing_forks_and_exits():
     det = Detector.from_paths(None)
     assert [det.wants(k) for k in ("exec", "existing", "missed", "fork", "exit")] == [True, True, True, False, False]
+
+
+def record(**kw) -> ProcessEvent:
+    """A live exec record, as the pipeline hands it to the detector."""
+    base = dict(event="exec", time="2026-12-01T10:00:00.000000000Z", source="bpf", pid=42, ppid=1,
+                exec_id="b:1:42", parent_exec_id="b:0:1", uid=0, euid=0, gid=0, egid=0, user="root",
+                comm="id", exe="/usr/bin/id", argv=("id", "-u"), argv_truncated=False, cwd="/",
+                start_time=1, container_id=None, ns=None, enrichment="full")
+    base.update(kw)
+    return ProcessEvent(**base)
+
+
+def test_an_exit_only_field_is_null_on_an_exec_record(tmp_path):
+    """`signal` is an exit record's: on a live exec record it is absent (null), as in a replayed
+    line, whether a rule tests it under NOT or files it in the literal index."""
+    (tmp_path / "not_killed.yml").write_text(RULE.replace("0000000000aa", "0000000000ab").replace(
+        "  sel: {Image|endswith: /id}\n  condition: sel",
+        "  sel: {Image|endswith: /id}\n  killed: {signal: 9}\n  condition: sel and not killed"))
+    (tmp_path / "killed.yml").write_text(RULE.replace("0000000000aa", "0000000000ac").replace(
+        "  sel: {Image|endswith: /id}\n  condition: sel", "  killed: {signal: 9}\n  condition: killed"))
+    det = Detector.from_paths([str(tmp_path)], builtin=False)
+    for ev in (record(), event()):
+        assert [a.rule.id for a in det.observe(ev)] == ["0b5e0000-0000-4000-8000-0000000000ab"]
+        det._seen.clear()
+    assert det.counters()["evaluation_errors"] == 0
+
+
+def test_parent_user_is_kept_for_a_fieldref_to_it(tmp_path):
+    (tmp_path / "same_user.yml").write_text(RULE.replace(
+        "  sel: {Image|endswith: /id}\n  condition: sel",
+        "  sel:\n    Image|endswith: /id\n    User|fieldref: ParentUser\n  condition: sel"))
+    det = Detector.from_paths([str(tmp_path)], builtin=False)
+    assert det.observe(record(pid=7, exec_id="b:1:7", exe="/usr/bin/bash", comm="bash", user="bob")) == []
+    assert det.observe(record(pid=8, exec_id="b:1:8", parent_exec_id="b:1:7", user="root")) == []
+    [alert] = det.observe(record(pid=9, exec_id="b:1:9", parent_exec_id="b:1:7", user="bob"))
+    assert (alert.pid, alert.matched.get("User")) == (9, "bob")
