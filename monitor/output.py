@@ -172,34 +172,55 @@ class Sink:
         # a list of the encoded events: orjson 3.13 returns each line in an allocation of
         # 8-16 KiB whatever its length (seen with tracemalloc), so holding them cost ~20x
         # their size (80 MB for 5,000 pending events).
-        self._pending = bytearray()
+        # The bytearray keeps its memory across flushes (the first _used bytes are pending):
+        # emptied with clear() it was freed at every flush and grown again 12.5 % at a time,
+        # each step a realloc that copied it or an mremap, and fresh pages to fault in. Under
+        # a storm that was 5 % of the monitor's samples (py-spy), more when other work between
+        # two events (detection) left no room to grow in place. It keeps at most the bound
+        # (--output-buffer) plus one flush's overshoot.
+        self._buf = bytearray()
+        self._used = 0
         self._pending_events = 0
         self.pending_peak = 0
         self._last_error_report = 0.0
         if fmt == "ps":
-            self._pending += PS_HEADER.encode()
+            self._append(PS_HEADER.encode())
 
     @property
     def pending_bytes(self) -> int:
-        return len(self._pending)
+        return self._used
+
+    def _append(self, data: bytes) -> None:
+        used = self._used
+        end = used + len(data)
+        if end > len(self._buf):  # grow at least twofold: few resizes, then none
+            grow = bytes(max(end, 2 * len(self._buf), 65536) - len(self._buf))
+            try:
+                self._buf.extend(grow)
+            except BufferError:  # a view of it outlived a failed flush (held by a traceback)
+                self._buf = self._buf[:used] + grow
+        self._buf[used:end] = data
+        self._used = end
 
     def write(self, record: Any) -> None:
-        self._pending += self.encode(record)
+        self._append(self.encode(record))
         self._pending_events += 1
 
     def write_encoded(self, data: bytes) -> None:
         """An already encoded line (the delivery fan-out encodes once for every output)."""
-        self._pending += data
+        self._append(data)
         self._pending_events += 1
 
     def flush(self) -> None:
-        if not self._pending:
+        if not self._used:
             return
-        if len(self._pending) > self.pending_peak:
-            self.pending_peak = len(self._pending)
-        data = bytes(self._pending)
+        if self._used > self.pending_peak:
+            self.pending_peak = self._used
+        self._flush(memoryview(self._buf)[:self._used])  # written from where it is: no copy
+
+    def _flush(self, data: memoryview) -> None:
         n = self._pending_events
-        self._pending.clear()
+        self._used = 0
         self._pending_events = 0
         try:
             if self._file is not None:

@@ -102,6 +102,8 @@ class RotatingFile:
                 self._write_all(data)
                 return
             limit = self.rotation.max_size
+            if not isinstance(data, bytes):  # a view of the sink's buffer: rfind and count below
+                data = bytes(data)
             size = os.fstat(self.fd).st_size  # not a cached figure: copytruncate may have run
             start, n = 0, len(data)
             while start < n:

@@ -179,3 +179,26 @@ def test_output_readable_by_others_is_used_with_a_warning(tmp_path, capsys):
     os.chmod(path, 0o600)
     Sink("json", path=str(path)).close()
     assert capsys.readouterr().err == ""
+
+
+def test_the_pending_buffer_keeps_its_memory_and_loses_no_byte(tmp_path):
+    """The sink's buffer is emptied without being freed (flush writes from it in place): every
+    line arrives once and in order across flushes, lines longer than the buffer included, and
+    its memory stays what the largest flush needed."""
+    path = tmp_path / "out.jsonl"
+    sink = Sink("json", path=str(path))
+    lines = [b'{"n":%d,"pad":"%s"}\n' % (i, b"x" * (i * 37 % 3000)) for i in range(3000)]
+    lines.insert(1500, b'{"big":"%s"}\n' % (b"y" * 300_000))  # past the buffer's capacity
+    for i, line in enumerate(lines):
+        sink.write_encoded(line)
+        if i % 700 == 699:
+            sink.flush()
+            assert sink.pending_bytes == 0
+    sink.flush()
+    capacity = len(sink._buf)
+    for line in lines[:50]:  # a small flush after a large one: the same memory, not a new one
+        sink.write_encoded(line)
+    sink.flush()
+    sink.close()
+    assert len(sink._buf) == capacity
+    assert path.read_bytes() == b"".join(lines) + b"".join(lines[:50])
