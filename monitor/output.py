@@ -229,7 +229,7 @@ class Sink:
                 finally:
                     self._fd = self._file.fd
             elif self._fd is not None:
-                view = memoryview(data)
+                view = data
                 while view:
                     written = os.write(self._fd, view)
                     view = view[written:]
