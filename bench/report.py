@@ -123,6 +123,44 @@ def summarise(data: dict) -> dict:
             summ["levels"][lv] = s
         out[name] = summ
     out["_targets"] = targets(out)
+    out["_detection"] = detection_cost(sessions, level_names)
+    return out
+
+
+NODETECT = "procsentry-bpf-nodetect"
+DETECT_LIMIT = 1.15  # issue 13: a full rule set raises monitor CPU per 1,000 execs by at most 15 %
+
+
+def detection_cost(sessions: dict, level_names: list[str]) -> dict:
+    """What detection adds (run.py --detection), per level: each detection contender's CPU per
+    1,000 execs over no detection's in the same repetition (paired: the contenders of one
+    repetition run minutes apart, so slow drifts of this host's load cancel in the ratio, where
+    they do not between the medians of separate contenders), and the ratio of the medians."""
+    def cpu(row: dict) -> float | None:
+        return row["cpu_s"] / row["n"] * 1000 if row.get("cpu_s") is not None and row.get("n") else None
+
+    base_runs = {r["rep"]: r for r in sessions.get(NODETECT, [])}
+    if not base_runs:
+        return {}
+    out: dict = {}
+    for name in (PROCSENTRY, "procsentry-bpf-rules"):
+        for lv in level_names:
+            ratios, mine, theirs = [], [], []
+            for r in sessions.get(name, []):
+                b = base_runs.get(r["rep"])
+                x = cpu(r.get("levels", {}).get(lv, {}))
+                y = cpu(b.get("levels", {}).get(lv, {})) if b else None
+                if x is not None:
+                    mine.append(x)
+                if y is not None:
+                    theirs.append(y)
+                if x is not None and y:
+                    ratios.append(x / y)
+            if ratios:
+                m0, m1 = median(theirs), median(mine)
+                out.setdefault(name, {})[lv] = {
+                    "paired": ratios, "paired_median": median(ratios),
+                    "of_medians": m1 / m0 if m0 else None}
     return out
 
 
@@ -321,6 +359,26 @@ def render(data: dict) -> str:
             w(f"| {r['what']} | {r['value']} | {r['target']} | {met} | {r['miss']} |")
         w("")
 
+    # -- detection
+    det = summ.get("_detection") or {}
+    if det:
+        w("## What detection costs (`--detection`)")
+        w("")
+        w("Monitor CPU per 1,000 execs of each detection configuration over `--no-builtin-rules` "
+          "(no detection): per repetition, both measured in the same repetition (paired), their "
+          f"median, and the ratio of the two contenders' medians. Issue 13's limit: the full rule set "
+          f"at most {DETECT_LIMIT:.2f}x.")
+        w("")
+        w("| configuration | level | paired, per repetition | paired median | ratio of medians |")
+        w("|---|---|---|---|---|")
+        for name, per_level in det.items():
+            for lv, d in per_level.items():
+                reps = ", ".join(f"{(x - 1) * 100:+.0f} %" for x in d["paired"])
+                om = d.get("of_medians")
+                w(f"| {labels.get(name, name)} | {lv} | {reps} | **{(d['paired_median'] - 1) * 100:+.1f} %** | "
+                  f"{'—' if om is None else f'{(om - 1) * 100:+.1f} %'} |")
+        w("")
+
     # -- per level
     w("## Per level")
     for lvm in meta["levels"]:
@@ -369,7 +427,7 @@ def render(data: dict) -> str:
     prof = data.get("profile")
     if prof:
         w("")
-        w("## Profile: procsentry `--sensor bpf` under the storm")
+        w(f"## Profile: procsentry `--sensor bpf` under the {prof.get('level', 'storm')}")
         w("")
         if prof.get("error"):
             w(f"No profile: {prof['error']}")

@@ -191,14 +191,16 @@ def run_session(c: C.Contender, levels: list[Level], rep: int, ci: int, args, lo
 # ------------------------------------------------------------------------------ profile
 
 def profile(ctx: C.Context, args, log) -> dict | None:
-    """procsentry --sensor bpf under the storm, sampled by py-spy (raw collapsed stacks)."""
+    """procsentry --sensor bpf (its defaults) under one level (--profile-level, the storm unless
+    told), sampled by py-spy (raw collapsed stacks)."""
     pyspy = Path(args.python).parent / "py-spy"
     if not pyspy.exists():
         pyspy = Path(shutil.which("py-spy") or "")
     if not pyspy.is_file():
         return {"error": "py-spy is not installed (bench/setup.sh installs it into the venv)"}
     c = C.Procsentry(ctx, "bpf")
-    lv = Level("storm", "", "nop", args.storm_n, 0.0, 2 * (os.cpu_count() or 1))
+    lv = next(lv for lv in levels_for(argparse.Namespace(**{**vars(args), "smoke": False,
+                                                               "levels": args.profile_level})))
     raw = args.workdir / "profile.txt"
     spy = None
     try:
@@ -209,7 +211,7 @@ def profile(ctx: C.Context, args, log) -> dict | None:
                                stdout=subprocess.DEVNULL, stderr=open(args.workdir / "py-spy.stderr", "wb"))
         time.sleep(1.0)
         res, _ = run_level(c, lv, "profile", args, None, None)
-        log(f"    profile storm {report.brief(res)}")
+        log(f"    profile {lv.name} {report.brief(res)}")
     except C.NotAvailable as e:
         return {"error": str(e)}
     finally:
@@ -223,7 +225,7 @@ def profile(ctx: C.Context, args, log) -> dict | None:
         c.stop()
     if not raw.exists():
         return {"error": "py-spy wrote no profile: " + (args.workdir / "py-spy.stderr").read_text()[-300:]}
-    return report.summarise_profile(raw)
+    return {**report.summarise_profile(raw), "level": lv.title}
 
 
 def start_echo_server() -> int:
@@ -274,6 +276,9 @@ def parse_args(argv):
     ap.add_argument("--max-drain", type=float, default=60.0, help="longest wait for a tool to catch up")
     ap.add_argument("--ready-timeout", type=float, default=60.0)
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--profile-level", default="storm",
+                    choices=("moderate", "sub-ms", "storm", "stress-ng", "realistic", "stress-fork"),
+                    help="the level the py-spy profile runs (default: storm)")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--python", default=str(REPO / ".venv" / "bin" / "python")
                     if (REPO / ".venv" / "bin" / "python").exists() else sys.executable)

@@ -144,6 +144,8 @@ class Pipeline:
         self.stop_requested = False
         self.emitted = 0
         self.started = time.monotonic()
+        self._to_detect: list = []
+        self._turn_ns = 0  # when the loop last woke (next_due_ms paces the turns by it)
         self._last_reconcile = 0.0
         self._reconcile_due: str | None = None
         self._lost_since_reconcile = False
@@ -182,20 +184,11 @@ class Pipeline:
     # -- emit ------------------------------------------------------------------------------
     def emit_process(self, ev: ProcessEvent) -> None:
         self.counters.event(ev.event)
-        # Detection sees every process event, before the output filters; an alert is shown
-        # when its process passes the process filters (--pid, --uid, --exe, ...) and `alert`
-        # the --events filter. observe() never raises.
+        # Detection sees every process event, before the output filters (see detect()).
         if self.detector is not None and self.detector.wants(ev.event):
-            t0 = perf_counter()
-            alerts = self.detector.observe(ev)
-            spent = self.counters.time_detect
-            spent[ev.event] = spent.get(ev.event, 0.0) + perf_counter() - t0
-            if alerts:
-                shown = self.cfg.filters.match_process(ev)
-                for alert in alerts:
-                    self.counters.event("alert")
-                    if shown and self.cfg.filters.passes_lost_and_stats("alert"):
-                        self._write(alert)
+            self._to_detect.append(ev)
+            if len(self._to_detect) >= DETECT_BATCH:
+                self.detect()
         if not self.cfg.filters.match(ev):
             return
         sink = self.sink
@@ -230,8 +223,38 @@ class Pipeline:
         if self.sink.pending_bytes > self.cfg.output_buffer_bytes:
             self.flush()
 
+    def detect(self) -> None:
+        """Run detection over the process events emitted since the last call, in their order.
+
+        The events are batched, not observed one by one as they are built: between two events
+        the pipeline decodes, builds and encodes, and the detector's code and tables are cold
+        again by the next one. Measured live in the 20,000-exec storm with the built-in pack
+        plus 150 Sigma rules: 14-15 us per exec observed one by one, 9.5-11.4 us in batches
+        (offline, hot, 6.8). A batch ends at every flush (the loop flushes at least every
+        FLUSH_EVERY_S while records come, at once when they stop) or at DETECT_BATCH events,
+        so an alert follows its event within the same flush, after the batch's other events.
+        An alert is shown when its process passes the process filters (--pid, --uid, --exe,
+        ...) and `alert` the --events filter. observe() never raises."""
+        batch = self._to_detect
+        if not batch:
+            return
+        self._to_detect = []
+        observe = self.detector.observe
+        spent = self.counters.time_detect
+        for ev in batch:
+            t0 = perf_counter()
+            alerts = observe(ev)
+            spent[ev.event] = spent.get(ev.event, 0.0) + perf_counter() - t0
+            if alerts:
+                shown = self.cfg.filters.match_process(ev)
+                for alert in alerts:
+                    self.counters.event("alert")
+                    if shown and self.cfg.filters.passes_lost_and_stats("alert"):
+                        self._write(alert)
+
     def flush(self) -> None:
         """Sink.flush, timed for stats.time_s.output."""
+        self.detect()
         t0 = perf_counter()
         self.sink.flush()
         self.counters.time_output += perf_counter() - t0
@@ -471,11 +494,14 @@ class Pipeline:
         due = self.window.next_due_ns()
         if due is None:
             return self.cfg.poll_timeout_ms
-        # Wake a little after the oldest record is due, not exactly then: records keep
-        # arriving, and one turn of the loop for several milliseconds' worth of them costs
-        # far less than a turn per millisecond. Latency grows by at most BATCH_SLACK_MS.
-        left = due - time.monotonic_ns()
-        return max(1, min(self.cfg.poll_timeout_ms, left // 1_000_000 + BATCH_SLACK_MS))
+        # Wake when the oldest record is due, but not sooner than TURN_NS after the last turn:
+        # records keep arriving, and a turn for TURN_NS's worth of them costs far less than a
+        # turn per record. A turn is paid mostly cold (this host: ~3x the CPU per record of
+        # the same work in a hot loop, after the CPU slept in between), so fewer, fuller turns
+        # are cheaper per record. Latency stays within the hold delay plus TURN_NS.
+        wake = max(due, self._turn_ns + TURN_NS)
+        left = wake - time.monotonic_ns()
+        return max(1, min(self.cfg.poll_timeout_ms, -(-left // 1_000_000)))
 
     # -- sweeps ----------------------------------------------------------------------------
     def _sweep(self) -> Sweep:
@@ -632,6 +658,7 @@ class Pipeline:
         last_flush = now
         while not self.stop_requested:
             self.source.poll(self.next_due_ms())
+            self._turn_ns = time.monotonic_ns()
             self.drain()
             now = time.monotonic()
             if self._reconcile_due and now - self._last_reconcile >= 1.0:
@@ -654,6 +681,7 @@ class Pipeline:
 
     def finish(self) -> None:
         """Final stats, then flush: called on every orderly exit."""
+        self.detect()  # the last batch's alerts, before the stats that count them
         self.emit_other(self.stats())
         self.flush()
 
@@ -685,7 +713,8 @@ def _stdio(fds, _seen: dict = {}) -> tuple[Stdio, ...] | None:  # noqa: B006 - t
 
 
 FLUSH_EVERY_S = 0.005
-BATCH_SLACK_MS = 5
+DETECT_BATCH = 1024  # process events held for detection at most (Pipeline.detect)
+TURN_NS = 10_000_000  # timer-driven turns of the loop at most every 10 ms (next_due_ms)
 
 
 def _same_image(entry: Entry, snap: ProcessSnapshot) -> bool:

@@ -299,3 +299,49 @@ def test_enrich_levels_and_the_time_they_take(proc_tree):
     assert ev.enrichment in ("full", "partial") and spent["enrich"]["exec"] > 0
     assert ev.proc.fds is not None and ev.proc.fd_count == len(fs.listdir(100, "fd"))
     assert ev.proc.suid != 11  # from the fixture's status, not the kernel record
+
+
+EVIL_RULE = """title: evil runs
+id: 6f1d2c3b-0000-4000-8000-00000000e1e1
+status: test
+level: high
+author: procsentry tests
+logsource: {category: process_creation, product: linux}
+detection:
+  sel: {Image|endswith: /evil}
+  condition: sel
+"""
+
+
+def test_detection_runs_per_flush_and_each_alert_follows_its_event(proc_tree, tmp_path):
+    """Detection is batched (Pipeline.detect): the events of a drain are observed in their order
+    at the next flush, and every alert is written after its event, before the flush's bytes go
+    out. The batch is bounded: DETECT_BATCH events are observed at once."""
+    from monitor import pipeline as pl
+    from monitor.detect.engine import Detector
+
+    (tmp_path / "evil.yml").write_text(EVIL_RULE)
+    fs = ProcFS(proc_tree("host"))
+    src, sink = ScriptedSource(), Capture()
+    p = Pipeline(src, sink, fs, Config(), detector=Detector.from_paths([str(tmp_path)], builtin=False))
+    src.batches = [[rexec(7600, 1, 1, 2, (b"evil", b"-x"), 1, exe=b"/tmp/evil"),
+                    rexec(7601, 1, 1, 2, (b"ls",), 2, exe=b"/usr/bin/ls"),
+                    rexec(7602, 1, 1, 2, (b"evil",), 3, exe=b"/opt/evil")]]
+    p.drain(flush=True)
+    assert [r.event for r in sink.records] == ["exec", "exec", "exec"]  # not observed yet
+    p.flush()
+    got = [(r.event, r.pid) for r in sink.records]
+    assert got == [("exec", 7600), ("exec", 7601), ("exec", 7602), ("alert", 7600), ("alert", 7602)]
+    alert = sink.records[3]
+    assert alert.rule.id == "6f1d2c3b-0000-4000-8000-00000000e1e1"
+    assert alert.exec_id == sink.records[0].exec_id and alert.argv == ("evil", "-x")
+    assert p.counters.events["alert"] == 2 and p.counters.time_detect["exec"] > 0
+
+    # a drain longer than the bound observes DETECT_BATCH events without waiting for a flush
+    n = pl.DETECT_BATCH + 3
+    src.batches = [[rexec(8000 + i, 1, 1, 2, (b"evil",), 10 + i, exe=b"/tmp/evil") for i in range(n)]]
+    p.drain(flush=True)
+    assert len(p._to_detect) == 3
+    assert sum(r.event == "alert" for r in sink.records) == 2 + pl.DETECT_BATCH
+    p.flush()
+    assert sum(r.event == "alert" for r in sink.records) == 2 + n and not p._to_detect
