@@ -94,3 +94,24 @@ def test_profile_summary(tmp_path):
     assert (20.0, "__init__ of a dataclass (generated)", "<string>") in p["self"]
     assert sorted(p["total"][:2]) == [(60.0, "drain", "monitor/pipeline.py"), (60.0, "run", "monitor/pipeline.py")]
     assert all(f != "<module>" for _, f, _ in p["total"])  # on every stack: left out
+
+
+def test_detection_cost_pairs_each_repetition_with_its_own_no_detection_run():
+    """report.detection_cost divides each detection contender's CPU per 1,000 execs by the
+    no-detection run of the same repetition (paired), not by a pooled median."""
+    def run(rep, cpu_s, n=1000):
+        return {"rep": rep, "levels": {"storm": {"cpu_s": cpu_s, "n": n}}}
+
+    sessions = {
+        "procsentry-bpf-nodetect": [run(0, 1.0), run(1, 2.0), run(2, 1.0)],
+        "procsentry-bpf-rules": [run(0, 1.1), run(1, 2.4), run(2, 1.05)],
+        "procsentry-bpf": [run(0, 1.0), run(2, 1.2)],  # repetition 1 missing: not paired
+    }
+    got = report.detection_cost(sessions, ["storm"])
+    rules = got["procsentry-bpf-rules"]["storm"]
+    assert [round(x, 3) for x in rules["paired"]] == [1.1, 1.2, 1.05]
+    assert round(rules["paired_median"], 3) == 1.1
+    assert round(rules["of_medians"], 3) == 1.1  # medians 1.1 over 1.0
+    default = got["procsentry-bpf"]["storm"]
+    assert [round(x, 3) for x in default["paired"]] == [1.0, 1.2]
+    assert report.detection_cost({"procsentry-bpf": [run(0, 1.0)]}, ["storm"]) == {}
