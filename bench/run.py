@@ -317,7 +317,7 @@ def main(argv=None) -> int:
     rng = random.Random(seed)
     ctx = C.Context(REPO, args.python, args.workdir, f"psb{rng.randrange(16 ** 6):06x}")
     levels = levels_for(args)
-    if any(lv.program == "life" for lv in levels):
+    if any(lv.program == "life" for lv in levels) or (not args.no_profile and args.profile_level == "realistic"):
         os.environ["PSBENCH_PORT"] = str(start_echo_server())  # inherited by the workload
     if any(lv.is_stress for lv in levels) and not shutil.which("stress-ng"):
         log("stress-ng is not installed: skipping that level")

@@ -14,8 +14,8 @@ show what the method itself cannot tell apart.
         --level realistic --runs 6 --control
 
 CPU = utime + stime of each monitor's process tree (/proc/<pid>/stat) from the workload's
-start until 1.5 s after its end (start-up excluded). Every exec of the workload must be in
-both outputs with its token (else the run is reported as incomplete).
+start until 1.5 s after both have written its last exec (start-up excluded). Every exec of the
+workload must be in both outputs with its token (else the run is reported as incomplete).
 """
 from __future__ import annotations
 
@@ -107,6 +107,11 @@ def one_run(i: int, a: tuple, b: tuple, level: str, args, workdir: Path) -> dict
         prefix = f"psside{i}x{os.getpid()}-"
         wl = M.run_generator(args.bin_dir / "workload", args.bin_dir / program, n, rate, parallel,
                              prefix, workdir / f"truth-{i}.tsv")
+        # Until both have written every exec (at most 60 s): a monitor still behind would have
+        # its CPU cut short, and its run left out as incomplete.
+        until = time.monotonic() + 60
+        while time.monotonic() < until and any(m.captured(prefix.encode()) < wl.n for m in mons.values()):
+            time.sleep(0.5)
         time.sleep(1.5)
         t1 = {k: m.ticks() for k, m in mons.items()}
         cpu = {k: (t1[k] - t0[k]) / M.CLK_TCK for k in mons}
@@ -129,6 +134,8 @@ def main() -> int:
     ap.add_argument("--python", default=str(REPO / ".venv" / "bin" / "python"))
     ap.add_argument("--bin-dir", type=Path, default=HERE / "bin")
     args = ap.parse_args()
+    # a SIGTERM unwinds like Ctrl-C, so that one_run stops both monitors (they run until told)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if os.geteuid() != 0:
         print("side_by_side.py: run as root (the monitors load BPF programs)", file=sys.stderr)
         return 2

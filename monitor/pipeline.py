@@ -184,22 +184,22 @@ class Pipeline:
     def emit_process(self, ev: ProcessEvent) -> None:
         self.counters.event(ev.event)
         # Detection sees every process event, before the output filters (see detect()).
-        if self.detector is not None and self.detector.wants(ev.event):
+        held = self.detector is not None and self.detector.wants(ev.event)
+        if held:
             self._to_detect.append(ev)
-            if len(self._to_detect) >= DETECT_BATCH:
-                self.detect()
-        if not self.cfg.filters.match(ev):
-            return
-        sink = self.sink
-        t0 = perf_counter()
-        sink.write(ev)
-        enc = self.counters.time_encode
-        enc[ev.event] = enc.get(ev.event, 0.0) + perf_counter() - t0
-        if sink.pending_bytes > self.cfg.output_buffer_bytes:
-            self.flush()
-        self.emitted += 1
-        if self.cfg.count is not None and self.emitted >= self.cfg.count:
-            self.stop_requested = True
+        if self.cfg.filters.match(ev):
+            sink = self.sink
+            t0 = perf_counter()
+            sink.write(ev)
+            enc = self.counters.time_encode
+            enc[ev.event] = enc.get(ev.event, 0.0) + perf_counter() - t0
+            if sink.pending_bytes > self.cfg.output_buffer_bytes:
+                self.flush()
+            self.emitted += 1
+            if self.cfg.count is not None and self.emitted >= self.cfg.count:
+                self.stop_requested = True
+        if held and len(self._to_detect) >= DETECT_BATCH:
+            self.detect()  # after the event is written: its alert follows it
 
     def filtered_out(self, kind: str) -> bool:
         """An event of this kind would be dropped by --events whatever it holds: count it and
@@ -664,6 +664,7 @@ class Pipeline:
             elif cfg.sweep_interval_s > 0 and now - self._last_reconcile >= cfg.sweep_interval_s:
                 self.reconcile()
             if now >= next_stats:
+                self.detect()  # the alerts of what was emitted, before the stats that count them
                 self.emit_other(self.stats())
                 next_stats = now + cfg.stats_interval_s
             self.table.expire(now)

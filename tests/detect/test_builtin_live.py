@@ -2,9 +2,11 @@
 attack is performed on this machine and must raise its alert about the right process (rule id
 and exec_id), and a benign look-alike performed next to it must not.
 
-Alerts are written just before the process event that raised them (pipeline.emit_process), so
-once a look-alike's exec event has been read, any alert it raised has been read too: the
-negative checks need no sleep."""
+Alerts are written after the process event that raised them, in the same write or an earlier
+one than any later event's (Pipeline.detect runs over each flush's events before they are
+written). So the negative checks run one more exec first and wait for its event (settled_alerts):
+once it has been read, every alert a look-alike before it raised has been read too, and no
+sleep is needed."""
 from __future__ import annotations
 
 import ctypes  # noqa: F401 - used in child programs' source below
@@ -51,6 +53,14 @@ def exec_event(w, timeout: float = 60.0, **match) -> dict:
 def alerts(w, rule_id: str, exec_id: str | None = None) -> list[dict]:
     return [e for e in w.snapshot() if e["event"] == "alert" and e["rule"]["id"] == rule_id
             and (exec_id is None or e["exec_id"] == exec_id)]
+
+
+def settled_alerts(w, rule_id: str, exec_id: str | None = None) -> list[dict]:
+    """alerts() once everything emitted before this call has been read (see the docstring)."""
+    token = f"settle-{time.monotonic_ns()}"
+    subprocess.run(["/bin/true", token], check=True)
+    exec_event(w, argv=["/bin/true", token])
+    return alerts(w, rule_id, exec_id)
 
 
 def wait_alert(w, rule_id: str, exec_id: str, timeout: float = 60.0) -> dict:
@@ -131,7 +141,7 @@ def test_reverse_shell_bash_dev_tcp(detecting):
     b = run(["bash", "--norc", "-i"], stdin=subprocess.PIPE)
     b.communicate(b"exit\n", timeout=60)
     benign = exec_event(w, pid=b.pid, argv=["bash", "--norc", "-i"])
-    assert alerts(w, REVERSE_SHELL, benign["exec_id"]) == []
+    assert settled_alerts(w, REVERSE_SHELL, benign["exec_id"]) == []
 
 
 PTY_SHELL = ("import os, pty, socket, sys\n"
@@ -159,7 +169,7 @@ def test_reverse_shell_python_pty(detecting):
     b = run([PY, "-c", "import pty; pty.spawn(['/bin/sh', '-c', 'exit 0'])"])
     benign = exec_event(w, ppid=b.pid, argv=["/bin/sh", "-c", "exit 0"])
     b.wait(60)
-    assert alerts(w, REVERSE_SHELL, benign["exec_id"]) == []
+    assert settled_alerts(w, REVERSE_SHELL, benign["exec_id"]) == []
 
 
 def test_reverse_shell_nc_fifo(detecting, workdir):
@@ -188,7 +198,7 @@ def test_reverse_shell_nc_fifo(detecting, workdir):
     finally:
         lst2.close()
     b.wait(60)
-    assert alerts(w, REVERSE_SHELL, benign_sh["exec_id"]) == []
+    assert settled_alerts(w, REVERSE_SHELL, benign_sh["exec_id"]) == []
 
 
 # -- 2. server spawning a shell ----------------------------------------------------------------
@@ -210,7 +220,7 @@ def test_web_server_spawns_shell(detecting, workdir):
     b = run([str(nginx), "10", "/bin/true", "lookalike"])
     benign = exec_event(w, ppid=b.pid, argv=["/bin/true", "lookalike"])
     b.wait(60)
-    assert alerts(w, SERVER_SHELL, benign["exec_id"]) == []
+    assert settled_alerts(w, SERVER_SHELL, benign["exec_id"]) == []
 
 
 # -- 3. memfd / deleted --------------------------------------------------------------------------
@@ -230,14 +240,14 @@ def test_memfd_exec(detecting):
     assert ev["exe_fileless"] is True
     a = wait_alert(w, MEMFD, ev["exec_id"])
     assert a["matched"] == {"exe_fileless": True} and a["exe"].startswith("/memfd:payload")
-    assert alerts(w, DELETED, ev["exec_id"]) == []  # a memfd is fileless, not a deleted file
+    assert settled_alerts(w, DELETED, ev["exec_id"]) == []  # a memfd is fileless, not a deleted file
     p.wait(60)
     # look-alike: the same exec through /proc/self/fd of a file on disk
     b = run([PY, "-c", FD_EXEC])
     benign = exec_event(w, pid=b.pid, argv=["sleep", "0.31"])
     b.wait(60)
     assert benign["exe"] == os.path.realpath("/bin/sleep")
-    assert alerts(w, MEMFD, benign["exec_id"]) == [] and alerts(w, DELETED, benign["exec_id"]) == []
+    assert settled_alerts(w, MEMFD, benign["exec_id"]) == [] and alerts(w, DELETED, benign["exec_id"]) == []
 
 
 # -- 4. world-writable / hidden locations ----------------------------------------------------------
@@ -261,7 +271,7 @@ def test_exec_from_tmp_and_hidden_dir(detecting, workdir):
     built = exec_event(w, argv=["./payload", "built"])
     m.wait(60)
     assert built["exe"] == str(workdir / "payload")
-    assert alerts(w, WORLD_WRITABLE, built["exec_id"]) == []
+    assert settled_alerts(w, WORLD_WRITABLE, built["exec_id"]) == []
 
 
 # -- 5. pkexec with empty argv, unexpected setuid ------------------------------------------------
@@ -288,7 +298,7 @@ def test_pkexec_empty_argv(detecting, workdir):
     b = run([str(pk), "--version"])
     benign = exec_event(w, pid=b.pid, argv=[str(pk), "--version"])
     b.wait(60)
-    assert alerts(w, PKEXEC, benign["exec_id"]) == []
+    assert settled_alerts(w, PKEXEC, benign["exec_id"]) == []
 
 
 def test_unexpected_setuid_root(detecting, workdir):
@@ -309,7 +319,7 @@ def test_unexpected_setuid_root(detecting, workdir):
     b.wait(60)
     benign = exec_event(w, pid=b.pid, argv=["/usr/bin/passwd", "-S", "nobody"])
     assert benign["euid"] == 0
-    assert alerts(w, SETUID, benign["exec_id"]) == []
+    assert settled_alerts(w, SETUID, benign["exec_id"]) == []
 
 
 # -- 6. service account shell -----------------------------------------------------------------
@@ -324,7 +334,7 @@ def test_service_account_interactive_shell(detecting):
     b = run([*drop, "/bin/sh", "-c", "exit 0"])
     b.wait(60)
     benign = exec_event(w, pid=b.pid, argv=["/bin/sh", "-c", "exit 0"])
-    assert alerts(w, SERVICE_SHELL, benign["exec_id"]) == []
+    assert settled_alerts(w, SERVICE_SHELL, benign["exec_id"]) == []
 
 
 # -- 7. container escape tooling ----------------------------------------------------------------
@@ -359,7 +369,7 @@ def test_chroot_from_a_container(detecting):
     benign = exec_event(w, pid=b.pid, argv=["chroot", "/", "/bin/sleep", "0.51"])
     b.wait(60)
     assert benign["container_id"] is None
-    assert alerts(w, CONTAINER_ESCAPE, benign["exec_id"]) == []
+    assert settled_alerts(w, CONTAINER_ESCAPE, benign["exec_id"]) == []
 
 
 # -- 8. download, chmod +x, exec -----------------------------------------------------------------
@@ -390,7 +400,7 @@ def test_download_chmod_exec(detecting, workdir):
         b = run(["bash", "-c", f"cd {workdir} && cp www/stage2.sh local1 && chmod +x local1 && ./local1 go"])
         assert b.wait(20) == 0
         benign = exec_event(w, filename="./local1", argv=["/bin/sh", "./local1", "go"])
-        assert alerts(w, DOWNLOAD_EXEC, benign["exec_id"]) == []
+        assert settled_alerts(w, DOWNLOAD_EXEC, benign["exec_id"]) == []
     finally:
         httpd.shutdown()
 
@@ -407,7 +417,7 @@ def _not_alerted(w, rule_id, argv, **kw):
     p = run(argv, **kw)
     p.wait(60)
     ev = exec_event(w, pid=p.pid, argv=list(argv))
-    assert alerts(w, rule_id, ev["exec_id"]) == [], argv
+    assert settled_alerts(w, rule_id, ev["exec_id"]) == [], argv
     return ev
 
 
@@ -453,7 +463,7 @@ def test_kernel_thread_name_and_argv0_masquerade(detecting, workdir):
         r = run(["bash", "-c", f"exec -a {argv[0]} /bin/sh -c 'exit 0'"])
         r.wait(60)
         ev3 = exec_event(w, pid=r.pid, argv=argv)
-        assert alerts(w, ARGV0, ev3["exec_id"]) == [] and alerts(w, KTHREAD, ev3["exec_id"]) == []
+        assert settled_alerts(w, ARGV0, ev3["exec_id"]) == [] and alerts(w, KTHREAD, ev3["exec_id"]) == []
     # and a #! script, whose argv[0] the kernel sets to the #! interpreter (/bin/sh -> dash),
     # as dpkg's maintainer scripts run
     script = workdir / "postinst"
@@ -463,7 +473,7 @@ def test_kernel_thread_name_and_argv0_masquerade(detecting, workdir):
     r.wait(60)
     ev4 = exec_event(w, pid=r.pid, argv=["/bin/sh", str(script), "configure"])
     assert ev4["exe"] == os.path.realpath("/bin/sh")
-    assert alerts(w, ARGV0, ev4["exec_id"]) == []
+    assert settled_alerts(w, ARGV0, ev4["exec_id"]) == []
     # the same script in a chroot (debootstrap runs maintainer scripts so): the executable's
     # path is <root>/usr/bin/dash as the host sees it, argv[0] still /bin/sh
     root = workdir / "root"
@@ -474,7 +484,7 @@ def test_kernel_thread_name_and_argv0_masquerade(detecting, workdir):
         r.wait(60)
         ev5 = exec_event(w, pid=r.pid, argv=["/bin/sh", str(script), "configure"])
         assert ev5["exe"] == str(root) + os.path.realpath("/bin/sh")
-        assert alerts(w, ARGV0, ev5["exec_id"]) == []
+        assert settled_alerts(w, ARGV0, ev5["exec_id"]) == []
     finally:
         subprocess.run(["umount", "-l", str(root)], check=True)
 

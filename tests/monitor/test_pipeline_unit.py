@@ -345,3 +345,26 @@ def test_detection_runs_per_flush_and_each_alert_follows_its_event(proc_tree, tm
     assert sum(r.event == "alert" for r in sink.records) == 2 + pl.DETECT_BATCH
     p.flush()
     assert sum(r.event == "alert" for r in sink.records) == 2 + n and not p._to_detect
+    # every alert comes after its own event, the batch's last one included
+    where = {(r.event, r.pid): i for i, r in enumerate(sink.records)}
+    assert all(where[("alert", 8000 + i)] > where[("exec", 8000 + i)] for i in range(n))
+
+
+def test_stats_count_the_alerts_of_what_was_emitted_before_them(proc_tree, tmp_path):
+    """The periodic stats event runs detection first: its alert counters cover every event
+    emitted before it (status.json and the metrics endpoint read them)."""
+    from monitor.detect.engine import Detector
+
+    (tmp_path / "evil.yml").write_text(EVIL_RULE)
+    fs = ProcFS(proc_tree("host"))
+    src, sink = ScriptedSource(), Capture()
+    p = Pipeline(src, sink, fs, Config(stats_interval_s=0.0, duration_s=0.0),
+                 detector=Detector.from_paths([str(tmp_path)], builtin=False))
+    src.batches = [[], [rexec(7700, 1, 1, 2, (b"evil",), 1, exe=b"/tmp/evil")]]
+    p.run()
+    first = next(i for i, r in enumerate(sink.records) if r.event == "stats")
+    before = sink.records[:first]
+    stats = sink.records[first]
+    assert stats.events.get("exec") == 1 and any(r.event == "alert" and r.pid == 7700 for r in before)
+    shown = sum(r.event == "alert" for r in before)  # the fixture's existing processes may alert too
+    assert stats.events.get("alert") == shown and stats.detection["alerts"] == shown
