@@ -36,10 +36,7 @@ sys.path.insert(0, str(HERE))
 
 import measure as M  # noqa: E402
 
-LEVELS = {  # name: (program, n, rate, in flight), as bench/run.py runs them
-    "storm": ("nop", 20000, 0.0, 2 * (os.cpu_count() or 1)),
-    "realistic": ("life", 1500, 300.0, 64),
-}
+LEVELS = ("storm", "realistic", "moderate", "sub-ms")  # bench/run.py's generator levels
 
 
 class Monitor:
@@ -89,7 +86,7 @@ class Monitor:
                 self.proc.wait()
 
 
-def one_run(i: int, a: tuple, b: tuple, level: str, args, workdir: Path) -> dict:
+def one_run(i: int, a: tuple, b: tuple, level, args, workdir: Path) -> dict:
     """Both monitors over one workload; a and b are (name, tree, args)."""
     pair = [a, b] if i % 2 == 0 else [b, a]
     mons = {}
@@ -103,10 +100,9 @@ def one_run(i: int, a: tuple, b: tuple, level: str, args, workdir: Path) -> dict
             time.sleep(0.1)
         time.sleep(1.0)
         t0 = {k: m.ticks() for k, m in mons.items()}
-        program, n, rate, parallel = LEVELS[level]
         prefix = f"psside{i}x{os.getpid()}-"
-        wl = M.run_generator(args.bin_dir / "workload", args.bin_dir / program, n, rate, parallel,
-                             prefix, workdir / f"truth-{i}.tsv")
+        wl = M.run_generator(args.bin_dir / "workload", args.bin_dir / level.program, level.n, level.rate,
+                             level.parallel, prefix, workdir / f"truth-{i}.tsv")
         # Until both have written every exec (at most 60 s): a monitor still behind would have
         # its CPU cut short, and its run left out as incomplete.
         until = time.monotonic() + 60
@@ -128,7 +124,7 @@ def main() -> int:
     ap.add_argument("--b-args", required=True, help="watch options of B")
     ap.add_argument("--a-tree", type=Path, default=REPO, help="checkout A runs from (default: this one)")
     ap.add_argument("--b-tree", type=Path, default=REPO)
-    ap.add_argument("--level", choices=sorted(LEVELS), default="storm")
+    ap.add_argument("--level", choices=LEVELS, default="storm")
     ap.add_argument("--runs", type=int, default=6)
     ap.add_argument("--control", action="store_true", help="also run A against A, --runs // 2 times")
     ap.add_argument("--python", default=str(REPO / ".venv" / "bin" / "python"))
@@ -147,6 +143,7 @@ def main() -> int:
     sys.path.insert(0, str(HERE))
     import run as R  # noqa: PLC0415 - the workload binaries, built as bench/run.py builds them
     R.ensure_binaries(args.bin_dir)
+    level = R.levels_for(R.parse_args(["--levels", args.level]))[0]  # as bench/run.py runs it
     if args.level == "realistic":
         os.environ["PSBENCH_PORT"] = str(R.start_echo_server())
     a = ("A", args.a_tree.resolve(), shlex.split(args.a_args))
@@ -159,7 +156,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="psside-") as tmp:
         for i, (what, x, y) in enumerate(plan):
-            r = one_run(i, x, y, args.level, args, Path(tmp))
+            r = one_run(i, x, y, level, args, Path(tmp))
             cx, cy = r["cpu_s"][x[0]], r["cpu_s"][y[0]]
             ratio = cy / cx if cx else float("nan")
             complete = all(v == r["n"] for v in r["captured"].values())

@@ -664,8 +664,7 @@ class Pipeline:
             elif cfg.sweep_interval_s > 0 and now - self._last_reconcile >= cfg.sweep_interval_s:
                 self.reconcile()
             if now >= next_stats:
-                self.detect()  # the alerts of what was emitted, before the stats that count them
-                self.emit_other(self.stats())
+                self.emit_stats()
                 next_stats = now + cfg.stats_interval_s
             self.table.expire(now)
             # Under a storm, one write per loop turn is thousands of small writes a second
@@ -680,9 +679,14 @@ class Pipeline:
 
     def finish(self) -> None:
         """Final stats, then flush: called on every orderly exit."""
-        self.detect()  # the last batch's alerts, before the stats that count them
-        self.emit_other(self.stats())
+        self.emit_stats()
         self.flush()
+
+    def emit_stats(self) -> None:
+        """A stats event, after detection has run over what was emitted before it, so that its
+        alert counters (and status.json's and the metrics', read from it) cover those events."""
+        self.detect()
+        self.emit_other(self.stats())
 
 
 def _hex(caps: int | None, _seen: dict[int, str] = {}) -> str | None:  # noqa: B006 - the cache
