@@ -107,6 +107,7 @@ DOCS: dict[str, str] = {
     "decode_errors": "Sensor records that could not be decoded.",
     "output_buffer": "Encoded events held in memory before they are written: bound_bytes (--output-buffer; past it the monitor writes at once, and when the reader stalls it waits, so the kernel's buffers fill and their losses are reported as lost events instead of memory growing) and peak_bytes.",
     "cgroups": "cgroup id -> container resolution (userspace/cgroups.py): hits, misses, resolved, gone (cgroup removed before its id was resolved), unknown, walks, walk_rate_limited, walk_truncated, not_a_cgroup, denied, error, bad_id, unavailable, evicted_gone, evicted_full.",
+    "sockets": "How the sockets of processes read at --enrich full were read: by_fd (each through a duplicate of the process's fd, pidfd_getfd: what they are at that moment) and from_table (pidfd_getfd missing, before Linux 5.6, or refused, e.g. Yama ptrace_scope 3; or more than 64 socket fds: joined from a socket table cached for up to a second, which lacks sockets opened since). Empty when the procfs read is not of the monitor's own PID namespace.",
     "cpu_time_s": "CPU time used by the monitor.",
     "rss_bytes": "Resident memory of the monitor now.",
     "peak_rss_bytes": "Peak resident memory of the monitor.",

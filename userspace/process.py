@@ -21,7 +21,7 @@ from typing import Callable, TypeVar
 
 from . import parsers as P
 from .procfs import AccessDenied, ParseError, ProcessGone, ProcFS, ProcFSError, Unavailable
-from .sockets import SocketTables, join_sockets
+from .sockets import SocketTables
 from .types import USER_HZ, Depth, FdInfo, Missing, Namespaces, ProcessSnapshot, ProcKey, ThreadInfo
 
 T = TypeVar("T")
@@ -390,9 +390,9 @@ def _read_sockets(r: _Reader, v: dict[str, object], fds: tuple[FdInfo, ...] | No
         v["sockets"] = ()
         return
     tables = sockets if sockets is not None else SocketTables(r.fs)
-    table = r.get("sockets", lambda: tables.for_pid(r.pid, netns))
-    if table is not None:
-        v["sockets"] = join_sockets(fds, table)
+    found = r.get("sockets", lambda: tables.sockets_of(r.pid, fds, netns))
+    if found is not None:
+        v["sockets"] = found
 
 
 def _read_cgroup(r: _Reader, v: dict[str, object]) -> None:

@@ -194,6 +194,15 @@ class ProcFS:
         readdir, though root/<tid> is reachable by name; proc_pid_readdir)."""
         return [int(n) for n in self.listdir(None) if n.isdigit()]
 
+    def names_our_processes(self) -> bool:
+        """Is this the procfs of our own PID namespace (its "self" link is our PID)? Only then
+        are its PIDs ones that pidfd_open(2) reaches; a fixture tree's, or a procfs of another
+        PID namespace, are not."""
+        try:
+            return self.readlink(None, b"self") == str(os.getpid()).encode()
+        except ProcFSError:
+            return False
+
     def boot_id(self) -> str:
         """sys/kernel/random/boot_id under the root: a UUID that changes at every boot, so
         ProcKeys from different boots never collide. Read once per ProcFS."""

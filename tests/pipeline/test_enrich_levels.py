@@ -72,3 +72,38 @@ def test_exec_event_at_each_enrichment_level(watch, level):
         assert proc["fds"][:2] == [f"0:pipe:[{ev['stdio'][0]['inode']}]", f"1:{sock_link}"]
         (s,) = proc["sockets"]
         assert (s["fd"], s["protocol"], s["inode"]) == (1, "tcp", ev["stdio"][1]["inode"])
+
+
+def test_every_new_connection_is_in_its_exec_event(watch):
+    """Each process's sockets are read as they are when it is enriched (through its own fds),
+    not from a socket table dumped earlier: one process after another, each handed a TCP
+    connection made just before its exec, within the second a table used to be cached for
+    (then only the first of them listed its socket)."""
+    w = watch("--enrich", "full")
+    w.wait_ready()
+    listener = socket.create_server(("127.0.0.1", 0))
+    held = []
+    try:
+        for i in range(4):
+            conn = socket.create_connection(listener.getsockname())
+            peer, _ = listener.accept()
+            held += [conn, peer]
+            tag = f"{30 + uuid.uuid4().int % 10**6 / 1e6:.6f}"
+            p = subprocess.Popen([SLEEP, tag], stdin=subprocess.DEVNULL, stdout=conn.fileno(),
+                                 stderr=subprocess.DEVNULL)
+            try:
+                ev = w.until(lambda evs: next((e for e in evs if e["event"] == "exec"
+                                               and e["argv"] == [SLEEP, tag]), None), 30,
+                             what=f"the exec event of process {i}")
+            finally:
+                p.kill()
+                p.wait(30)
+            (s,) = ev["proc"]["sockets"]
+            local, remote = conn.getsockname(), listener.getsockname()
+            assert s == {"fd": 1, "protocol": "tcp", "state": "ESTABLISHED",
+                         "local": f"{local[0]}:{local[1]}", "remote": f"{remote[0]}:{remote[1]}",
+                         "inode": os.fstat(conn.fileno()).st_ino}, (i, s)
+    finally:
+        for s in held:
+            s.close()
+        listener.close()
