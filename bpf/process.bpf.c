@@ -50,6 +50,30 @@ static __always_inline void count(int which)
         (*c)++;
 }
 
+/* The reader's doorbell. Samples wake the reader only every --wakeup-events per CPU (batched:
+ * one wakeup per N samples under a storm), so a quiet CPU's last samples would wait for the
+ * reader's next poll, and an idle reader had to poll every 10 ms to bound that wait. Instead,
+ * before it sleeps for longer, the reader sets reader_idle[0]; the next sample on any CPU
+ * clears it and writes one byte to `doorbell`, whose rings wake on every sample. No atomics:
+ * two CPUs that both see the flag set ring twice, which costs one extra wakeup. */
+BPF_PERF_OUTPUT(doorbell);
+BPF_ARRAY(reader_idle, __u32, 1);
+
+static __always_inline void submit(void *ctx, void *data, __u32 size)
+{
+    if (events.perf_submit(ctx, data, size) != 0) {
+        count(COUNTER_SUBMIT_FAILED);
+        return;
+    }
+    int zero = 0;
+    __u32 *idle = reader_idle.lookup(&zero);
+    if (idle && *idle) {
+        *idle = 0;
+        __u8 bell = 0;
+        doorbell.perf_submit(ctx, &bell, sizeof(bell));
+    }
+}
+
 static __always_inline __u64 read_u64(__u64 base, long off)
 {
     __u64 v = 0;
@@ -408,8 +432,7 @@ int on_sched_process_exec(struct bpf_raw_tracepoint_args *ctx)
     ev->h.size = total;
     if (total > sizeof(struct exec_buf))
         return 0;
-    if (events.perf_submit(ctx, buf, total) != 0)
-        count(COUNTER_SUBMIT_FAILED);
+    submit(ctx, buf, total);
     return 0;
 }
 
@@ -439,8 +462,7 @@ int on_sched_process_fork(struct bpf_raw_tracepoint_args *ctx)
         ev.arg_start = read_u64(mm, OFF_MM_ARG_START);
         ev.end_code = read_u64(mm, OFF_MM_END_CODE);
     }
-    if (events.perf_submit(ctx, &ev, sizeof(ev)) != 0)
-        count(COUNTER_SUBMIT_FAILED);
+    submit(ctx, &ev, sizeof(ev));
     return 0;
 }
 
@@ -473,7 +495,6 @@ int on_sched_process_exit(struct bpf_raw_tracepoint_args *ctx)
     ev.exit_code = code;
     /* do_exit runs in the exiting thread's own context. */
     bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
-    if (events.perf_submit(ctx, &ev, sizeof(ev)) != 0)
-        count(COUNTER_SUBMIT_FAILED);
+    submit(ctx, &ev, sizeof(ev));
     return 0;
 }

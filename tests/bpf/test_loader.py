@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 
 import pytest
 
@@ -97,3 +98,40 @@ def test_overflow_is_counted_on_its_cpu_by_both_loss_channels(backend, progs):
         assert s.counters()["exec"] >= n + 1
     finally:
         s.close()
+
+
+@pytest.mark.bpf
+def test_an_idle_reader_sleeps_until_the_first_sample_rings_the_doorbell(sensor):
+    """Samples wake the reader only every --wakeup-events (16) per CPU. A reader with nothing
+    to do arms the doorbell and sleeps as long as it was asked to: the next sample on any CPU
+    wakes it at once. So a poll never comes back empty before its timeout, and one exec after
+    a quiet spell is read right away, not after the poll's 5 s (nor at a 10 ms poll)."""
+    if not isinstance(sensor, loader.HandoverSensor):
+        pytest.skip("bcc's perf reader (not x86-64, or PROCSENTRY_BCC_READER=1) has no doorbell")
+    assert sensor.wakeup_events > 1 and sensor.batching
+    sensor.poll(0)
+    sensor.queue.clear()
+    token = f"doorbell-{os.getpid()}-{time.monotonic_ns()}".encode()
+    sleeps = sensor.doorbell_sleeps
+    # trigger: one exec 0.3 s from now, while the reader sleeps
+    p = subprocess.Popen(["/bin/sh", "-c", f"sleep 0.3; exec {TRUE} {token.decode()}"])
+    found = None
+    deadline = time.monotonic() + 60
+    try:
+        while found is None and time.monotonic() < deadline:
+            t0 = time.monotonic()
+            sensor.poll(5000)
+            back = time.monotonic_ns()
+            if not sensor.queue:
+                assert time.monotonic() - t0 >= 4.9, "a poll came back empty before its timeout"
+            while sensor.queue:
+                _cpu, data = sensor.queue.popleft()
+                r = wire.decode(data)
+                if isinstance(r, wire.RawExec) and r.tgid == p.pid and r.argv == (TRUE.encode(), token):
+                    found = (r, back)
+    finally:
+        reap(p, 60)
+    assert found is not None, "the exec was never read"
+    r, back = found
+    assert back - r.ts_ns < 1_000_000_000, f"read {(back - r.ts_ns) / 1e6:.0f} ms after it was submitted"
+    assert sensor.doorbell_sleeps > sleeps

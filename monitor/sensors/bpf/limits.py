@@ -8,7 +8,10 @@ PATH_MAX_DEPTH = 64  # components walked per resolved path
 PERF_PAGES = 256  # perf buffer pages per CPU (1 MiB with 4 KiB pages); --perf-pages
 # Wake userspace every N samples per CPU (--wakeup-events). Batching wakeups cuts the per-event
 # cost of a storm (one poll per N samples instead of per sample); the samples of a quiet CPU are
-# then collected by a poll at least every BATCHED_POLL_MS, which bounds the added latency.
+# then collected by a poll at least every BATCHED_POLL_MS while records are held, which bounds
+# the added latency. A reader with nothing held sleeps longer once it has armed the doorbell
+# (bpf/process.bpf.c), which the first sample rings (HandoverSensor._read; bcc's reader, which
+# has no doorbell, keeps polling every BATCHED_POLL_MS).
 WAKEUP_EVENTS = 16
 BATCHED_POLL_MS = 10
 

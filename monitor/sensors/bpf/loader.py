@@ -28,6 +28,7 @@ BCC_READER_ENV = "PROCSENTRY_BCC_READER"  # set to 1 to read with bcc even where
 # How often poll() re-reads the BPF side's submit-failure counter, in seconds: a storm wakes the
 # reader for every batch of samples, and a map lookup per wakeup would be a syscall each.
 LOSS_CHECK_S = 0.1
+_KEY_0, _IDLE = struct.pack("<I", 0), struct.pack("<I", 1)  # reader_idle[0] = 1: ring the doorbell
 
 
 class SensorUnavailable(Exception):
@@ -248,9 +249,12 @@ class HandoverSensor(Sensor):
                  wakeup_events: int = limits.WAKEUP_EVENTS) -> None:
         super().__init__(perf_pages, wakeup_events)
         self._reader: perfbuf.PerfReader | None = None
-        self._fds: list[int] = []  # events map, counters map, a program per HOOK, then the links
-        # PerfReader rings wake the reader every wakeup_events samples, exactly as asked.
+        # The events, counters, doorbell and reader_idle maps, a program per HOOK, then the links.
+        self._fds: list[int] = []
+        # PerfReader rings wake the reader every wakeup_events samples, exactly as asked; the
+        # doorbell (bpf/process.bpf.c) wakes it on the first sample after it said it was idle.
         self.batching = wakeup_events > 1
+        self.doorbell_sleeps = 0  # polls that armed the doorbell and slept (bench, tests)
 
     def _start(self) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -277,7 +281,8 @@ class HandoverSensor(Sensor):
                                     f"the loader process exited with status {proc.returncode}")
         self._fds = fds
         try:
-            self._reader = perfbuf.PerfReader(self._events_fd, self.perf_pages, self.wakeup_events)
+            self._reader = perfbuf.PerfReader(self._events_fd, self.perf_pages, self.wakeup_events,
+                                              doorbell_fd=self._fds[2] if self.batching else None)
         except OSError as e:
             self.close()
             raise SensorUnavailable(f"cannot open the perf buffers: {e.strerror}") from None
@@ -300,11 +305,33 @@ class HandoverSensor(Sensor):
 
     @property
     def _prog_fds(self) -> list[int]:
-        return self._fds[2:2 + len(HOOKS)]
+        return self._fds[4:4 + len(HOOKS)]
+
+    @property
+    def max_block_ms(self) -> int:
+        return 1000  # past BATCHED_POLL_MS, _read arms the doorbell
 
     def _read(self, timeout_ms: int) -> None:
+        """Up to BATCHED_POLL_MS, a plain poll. Longer (the pipeline holds nothing and has
+        nothing due): arm the doorbell, collect what came before it was armed, and only if
+        that was nothing sleep until a sample rings it or the time is up. An idle monitor so
+        turns its loop every poll timeout (100 ms) instead of every 10 ms, and the first
+        sample after a quiet spell is read at once instead of at the next 10 ms poll."""
         out: list = []
-        self._reader.poll(timeout_ms, out)
+        reader = self._reader
+        if timeout_ms <= limits.BATCHED_POLL_MS or not self.batching:
+            reader.poll(timeout_ms, out)
+        else:
+            perfbuf.map_update(self._fds[3], _KEY_0, _IDLE)
+            reader.read(out)
+            if not out:
+                self.doorbell_sleeps += 1
+                deadline = time.monotonic() + timeout_ms / 1000
+                while not out:  # a bell left from a sample read earlier wakes with nothing
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    reader.poll(left * 1000, out)
         if out:
             self.queue.extend(out)
 
@@ -405,7 +432,8 @@ def _handover(sock_fd: int) -> int:
     except SensorUnavailable as e:
         sock.sendall(json.dumps({"error": str(e)}).encode())
         return 1
-    fds = [bpf[b"events"].map_fd, bpf[b"counters"].map_fd, *progs]
+    fds = [bpf[b"events"].map_fd, bpf[b"counters"].map_fd, bpf[b"doorbell"].map_fd,
+           bpf[b"reader_idle"].map_fd, *progs]
     socket.send_fds(sock, [json.dumps({"ok": True}).encode()], fds)
     sock.close()
     return 0  # bcc's cleanup closes our copies; the parent's keep the maps and programs

@@ -192,6 +192,10 @@ class _Ring:
         _U64.pack_into(mm, _TAIL, tail + pos)
         return n
 
+    def skip(self) -> None:
+        """Discard everything in the ring (the doorbell's bytes carry nothing)."""
+        _U64.pack_into(self.mm, _TAIL, _U64.unpack_from(self.mm, _HEAD)[0])
+
     def close(self) -> None:
         try:
             self.mm.close()
@@ -200,12 +204,16 @@ class _Ring:
 
 
 class PerfReader:
-    """One perf ring per online CPU, registered in the BPF_PERF_OUTPUT map `map_fd`."""
+    """One perf ring per online CPU, registered in the BPF_PERF_OUTPUT map `map_fd`; and, with
+    `doorbell_fd`, a one-page ring per CPU in that map that wakes the reader on every sample
+    (see `doorbell` in bpf/process.bpf.c)."""
 
-    def __init__(self, map_fd: int, pages: int, wakeup_events: int) -> None:
+    def __init__(self, map_fd: int, pages: int, wakeup_events: int,
+                 doorbell_fd: int | None = None) -> None:
         if pages & (pages - 1):
             raise ValueError("perf buffer pages must be a power of two")
         self.rings: list[_Ring] = []
+        self.bells: list[_Ring] = []
         self.lost: dict[int, int] = {}
         self.epoll = select.epoll()
         try:
@@ -214,11 +222,16 @@ class PerfReader:
                 self.rings.append(ring)
                 map_update(map_fd, struct.pack("<I", cpu), struct.pack("<I", ring.fd))
                 self.epoll.register(ring.fd, select.EPOLLIN)
+                if doorbell_fd is not None:
+                    bell = _Ring(cpu, 1, 1)
+                    self.bells.append(bell)
+                    map_update(doorbell_fd, struct.pack("<I", cpu), struct.pack("<I", bell.fd))
+                    self.epoll.register(bell.fd, select.EPOLLIN)
         except BaseException:
             self.close()
             raise
 
-    def poll(self, timeout_ms: int, out: list) -> int:
+    def poll(self, timeout_ms: float, out: list) -> int:
         """Wait up to timeout_ms for a wakeup, then read every ring (not only the woken
         ones: with wakeup_events > 1 a quiet CPU's remainder is collected here too)."""
         try:
@@ -228,13 +241,21 @@ class PerfReader:
         except OSError as e:
             if e.errno != errno.EINTR:
                 raise
+        return self.read(out)
+
+    def read(self, out: list) -> int:
+        """Every sample in the rings now, without waiting. The doorbells are emptied first: a
+        bell rung for a sample read here must not count as news after it."""
+        for bell in self.bells:
+            bell.skip()
         n = 0
         for ring in self.rings:
             n += ring.read(out, self.lost)
         return n
 
     def close(self) -> None:
-        for ring in self.rings:
+        for ring in self.rings + self.bells:
             ring.close()
         self.rings = []
+        self.bells = []
         self.epoll.close()
