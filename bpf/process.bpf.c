@@ -55,7 +55,12 @@ static __always_inline void count(int which)
  * reader's next poll, and an idle reader had to poll every 10 ms to bound that wait. Instead,
  * before it sleeps for longer, the reader sets reader_idle[0]; the next sample on any CPU
  * clears it and writes one byte to `doorbell`, whose rings wake on every sample. No atomics:
- * two CPUs that both see the flag set ring twice, which costs one extra wakeup. */
+ * two CPUs that both see the flag set ring twice, which costs one extra wakeup. Neither side
+ * fences between its store (the sample; the flag) and its load (the flag; the rings), so in a
+ * window of nanoseconds both can miss the other's store: that sample then waits for the
+ * reader's next timeout (the pipeline's poll timeout, 100 ms), as it waited up to 10 ms before.
+ * A locked instruction per sample on one shared cache line would close it at a cost to every
+ * event on every CPU. */
 BPF_PERF_OUTPUT(doorbell);
 BPF_ARRAY(reader_idle, __u32, 1);
 

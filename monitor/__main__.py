@@ -136,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--perf-pages", type=_power_of_two, default=None, metavar="N",
                    help="perf buffer pages per CPU, a power of two (default 256)")
     w.add_argument("--wakeup-events", type=_positive(int), default=None, metavar="N",
-                   help="wake the reader every N samples per CPU (default 16; the first sample after "
-                        "a quiet spell wakes it at once)")
+                   help="wake the reader every N samples per CPU (default 16; on x86-64 the first "
+                        "sample after a quiet spell wakes it at once)")
     w.add_argument("--backlog", type=_positive(int), default=1024, metavar="N",
                    help="records in one batch beyond which procfs enrichment is skipped")
     w.add_argument("--enrich", choices=("minimal", "standard", "full"), default="full",

@@ -302,7 +302,7 @@ GAUGES = frozenset({"uptime_s", "queue_depth", "queue_peak", "table_size", "rss_
                     "peak_rss_bytes", "pending", "spool_bytes", "connected", "output_buffer"})
 LABELS = {"events": "type", "lost_per_cpu": "cpu", "enrichment": "outcome", "reconcile": "what",
           "kernel": "counter", "delivery": "destination", "output_buffer": "what",
-          "cgroups": "what", "sockets": "how"}
+          "cgroups": "what", "socket_table": "what"}
 RENAME = {"lost": "lost_samples", "missed": "missed_processes", "cpu_time_s": "cpu_seconds",
           "uptime_s": "uptime_seconds", "rss_bytes": "resident_memory_bytes",
           "peak_rss_bytes": "peak_resident_memory_bytes", "events": "events",

@@ -13,7 +13,7 @@ from monitor.text import text, text_or_none
 from userspace.cgroups import CgroupResolver
 from userspace.procfs import ProcFS, ProcFSError
 from userspace.process import read_process
-from userspace.sockets import FdSocketReader, SocketTables
+from userspace.sockets import SocketTables
 from userspace.types import Depth, ProcessSnapshot
 
 # --enrich: how much procfs a kernel-captured exec costs. The kernel record is complete without
@@ -22,8 +22,7 @@ from userspace.types import Depth, ProcessSnapshot
 #   standard  <pid>/stat (is it still the process, its state, threads and memory) and, once per
 #             cgroup whose id alone does not name it, <pid>/cgroup: one small file per exec.
 #   full      also status, cmdline (to notice a rewritten argv or changed euid: differs), every
-#             fd with its link target, and the sockets among them (each read through a
-#             duplicate of its fd, see userspace/sockets.py FdSocketReader): ~24 syscalls.
+#             fd with its link target, and the sockets among them (sock_diag): ~24 syscalls.
 LEVELS = ("minimal", "standard", "full")
 MAX_FDS_LISTED = 64  # fd targets carried per event; fd_count is always the full count
 SOCKET_TABLE_TTL_S = 1.0
@@ -65,10 +64,7 @@ class Enricher:
         self.environ = environ
         self._sockets: SocketTables | None = None
         self._sockets_at = 0.0
-        # A process's sockets just after its exec are read through its own fds: the table,
-        # cached for a second, lacks every connection made since (the fallback when
-        # pidfd_getfd is missing or refused; FdSocketReader.fallbacks counts those).
-        self.fd_sockets = FdSocketReader() if fs.names_our_processes() else None
+        self._socket_counts = {"dumps": 0, "not_in_table": 0}  # of the tables replaced so far
         # cgroup v2 id -> (path, container id) learned from procfs reads: a cgroup's path does
         # not change, and reading it once per cgroup instead of once per exec is most of the
         # saving. (cgroup ids <= 1 are the root, or every process on a v1-only host: never
@@ -83,14 +79,19 @@ class Enricher:
     def sockets(self) -> SocketTables:
         now = time.monotonic()
         if self._sockets is None or now - self._sockets_at > SOCKET_TABLE_TTL_S:
-            self._sockets = SocketTables(self.fs, fd_reader=self.fd_sockets)
+            if self._sockets is not None:
+                self._socket_counts["dumps"] += self._sockets.dumps
+                self._socket_counts["not_in_table"] += self._sockets.not_in_table
+            self._sockets = SocketTables(self.fs)
             self._sockets_at = now
         return self._sockets
 
-    def socket_reads(self) -> dict[str, int]:
-        """Processes whose sockets were read through their fds, and those left to the table."""
-        r = self.fd_sockets
-        return {"by_fd": r.reads, "from_table": r.fallbacks} if r is not None else {}
+    def socket_table_stats(self) -> dict[str, int]:
+        """Socket tables read for enrichment, and sockets they lacked (opened since: the event
+        says missing.sockets = not_in_table)."""
+        live = self._sockets
+        return {"dumps": self._socket_counts["dumps"] + (live.dumps if live else 0),
+                "not_in_table": self._socket_counts["not_in_table"] + (live.not_in_table if live else 0)}
 
     def read(self, pid: int, start_ticks: int | None) -> ProcessSnapshot | None:
         """Snapshot of pid if it is still the process identified by start_ticks, else None."""

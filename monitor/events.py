@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 # 2: vpid, image_id, parent_image_id, supersedes_inferred; alert events; stats.reconcile,
 # output_buffer, cgroups and detection. 3: stdio, cap_eff, cap_prm, enrichment "kernel",
-# stats.time_s, stats.sockets.
+# stats.time_s, stats.socket_table, missing reason not_in_table.
 SCHEMA_VERSION = 3
 
 EVENT_TYPES = ("exec", "fork", "exit", "existing", "missed", "lost", "stats", "alert", "dropped", "start")
@@ -221,7 +221,7 @@ class StatsEvent:
     decode_errors: int
     output_buffer: dict[str, int]  # bound_bytes, peak_bytes: see schema.py
     cgroups: dict[str, int]  # cgroup id resolution: see schema.py
-    sockets: dict[str, int]  # how exec events' sockets were read: see schema.py
+    socket_table: dict[str, int]  # the enricher's socket tables: see schema.py
     time_s: dict[str, dict[str, float]]  # where the monitor's time goes: see schema.py
     cpu_time_s: float
     rss_bytes: int

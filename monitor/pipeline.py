@@ -636,7 +636,7 @@ class Pipeline:
             dropped_writes=self.sink.dropped_writes, decode_errors=c.decode_errors,
             output_buffer={"bound_bytes": self.cfg.output_buffer_bytes,
                            "peak_bytes": max(self.sink.pending_peak, self.sink.pending_bytes)},
-            cgroups=dict(self.enricher.cgroups.stats), sockets=self.enricher.socket_reads(),
+            cgroups=dict(self.enricher.cgroups.stats), socket_table=self.enricher.socket_table_stats(),
             time_s={"enrich": {k: round(v, 6) for k, v in c.time_enrich.items()},
                     "encode": {k: round(v, 6) for k, v in c.time_encode.items()},
                     "detect": {k: round(v, 6) for k, v in c.time_detect.items()},

@@ -21,7 +21,7 @@ from typing import Callable, TypeVar
 
 from . import parsers as P
 from .procfs import AccessDenied, ParseError, ProcessGone, ProcFS, ProcFSError, Unavailable
-from .sockets import SocketTables
+from .sockets import SocketTables, join_sockets, missed_by_table
 from .types import USER_HZ, Depth, FdInfo, Missing, Namespaces, ProcessSnapshot, ProcKey, ThreadInfo
 
 T = TypeVar("T")
@@ -390,9 +390,15 @@ def _read_sockets(r: _Reader, v: dict[str, object], fds: tuple[FdInfo, ...] | No
         v["sockets"] = ()
         return
     tables = sockets if sockets is not None else SocketTables(r.fs)
-    found = r.get("sockets", lambda: tables.sockets_of(r.pid, fds, netns))
-    if found is not None:
-        v["sockets"] = found
+    table = r.get("sockets", lambda: tables.for_pid(r.pid, netns))
+    if table is not None:
+        v["sockets"] = join_sockets(fds, table)
+        missed = missed_by_table(r.fs, r.pid, fds, table)
+        if missed:
+            # The list is short of what the process holds: say so (the enricher's table is
+            # cached for a second, and a connection made since is not in it).
+            r.missing["sockets"] = Missing.NOT_IN_TABLE.value
+            tables.not_in_table += missed
 
 
 def _read_cgroup(r: _Reader, v: dict[str, object]) -> None:

@@ -168,6 +168,13 @@ class ProcFS:
         except OSError as exc:
             raise self._error(exc, pid, path) from None
 
+    def getxattr(self, pid: Pid | None, name: Name, attr: str) -> bytes:
+        path = self.path(pid, name)
+        try:
+            return os.getxattr(path, attr)
+        except OSError as exc:
+            raise self._error(exc, pid, path) from None
+
     def listdir(self, pid: Pid | None, name: Name = b"") -> list[bytes]:
         path = self.path(pid, name)
         try:
@@ -193,15 +200,6 @@ class ProcFS:
         """Numeric entries of the root: thread-group leaders only (tids are hidden from
         readdir, though root/<tid> is reachable by name; proc_pid_readdir)."""
         return [int(n) for n in self.listdir(None) if n.isdigit()]
-
-    def names_our_processes(self) -> bool:
-        """Is this the procfs of our own PID namespace (its "self" link is our PID)? Only then
-        are its PIDs ones that pidfd_open(2) reaches; a fixture tree's, or a procfs of another
-        PID namespace, are not."""
-        try:
-            return self.readlink(None, b"self") == str(os.getpid()).encode()
-        except ProcFSError:
-            return False
 
     def boot_id(self) -> str:
         """sys/kernel/random/boot_id under the root: a UUID that changes at every boot, so

@@ -1,7 +1,6 @@
-"""Socket tables: {inode: SocketInfo} per network namespace, and the join with a process's fds;
-and one process's sockets read through its own fds.
+"""Socket tables: {inode: SocketInfo} per network namespace, and the join with a process's fds.
 
-Two sources of tables, same output:
+Two sources, same output:
 
 * sock_diag over netlink (pyroute2 ``DiagSocket``) for the namespace we run in. It is what
   ``ss`` uses, and the only source we use live in the reader's own netns.
@@ -13,25 +12,16 @@ Two sources of tables, same output:
 
 Tables are cached per netns inode in one ``SocketTables`` object; make one per sweep
 (or per batch of events) so that stale sockets do not survive.
-
-A table answers for every socket of a namespace at once, which suits a sweep. For one process
-just after its exec it is the wrong tool: a cached table misses every socket opened since it
-was dumped, and a dump per process costs milliseconds on a busy host. ``FdSocketReader`` reads
-that process's sockets alone, each through a duplicate of its fd (pidfd_getfd), as they are now.
 """
 from __future__ import annotations
 
-import ctypes
-import errno
 import logging
-import os
 import socket
-import stat
 import sys
 from typing import Callable, Iterable
 
 from .parsers import parse_ns_link
-from .procfs import ParseError, ProcessGone, ProcFS, ProcFSError, Unavailable
+from .procfs import ParseError, ProcFS, ProcFSError, Unavailable
 from .types import FdInfo, SocketInfo
 
 log = logging.getLogger(__name__)
@@ -261,189 +251,6 @@ def read_diag_table(netns: int | None = None) -> dict[int, SocketInfo]:
     return table
 
 
-# --- one process's sockets, each through a duplicate of its fd -------------------------------
-
-SYS_PIDFD_GETFD = 438  # one number on every architecture (the common syscall table, Linux 5.6)
-# Past this many socket fds one table dump costs less than a read per socket (~15 us each).
-FD_SOCKETS_MAX = 64
-_SOCKADDR_MAX = 128  # sizeof(struct sockaddr_storage)
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_syscall = _LIBC.syscall
-_syscall.restype = ctypes.c_long
-_syscall.argtypes = (ctypes.c_long, ctypes.c_int, ctypes.c_int, ctypes.c_uint)
-_getsockopt = _LIBC.getsockopt
-_getsockopt.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
-                        ctypes.POINTER(ctypes.c_uint))
-_getsockname = _LIBC.getsockname
-_getpeername = _LIBC.getpeername
-for _f in (_getsockname, _getpeername):
-    _f.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint))
-_UNSPECIFIED = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
-
-
-def _int_opt(fd: int, level: int, name: int) -> int:
-    value = ctypes.c_int(0)
-    size = ctypes.c_uint(ctypes.sizeof(value))
-    if _getsockopt(fd, level, name, ctypes.byref(value), ctypes.byref(size)) != 0:
-        raise OSError(ctypes.get_errno(), "getsockopt")
-    return value.value
-
-
-def _tcp_state(fd: int) -> int:
-    """struct tcp_info's first byte, tcpi_state: the socket's sk_state as ss shows it."""
-    value = ctypes.c_uint8(0)
-    size = ctypes.c_uint(1)
-    if _getsockopt(fd, socket.IPPROTO_TCP, socket.TCP_INFO, ctypes.byref(value), ctypes.byref(size)) != 0:
-        raise OSError(ctypes.get_errno(), "getsockopt TCP_INFO")
-    return value.value
-
-
-def _name(call, fd: int) -> bytes | None:
-    """getsockname/getpeername as the raw sockaddr; None when not connected (ENOTCONN)."""
-    buf = ctypes.create_string_buffer(_SOCKADDR_MAX)
-    size = ctypes.c_uint(_SOCKADDR_MAX)
-    if call(fd, buf, ctypes.byref(size)) != 0:
-        err = ctypes.get_errno()
-        if err == errno.ENOTCONN:
-            return None
-        raise OSError(err, "getsockname")
-    return buf.raw[:min(size.value, _SOCKADDR_MAX)]
-
-
-def _inet_endpoint(family: int, addr: bytes | None) -> tuple[str, int]:
-    if addr is None or len(addr) < (8 if family == socket.AF_INET else 24):
-        return _UNSPECIFIED[family], 0
-    port = int.from_bytes(addr[2:4], "big")
-    if family == socket.AF_INET:
-        return socket.inet_ntop(family, addr[4:8]), port
-    return socket.inet_ntop(family, addr[8:24]), port
-
-
-def _unix_name(addr: bytes | None) -> str:
-    """sockaddr_un's path as net/unix and ss print it: "@name" for an abstract name (a leading
-    NUL), "" for an unnamed socket."""
-    if addr is None or len(addr) <= 2:
-        return ""
-    path = addr[2:]
-    if path[0] == 0:
-        return "@" + path[1:].decode("utf-8", "backslashreplace")
-    return path.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
-
-
-def socket_of_fd(fd: int, inode: int, netns: int | None = None) -> SocketInfo | None:
-    """What the socket open as our fd is now, named as the tables name it; None when fd is
-    not the socket `inode` (the process reused the number) or is not TCP, UDP or unix (the
-    tables hold only those). Only reads: a socket object would set O_NONBLOCK on the shared
-    file when a default timeout is set, so raw getsockopt/getsockname are used instead.
-    Not read, as the tables do not give them either: a unix socket's owner uid; nor, unlike
-    sock_diag, its peer's inode (peer_inode stays None)."""
-    st = os.fstat(fd)
-    if st.st_ino != inode or not stat.S_ISSOCK(st.st_mode):
-        return None
-    stype = _int_opt(fd, socket.SOL_SOCKET, socket.SO_TYPE)
-    local = _name(_getsockname, fd)
-    if local is None or len(local) < 2:
-        return None
-    family = int.from_bytes(local[:2], sys.byteorder)
-    if family == socket.AF_UNIX:
-        if _int_opt(fd, socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-            state = "LISTEN"
-        else:
-            state = "ESTABLISHED" if _name(_getpeername, fd) is not None else UNCONN
-        return SocketInfo(inode=inode, family="unix", protocol="unix", state=state,
-                          local_address=_unix_name(local), local_port=None, remote_address="",
-                          remote_port=None, netns=netns, sock_type=UNIX_TYPES.get(stype, str(stype)))
-    if family not in (socket.AF_INET, socket.AF_INET6):
-        return None
-    proto = _int_opt(fd, socket.SOL_SOCKET, socket.SO_PROTOCOL)
-    if proto == socket.IPPROTO_TCP and stype == socket.SOCK_STREAM:
-        protocol, code = "tcp", _tcp_state(fd)
-    elif proto == socket.IPPROTO_UDP and stype == socket.SOCK_DGRAM:
-        protocol, code = "udp", -1
-    else:
-        return None
-    peer = _name(_getpeername, fd)
-    if code == -1:  # UDP: connect() sets TCP_ESTABLISHED, else it is TCP_CLOSE (UNCONN)
-        code = 1 if peer is not None else TCP_CLOSE
-    laddr, lport = _inet_endpoint(family, local)
-    raddr, rport = _inet_endpoint(family, peer)
-    return SocketInfo(inode=inode, family="inet" if family == socket.AF_INET else "inet6",
-                      protocol=protocol, state=state_name(protocol, code), local_address=laddr,
-                      local_port=lport, remote_address=raddr, remote_port=rport, uid=st.st_uid,
-                      netns=netns)
-
-
-class FdSocketReader:
-    """One process's sockets, each read through a duplicate of its fd: pidfd_open(2) and
-    pidfd_getfd(2) (Linux 5.6), then getsockopt/getsockname/getpeername on the duplicate, which
-    is closed at once (the process's own fd and its socket are untouched).
-
-    Why: a socket table dumped before a process connected does not have its connection, and
-    the enricher's table is cached for a second. Measured on the benchmark's realistic level
-    (1,500 clients that connect to a loopback server just after exec): 1,482 exec events listed
-    the socket fd without its socket. A dump per process instead costs milliseconds on a host
-    with many sockets; this costs ~15 us per socket of that process.
-
-    pidfd_getfd needs ptrace access to the process (PTRACE_MODE_ATTACH): root has it unless
-    Yama's ptrace_scope is 3 or an LSM says no. `read` returns None whenever this way is not
-    open (no such syscall, or refused): the caller uses the table and `fallbacks` counts it.
-    """
-
-    def __init__(self) -> None:
-        self.available = hasattr(os, "pidfd_open")
-        self.reads = 0  # processes whose sockets were read so
-        self.fallbacks = 0  # reads handed to the table: refused, or no pidfd_getfd here
-
-    def read(self, pid: int, fds: tuple[FdInfo, ...] | list[FdInfo],
-             netns: int | None = None) -> tuple[SocketInfo, ...] | None:
-        """The sockets behind pid's socket fds in fd order, one per socket (as join_sockets);
-        None: use the table. Raises ProcessGone when pid has exited."""
-        if not self.available:
-            self.fallbacks += 1
-            return None
-        try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            raise ProcessGone(f"process {pid} gone") from None
-        except OSError as exc:
-            return self._fall_back(exc)
-        try:
-            out: list[SocketInfo] = []
-            seen: set[int] = set()
-            for f in fds:
-                if f.kind != "socket" or f.inode is None or f.inode in seen:
-                    continue
-                dup = _syscall(SYS_PIDFD_GETFD, pidfd, f.fd, 0)
-                if dup < 0:
-                    err = ctypes.get_errno()
-                    if err == errno.EBADF:
-                        continue  # closed since the fd listing: it is not among its sockets now
-                    if err == errno.ESRCH:
-                        raise ProcessGone(f"process {pid} gone")
-                    return self._fall_back(OSError(err, os.strerror(err)))
-                try:
-                    info = socket_of_fd(dup, f.inode, netns)
-                except OSError:
-                    info = None  # a family whose getsockname fails: not one the tables hold
-                finally:
-                    os.close(dup)
-                if info is not None:
-                    seen.add(f.inode)
-                    out.append(info)
-            self.reads += 1
-            return tuple(out)
-        finally:
-            os.close(pidfd)
-
-    def _fall_back(self, exc: OSError) -> None:
-        if exc.errno in (errno.ENOSYS, errno.EINVAL):  # no pidfd_open/pidfd_getfd: older kernel
-            if self.available:
-                log.warning("sockets.pidfd_unavailable: %s; reading socket tables instead", exc)
-            self.available = False
-        self.fallbacks += 1
-        return None
-
-
 class SocketTables:
     """Socket tables cached per netns inode, for one sweep.
 
@@ -458,10 +265,10 @@ class SocketTables:
         fs: ProcFS,
         use_diag: bool = True,
         diag_reader: Callable[[int | None], dict[int, SocketInfo]] = read_diag_table,
-        fd_reader: FdSocketReader | None = None,
     ) -> None:
         self.fs = fs
-        self.fd_reader = fd_reader
+        self.dumps = 0  # tables read (one per netns per object, and retries after a failure)
+        self.not_in_table = 0  # sockets of joined processes that these tables lacked
         self._use_diag = use_diag
         self._diag_reader = diag_reader
         self._cache: dict[int | None, dict[int, SocketInfo]] = {}
@@ -490,24 +297,34 @@ class SocketTables:
                 self._use_diag = False
         if table is None:
             table = read_proc_net_table(self.fs, pid, netns)
+        self.dumps += 1
         if netns is not None:
             self._cache[netns] = table
         return table
 
 
-    def sockets_of(self, pid: int, fds: tuple[FdInfo, ...], netns: int | None) -> tuple[SocketInfo, ...]:
-        """pid's sockets in fd order, one per socket: read through its fds when there is an
-        fd_reader and pid holds at most FD_SOCKETS_MAX socket fds, else joined from its
-        namespace's table (for_pid)."""
-        reader = self.fd_reader
-        if reader is not None:
-            if sum(1 for f in fds if f.kind == "socket") <= FD_SOCKETS_MAX:
-                got = reader.read(pid, fds, netns)
-                if got is not None:
-                    return got
-            else:
-                reader.fallbacks += 1
-        return join_sockets(fds, self.for_pid(pid, netns))
+# sockfs's "system.sockprotoname" (sk->sk_prot->name) of the sockets the tables list.
+TABLE_PROTOCOLS = frozenset({b"TCP", b"TCPv6", b"UDP", b"UDPv6", b"UNIX", b"UNIX-STREAM",
+                             b"UNIX-DGRAM", b"UNIX-SEQPACKET"})
+
+
+def missed_by_table(fs: ProcFS, pid: int, fds: Iterable[FdInfo], table: dict[int, SocketInfo]) -> int:
+    """How many of pid's sockets a table should have listed and did not: opened after it was
+    read. A socket fd missing from the table may also be of a kind no table lists (netlink,
+    packet, raw); its protocol name, one getxattr of the fd (no socket lock taken), tells."""
+    missed = 0
+    seen: set[int] = set()
+    for f in fds:
+        if f.kind != "socket" or f.inode is None or f.inode in table or f.inode in seen:
+            continue
+        seen.add(f.inode)
+        try:
+            proto = fs.getxattr(pid, b"fd/%d" % f.fd, "system.sockprotoname").rstrip(b"\0")
+        except ProcFSError:
+            continue  # closed since the listing: not a socket it holds now
+        if proto in TABLE_PROTOCOLS:
+            missed += 1
+    return missed
 
 
 def join_sockets(fds: Iterable[FdInfo], table: dict[int, SocketInfo]) -> tuple[SocketInfo, ...]:

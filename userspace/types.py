@@ -94,6 +94,9 @@ class Missing(str, enum.Enum):
     # The process lives but the file does not exist (a kernel without CONFIG_AUDIT has no
     # loginuid, ns/time needs 5.6) or the read failed with an errno other than the above.
     UNAVAILABLE = "unavailable"
+    # A socket the process holds, of a kind the socket table lists (TCP, UDP, unix), that the
+    # table did not have: opened after the (cached) table was read. The others are listed.
+    NOT_IN_TABLE = "not_in_table"
 
 
 @dataclass(frozen=True, slots=True)

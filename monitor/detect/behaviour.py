@@ -186,8 +186,8 @@ class ReverseShell(Behaviour):
                      for fd, s in known.items() if fd in (0, 1, 2) and attr(s, "protocol") in ("tcp", "udp")]
             unknown = [fd for fd in (0, 1, 2) if (fds.get(fd) or "").startswith("socket:") and fd not in known]
             if not socks and unknown and probe is not None:
-                # Its sockets were not read (--enrich below full, or only a cached table
-                # could be used: pidfd_getfd refused). Look at this process now.
+                # The enricher's socket table is cached briefly; a socket connected just
+                # before exec may not be in it. Look at this process now.
                 for s in probe.std_inet_sockets(attr(ev, "pid"), attr(ev, "start_time")):
                     socks += [{"fd": fd, "inode": s["inode"], "protocol": s["protocol"], "remote": s["remote"]}
                               for fd in s["fds"]]

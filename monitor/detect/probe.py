@@ -13,16 +13,12 @@ from __future__ import annotations
 from userspace.parsers import parse_fd_target, parse_ns_link
 from userspace.procfs import ProcFS, ProcFSError
 from userspace.process import read_stat
-from userspace.sockets import FdSocketReader, SocketTables
-from userspace.types import FdInfo
+from userspace.sockets import SocketTables
 
 
 class LiveProbe:
     def __init__(self, fs: ProcFS) -> None:
         self.fs = fs
-        # The sockets on those fds are read through the fds themselves (no table dump of the
-        # whole namespace per shell); the table stays the fallback.
-        self.fd_sockets = FdSocketReader() if fs.names_our_processes() else None
 
     def std_inet_sockets(self, pid: int, start_ticks: int | None) -> list[dict]:
         """TCP/UDP sockets on fds 0-2 of the process (pid, start_ticks); [] when it is gone,
@@ -30,26 +26,23 @@ class LiveProbe:
         try:
             if start_ticks is not None and read_stat(self.fs, pid).starttime != start_ticks:
                 return []
-            inodes: dict[int, list[int]] = {}
-            socket_fds = []
+            inodes = {}
             for fd in (0, 1, 2):
                 try:
                     t = parse_fd_target(self.fs.readlink(pid, f"fd/{fd}"))
                 except ProcFSError:
                     continue
-                if t.kind == "socket" and t.inode is not None:
+                if t.kind == "socket":
                     inodes.setdefault(t.inode, []).append(fd)
-                    socket_fds.append(FdInfo(fd, "socket", t.target, t.inode))
             if not inodes:
                 return []
             netns = parse_ns_link(self.fs.readlink(pid, "ns/net"))
-            tables = SocketTables(self.fs, fd_reader=self.fd_sockets)
-            found = {s.inode: s for s in tables.sockets_of(pid, tuple(socket_fds), netns)}
+            table = SocketTables(self.fs).for_pid(pid, netns)
         except (ProcFSError, OSError, ValueError):
             return []
         out = []
         for inode, fds in inodes.items():
-            s = found.get(inode)
+            s = table.get(inode)
             if s is not None and s.protocol in ("tcp", "udp"):
                 out.append({"fds": fds, "inode": inode, "protocol": s.protocol, "state": s.state,
                             "remote": f"{s.remote_address}:{s.remote_port}"})

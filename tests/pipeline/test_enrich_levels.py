@@ -74,15 +74,20 @@ def test_exec_event_at_each_enrichment_level(watch, level):
         assert (s["fd"], s["protocol"], s["inode"]) == (1, "tcp", ev["stdio"][1]["inode"])
 
 
-def test_every_new_connection_is_in_its_exec_event(watch):
-    """Each process's sockets are read as they are when it is enriched (through its own fds),
-    not from a socket table dumped earlier: one process after another, each handed a TCP
-    connection made just before its exec, within the second a table used to be cached for
-    (then only the first of them listed its socket)."""
+
+
+def test_a_connection_the_socket_table_lacks_is_reported_missing(watch):
+    """The enricher joins socket fds with a sock_diag table read at most once a second. One
+    process after another, each handed a TCP connection made just before its exec: each exec
+    event either lists that connection exactly, or says its sockets are short of it
+    (missing.sockets = not_in_table, enrichment partial), never silently; and the final stats
+    count every one of those."""
     w = watch("--enrich", "full")
     w.wait_ready()
     listener = socket.create_server(("127.0.0.1", 0))
+    server = "%s:%d" % listener.getsockname()
     held = []
+    seen = []  # (exec event, the connection's inode, its local address)
     try:
         for i in range(4):
             conn = socket.create_connection(listener.getsockname())
@@ -98,12 +103,22 @@ def test_every_new_connection_is_in_its_exec_event(watch):
             finally:
                 p.kill()
                 p.wait(30)
-            (s,) = ev["proc"]["sockets"]
-            local, remote = conn.getsockname(), listener.getsockname()
-            assert s == {"fd": 1, "protocol": "tcp", "state": "ESTABLISHED",
-                         "local": f"{local[0]}:{local[1]}", "remote": f"{remote[0]}:{remote[1]}",
-                         "inode": os.fstat(conn.fileno()).st_ino}, (i, s)
+            seen.append((ev, os.fstat(conn.fileno()).st_ino, "%s:%d" % conn.getsockname()))
     finally:
         for s in held:
             s.close()
         listener.close()
+    assert w.stop() == 0
+    stats = [e for e in w.snapshot() if e["event"] == "stats"][-1]
+    short = 0
+    for i, (ev, inode, local) in enumerate(seen):
+        assert ev["stdio"][1]["inode"] == inode and f"1:socket:[{inode}]" in ev["proc"]["fds"], (i, ev)
+        if ev["proc"]["sockets"]:
+            assert ev["proc"]["sockets"] == [{"fd": 1, "protocol": "tcp", "state": "ESTABLISHED",
+                                              "local": local, "remote": server, "inode": inode}], (i, ev)
+            assert "sockets" not in ev["missing"] and ev["enrichment"] == "full", (i, ev)
+        else:
+            assert ev["missing"]["sockets"] == "not_in_table" and ev["enrichment"] == "partial", (i, ev)
+            short += 1
+    assert stats["socket_table"]["not_in_table"] >= short >= 0
+    assert stats["socket_table"]["dumps"] >= 1

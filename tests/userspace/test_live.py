@@ -4,7 +4,6 @@ deleted and memfd executables, and the socket map against the net/ files and `ss
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import os
 import re
 import shutil
@@ -19,7 +18,7 @@ import pytest
 
 from userspace.process import read_process, read_stat
 from userspace.procfs import AccessDenied, ProcessGone, ProcFS
-from userspace.sockets import FdSocketReader, SocketTables, read_diag_table, read_proc_net_table
+from userspace.sockets import SocketTables, read_diag_table, read_proc_net_table
 from userspace.sweep import IncrementalScanner, SweepStats, scan
 from userspace.types import Depth, Missing
 
@@ -336,94 +335,33 @@ def test_own_sockets_in_table_and_joined(my_sockets: dict[str, socket.socket]) -
         assert joined[ino] == table[ino]
 
 
-@pytest.fixture
-def connected_sockets(my_sockets: dict[str, socket.socket]) -> Iterator[dict[str, socket.socket]]:
-    """my_sockets plus what a client holds: an accepted TCP pair, a connected UDP socket and a
-    unix socket pair (one end non-blocking)."""
-    socks = dict(my_sockets)
-    socks["tcp_client"] = socket.create_connection(my_sockets["tcp"].getsockname())
-    socks["tcp_server"], _ = my_sockets["tcp"].accept()
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.connect(my_sockets["udp"].getsockname())
-    socks["udp_connected"] = udp
-    socks["pair_a"], socks["pair_b"] = socket.socketpair()
-    socks["pair_a"].setblocking(False)
-    yield socks
-    for name in ("tcp_client", "tcp_server", "udp_connected", "pair_a", "pair_b"):
-        socks[name].close()
-
-
-def test_sockets_read_through_fds_equal_the_table(connected_sockets: dict[str, socket.socket]) -> None:
-    """FdSocketReader names every socket exactly as the sock_diag table does (but the unix peer's
-    inode, which an fd does not tell), in fd order, one per socket."""
-    me = os.getpid()
-    fds = read_process(FS, me, Depth.EXEC).fds
-    reader = FdSocketReader()
-    got = reader.read(me, fds, _own_netns())
-    assert (reader.reads, reader.fallbacks) == (1, 0)
-    table = read_diag_table(_own_netns())
-    by_inode = {s.inode: s for s in got}
-    assert len(by_inode) == len(got)  # one per socket
-    assert [s.inode for s in got] == [i for i in dict.fromkeys(f.inode for f in fds if f.kind == "socket")
-                                      if i in by_inode]  # fd order
-    for name, sock in connected_sockets.items():
-        info = by_inode[os.fstat(sock.fileno()).st_ino]
-        want = table[info.inode]
-        if want.family == "unix":
-            want = dataclasses.replace(want, peer_inode=None)
-        assert info == want, name
-    client = by_inode[os.fstat(connected_sockets["tcp_client"].fileno()).st_ino]
-    assert (client.state, client.remote_port, client.local_port) == (
-        "ESTABLISHED", connected_sockets["tcp"].getsockname()[1],
-        connected_sockets["tcp_client"].getsockname()[1])
-    assert by_inode[os.fstat(connected_sockets["udp_connected"].fileno()).st_ino].state == "ESTABLISHED"
-
-
-def test_reading_sockets_through_fds_leaves_them_as_they_were(connected_sockets) -> None:
-    """The duplicates are only read and closed: blocking modes stay, the connection still
-    carries data both ways, and every fd still holds its socket."""
-    blocking = {n: os.get_blocking(s.fileno()) for n, s in connected_sockets.items()}
-    inodes = {n: os.fstat(s.fileno()).st_ino for n, s in connected_sockets.items()}
-    me = os.getpid()
-    reader = FdSocketReader()
-    for _ in range(3):
-        reader.read(me, read_process(FS, me, Depth.EXEC).fds)
-    assert {n: os.get_blocking(s.fileno()) for n, s in connected_sockets.items()} == blocking
-    assert blocking["pair_a"] is False and blocking["tcp_client"] is True
-    assert {n: os.fstat(s.fileno()).st_ino for n, s in connected_sockets.items()} == inodes
-    connected_sockets["tcp_client"].sendall(b"ping")
-    assert connected_sockets["tcp_server"].recv(4) == b"ping"
-    connected_sockets["tcp_server"].sendall(b"pong")
-    assert connected_sockets["tcp_client"].recv(4) == b"pong"
-
-
-@pytest.mark.root
-def test_fd_reads_refused_fall_back_to_the_table_and_are_counted(connected_sockets) -> None:
-    """A reader without ptrace access to the process (here: a child that dropped to nobody,
-    reading its root parent) is refused pidfd_getfd; the sockets then come from the table,
-    alike, and the fallback is counted."""
-    me = os.getpid()
-    fds = read_process(FS, me, Depth.EXEC).fds
-    want = SocketTables(FS).sockets_of(me, fds, _own_netns())
-    r, w = os.pipe()
-    child = os.fork()
-    if child == 0:
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            reader = FdSocketReader()
-            got = SocketTables(FS, fd_reader=reader).sockets_of(me, fds, _own_netns())
-            os.write(w, repr((reader.reads, reader.fallbacks, sorted(s.inode for s in got))).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        out = f.read().decode()
-    os.waitpid(child, 0)
-    assert out == repr((0, 1, sorted(s.inode for s in want)))
-    assert {os.fstat(s.fileno()).st_ino for s in connected_sockets.values()} <= {s.inode for s in want}
+def test_sockets_opened_after_the_table_are_reported_missing(my_sockets: dict[str, socket.socket]) -> None:
+    """A table read before a socket was opened lacks it: the snapshot keeps what the table has
+    and says the rest is missing (not_in_table), counting each such socket once; a netlink
+    socket, which no table lists, is not counted."""
+    tables = SocketTables(FS)
+    netns = _own_netns()
+    first = read_process(FS, os.getpid(), Depth.EXEC, sockets=tables)
+    assert "sockets" not in first.missing and tables.dumps == 1
+    late = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    late.bind(("127.0.0.1", 0))
+    nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+    dup = os.dup(late.fileno())  # one socket on two fds: counted once
+    try:
+        snap = read_process(FS, os.getpid(), Depth.EXEC, sockets=tables)
+        listed = {s.inode for s in snap.sockets or ()}
+        assert os.fstat(late.fileno()).st_ino not in listed
+        assert {os.fstat(x.fileno()).st_ino for x in my_sockets.values()} <= listed
+        assert snap.missing["sockets"] == Missing.NOT_IN_TABLE.value
+        assert (tables.dumps, tables.not_in_table) == (1, 1)
+        fresh = read_process(FS, os.getpid(), Depth.EXEC, sockets=SocketTables(FS))
+        assert "sockets" not in fresh.missing
+        assert os.fstat(late.fileno()).st_ino in {s.inode for s in fresh.sockets or ()}
+        assert netns == fresh.ns.net
+    finally:
+        os.close(dup)
+        late.close()
+        nl.close()
 
 
 def test_diag_agrees_with_net_files(my_sockets: dict[str, socket.socket]) -> None:

@@ -254,7 +254,6 @@ class HandoverSensor(Sensor):
         # PerfReader rings wake the reader every wakeup_events samples, exactly as asked; the
         # doorbell (bpf/process.bpf.c) wakes it on the first sample after it said it was idle.
         self.batching = wakeup_events > 1
-        self.doorbell_sleeps = 0  # polls that armed the doorbell and slept (bench, tests)
 
     def _start(self) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -322,16 +321,22 @@ class HandoverSensor(Sensor):
         if timeout_ms <= limits.BATCHED_POLL_MS or not self.batching:
             reader.poll(timeout_ms, out)
         else:
-            perfbuf.map_update(self._fds[3], _KEY_0, _IDLE)
-            reader.read(out)
-            if not out:
-                self.doorbell_sleeps += 1
-                deadline = time.monotonic() + timeout_ms / 1000
-                while not out:  # a bell left from a sample read earlier wakes with nothing
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    reader.poll(left * 1000, out)
+            deadline = time.monotonic() + timeout_ms / 1000
+            while True:
+                try:
+                    perfbuf.map_update(self._fds[3], _KEY_0, _IDLE)
+                except OSError:
+                    reader.poll(limits.BATCHED_POLL_MS, out)  # cannot arm it: poll as before
+                    break
+                if reader.read(out):
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                # Woken with nothing (a bell left from a sample read before, or one a CPU rang
+                # for an earlier arming): arm again before sleeping on.
+                if reader.poll(left * 1000, out):
+                    break
         if out:
             self.queue.extend(out)
 
