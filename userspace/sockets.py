@@ -204,6 +204,10 @@ def _diag_inet(msg: dict, family: int, protocol: str, netns: int | None) -> Sock
 
 def _diag_unix(msg, netns: int | None) -> SocketInfo:
     name = msg.get_attr("UNIX_DIAG_NAME")
+    if isinstance(name, bytes):
+        # pyroute2 hands back a name that is not UTF-8 as bytes; any user can bind one, and
+        # it must not stop a dump. Rendered as the net/unix text table renders it.
+        name = name.decode("utf-8", "backslashreplace")
     # pyroute2 decodes UNIX_DIAG_NAME as asciiz and so loses an abstract name's leading NUL.
     # Filesystem-bound sockets also carry UNIX_DIAG_VFS (unix_diag.c sk_diag_dump_vfs), so a
     # name without it is abstract: print it "@name" like ss and net/unix do.

@@ -364,6 +364,27 @@ def test_sockets_opened_after_the_table_are_reported_missing(my_sockets: dict[st
         nl.close()
 
 
+def test_a_unix_socket_name_that_is_not_utf8_is_read_like_net_unix(tmp_path) -> None:
+    """Any user can bind a unix socket to a name that is not UTF-8 (abstract or a path): the
+    dump still succeeds (pyroute2 hands such a name back as bytes) and names it as the net/unix
+    table does."""
+    abstract = socket.socket(socket.AF_UNIX)
+    abstract.bind(b"\0procsentry-\xff\xfe-%d" % os.getpid())
+    abstract.listen()
+    named = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    named.bind(os.fsencode(tmp_path) + b"/s-\xff")
+    try:
+        netns = _own_netns()
+        diag = read_diag_table(netns)
+        files = read_proc_net_table(FS, os.getpid(), netns)
+        a, n = os.fstat(abstract.fileno()).st_ino, os.fstat(named.fileno()).st_ino
+        assert diag[a].local_address == files[a].local_address == f"@procsentry-\\xff\\xfe-{os.getpid()}"
+        assert diag[n].local_address == files[n].local_address == os.fsdecode(tmp_path) + "/s-\\xff"
+    finally:
+        abstract.close()
+        named.close()
+
+
 def test_diag_agrees_with_net_files(my_sockets: dict[str, socket.socket]) -> None:
     """pyroute2's test_diag test_basic: sock_diag against the text tables, churn tolerated."""
     netns = _own_netns()
