@@ -122,3 +122,36 @@ def test_a_connection_the_socket_table_lacks_is_reported_missing(watch):
             short += 1
     assert stats["socket_table"]["not_in_table"] >= short >= 0
     assert stats["socket_table"]["dumps"] >= 1
+
+
+def test_a_unix_socket_name_that_is_not_utf8_does_not_stop_the_monitor(watch):
+    """Any user can bind a unix socket to a name that is not UTF-8. A process holding one used to
+    make the socket dump raise out of enrichment and end the monitor (exit 1): now its exec
+    event lists the socket, named as net/unix renders it, and the monitor goes on."""
+    w = watch("--enrich", "full")
+    w.wait_ready()
+    name = b"\0procsentry-\xff\xfe-%d" % os.getpid()
+    held = socket.socket(socket.AF_UNIX)
+    held.bind(name)
+    held.listen()
+    tag = f"{30 + uuid.uuid4().int % 10**6 / 1e6:.6f}"
+    try:
+        p = subprocess.Popen([SLEEP, tag], stdin=held.fileno(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        try:
+            ev = w.until(lambda evs: next((e for e in evs if e["event"] == "exec"
+                                           and e["argv"] == [SLEEP, tag]), None), 30,
+                         what="the exec event")
+        finally:
+            p.kill()
+            p.wait(30)
+        inode = os.fstat(held.fileno()).st_ino
+    finally:
+        held.close()
+    assert {"fd": 0, "protocol": "unix", "state": "LISTEN", "local": f"@procsentry-\\xff\\xfe-{os.getpid()}",
+            "remote": "", "inode": inode} in ev["proc"]["sockets"]
+    after = f"after-{uuid.uuid4().hex}"
+    subprocess.run(["/bin/true", after], check=True)  # still watching
+    w.until(lambda evs: any(e["event"] == "exec" and e["argv"] == ["/bin/true", after] for e in evs), 30,
+            what="the next exec event")
+    assert w.stop() == 0
