@@ -288,7 +288,8 @@ def test_enrich_levels_and_the_time_they_take(proc_tree):
         assert (ev.cap_eff, ev.cap_prm) == ("0000000000003000", "0000000000007000")
     ev, spent = got["minimal"]
     assert (ev.enrichment, ev.proc) == ("kernel", None)
-    assert "exec" not in spent["enrich"] and spent["encode"]["exec"] > 0
+    # (Capture.write only appends: its time, rounded to the microsecond, may well be 0.0.)
+    assert "exec" not in spent["enrich"] and spent["encode"]["exec"] >= 0
     ev, spent = got["standard"]
     assert ev.enrichment == "full" and spent["enrich"]["exec"] > 0
     assert (ev.proc.state, ev.proc.threads, ev.proc.rss_bytes) == ("S", 2, 900 * fs.page_size)
