@@ -64,7 +64,7 @@ class Enricher:
         self.environ = environ
         self._sockets: SocketTables | None = None
         self._sockets_at = 0.0
-        self._socket_counts = {"dumps": 0, "not_in_table": 0}  # of the tables replaced so far
+        self._socket_counts = {"dumps": 0, "not_in_table": 0}  # over every table made here
         # cgroup v2 id -> (path, container id) learned from procfs reads: a cgroup's path does
         # not change, and reading it once per cgroup instead of once per exec is most of the
         # saving. (cgroup ids <= 1 are the root, or every process on a v1-only host: never
@@ -79,19 +79,14 @@ class Enricher:
     def sockets(self) -> SocketTables:
         now = time.monotonic()
         if self._sockets is None or now - self._sockets_at > SOCKET_TABLE_TTL_S:
-            if self._sockets is not None:
-                self._socket_counts["dumps"] += self._sockets.dumps
-                self._socket_counts["not_in_table"] += self._sockets.not_in_table
-            self._sockets = SocketTables(self.fs)
+            self._sockets = SocketTables(self.fs, counts=self._socket_counts)
             self._sockets_at = now
         return self._sockets
 
     def socket_table_stats(self) -> dict[str, int]:
         """Socket tables read for enrichment, and sockets they lacked (opened since: the event
         says missing.sockets = not_in_table)."""
-        live = self._sockets
-        return {"dumps": self._socket_counts["dumps"] + (live.dumps if live else 0),
-                "not_in_table": self._socket_counts["not_in_table"] + (live.not_in_table if live else 0)}
+        return dict(self._socket_counts)
 
     def read(self, pid: int, start_ticks: int | None) -> ProcessSnapshot | None:
         """Snapshot of pid if it is still the process identified by start_ticks, else None."""

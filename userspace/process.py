@@ -398,7 +398,7 @@ def _read_sockets(r: _Reader, v: dict[str, object], fds: tuple[FdInfo, ...] | No
             # The list is short of what the process holds: say so (the enricher's table is
             # cached for a second, and a connection made since is not in it).
             r.missing["sockets"] = Missing.NOT_IN_TABLE.value
-            tables.not_in_table += missed
+            tables.counts["not_in_table"] += missed
 
 
 def _read_cgroup(r: _Reader, v: dict[str, object]) -> None:

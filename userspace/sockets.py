@@ -269,10 +269,12 @@ class SocketTables:
         fs: ProcFS,
         use_diag: bool = True,
         diag_reader: Callable[[int | None], dict[int, SocketInfo]] = read_diag_table,
+        counts: dict[str, int] | None = None,
     ) -> None:
         self.fs = fs
-        self.dumps = 0  # tables read (one per netns per object, and retries after a failure)
-        self.not_in_table = 0  # sockets of joined processes that these tables lacked
+        # dumps: tables read (one per netns, and retries after a failure); not_in_table: sockets
+        # of joined processes that the tables lacked. Pass one dict to count across objects.
+        self.counts = counts if counts is not None else {"dumps": 0, "not_in_table": 0}
         self._use_diag = use_diag
         self._diag_reader = diag_reader
         self._cache: dict[int | None, dict[int, SocketInfo]] = {}
@@ -301,7 +303,7 @@ class SocketTables:
                 self._use_diag = False
         if table is None:
             table = read_proc_net_table(self.fs, pid, netns)
-        self.dumps += 1
+        self.counts["dumps"] += 1
         if netns is not None:
             self._cache[netns] = table
         return table

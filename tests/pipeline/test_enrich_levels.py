@@ -15,6 +15,16 @@ pytestmark = pytest.mark.bpf
 SLEEP = os.path.realpath("/bin/sleep")
 
 
+def _sleep_tag() -> str:
+    """A unique sleep of 20-21 s (the tests kill it): its argv finds its exec event."""
+    return f"{20 + uuid.uuid4().int % 10**6 / 1e6:.6f}"
+
+
+def _exec_event(w, argv: list[str], what: str = "the exec event") -> dict:
+    return w.until(lambda evs: next((e for e in evs if e["event"] == "exec" and e["argv"] == argv),
+                                    None), 30, what=what)
+
+
 def _status(pid: int) -> dict[str, str]:
     return dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                 if ":\t" in line)
@@ -27,7 +37,7 @@ def test_exec_event_at_each_enrichment_level(watch, level):
     listener = socket.create_server(("127.0.0.1", 0))
     conn = socket.create_connection(listener.getsockname())
     peer, _ = listener.accept()
-    tag = f"{20 + uuid.uuid4().int % 10**6 / 1e6:.6f}"  # a unique sleep of 20-21 s (killed)
+    tag = _sleep_tag()
     # trigger: a process whose stdout is a TCP socket (a reverse shell's shape), stdin a pipe
     r_end, w_end = os.pipe()
     try:
@@ -37,9 +47,7 @@ def test_exec_event_at_each_enrichment_level(watch, level):
             # Popen returns once the exec succeeded: the oracle is read from the new program
             sock_link = os.readlink(f"/proc/{p.pid}/fd/1")
             status = _status(p.pid)
-            ev = w.until(lambda evs: next((e for e in evs if e["event"] == "exec"
-                                           and e["argv"] == [SLEEP, tag]), None), 30,
-                         what="the exec event")
+            ev = _exec_event(w, [SLEEP, tag], "the exec event")
         finally:
             p.kill()
             p.wait(30)
@@ -93,13 +101,11 @@ def test_a_connection_the_socket_table_lacks_is_reported_missing(watch):
             conn = socket.create_connection(listener.getsockname())
             peer, _ = listener.accept()
             held += [conn, peer]
-            tag = f"{30 + uuid.uuid4().int % 10**6 / 1e6:.6f}"
+            tag = _sleep_tag()
             p = subprocess.Popen([SLEEP, tag], stdin=subprocess.DEVNULL, stdout=conn.fileno(),
                                  stderr=subprocess.DEVNULL)
             try:
-                ev = w.until(lambda evs: next((e for e in evs if e["event"] == "exec"
-                                               and e["argv"] == [SLEEP, tag]), None), 30,
-                             what=f"the exec event of process {i}")
+                ev = _exec_event(w, [SLEEP, tag], f"the exec event of process {i}")
             finally:
                 p.kill()
                 p.wait(30)
@@ -134,14 +140,12 @@ def test_a_unix_socket_name_that_is_not_utf8_does_not_stop_the_monitor(watch):
     held = socket.socket(socket.AF_UNIX)
     held.bind(name)
     held.listen()
-    tag = f"{30 + uuid.uuid4().int % 10**6 / 1e6:.6f}"
+    tag = _sleep_tag()
     try:
         p = subprocess.Popen([SLEEP, tag], stdin=held.fileno(), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
         try:
-            ev = w.until(lambda evs: next((e for e in evs if e["event"] == "exec"
-                                           and e["argv"] == [SLEEP, tag]), None), 30,
-                         what="the exec event")
+            ev = _exec_event(w, [SLEEP, tag], "the exec event")
         finally:
             p.kill()
             p.wait(30)
@@ -152,6 +156,5 @@ def test_a_unix_socket_name_that_is_not_utf8_does_not_stop_the_monitor(watch):
             "remote": "", "inode": inode} in ev["proc"]["sockets"]
     after = f"after-{uuid.uuid4().hex}"
     subprocess.run(["/bin/true", after], check=True)  # still watching
-    w.until(lambda evs: any(e["event"] == "exec" and e["argv"] == ["/bin/true", after] for e in evs), 30,
-            what="the next exec event")
+    _exec_event(w, ["/bin/true", after], "the next exec event")
     assert w.stop() == 0

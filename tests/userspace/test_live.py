@@ -342,7 +342,7 @@ def test_sockets_opened_after_the_table_are_reported_missing(my_sockets: dict[st
     tables = SocketTables(FS)
     netns = _own_netns()
     first = read_process(FS, os.getpid(), Depth.EXEC, sockets=tables)
-    assert "sockets" not in first.missing and tables.dumps == 1
+    assert "sockets" not in first.missing and tables.counts["dumps"] == 1
     late = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     late.bind(("127.0.0.1", 0))
     nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
@@ -353,7 +353,7 @@ def test_sockets_opened_after_the_table_are_reported_missing(my_sockets: dict[st
         assert os.fstat(late.fileno()).st_ino not in listed
         assert {os.fstat(x.fileno()).st_ino for x in my_sockets.values()} <= listed
         assert snap.missing["sockets"] == Missing.NOT_IN_TABLE.value
-        assert (tables.dumps, tables.not_in_table) == (1, 1)
+        assert (tables.counts["dumps"], tables.counts["not_in_table"]) == (1, 1)
         fresh = read_process(FS, os.getpid(), Depth.EXEC, sockets=SocketTables(FS))
         assert "sockets" not in fresh.missing
         assert os.fstat(late.fileno()).st_ino in {s.inode for s in fresh.sockets or ()}

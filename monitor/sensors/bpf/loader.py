@@ -281,7 +281,7 @@ class HandoverSensor(Sensor):
         self._fds = fds
         try:
             self._reader = perfbuf.PerfReader(self._events_fd, self.perf_pages, self.wakeup_events,
-                                              doorbell_fd=self._fds[2] if self.batching else None)
+                                              doorbell_fd=self._doorbell_fd if self.batching else None)
         except OSError as e:
             self.close()
             raise SensorUnavailable(f"cannot open the perf buffers: {e.strerror}") from None
@@ -301,6 +301,14 @@ class HandoverSensor(Sensor):
     @property
     def _counters_fd(self) -> int:
         return self._fds[1]
+
+    @property
+    def _doorbell_fd(self) -> int:
+        return self._fds[2]
+
+    @property
+    def _idle_fd(self) -> int:
+        return self._fds[3]
 
     @property
     def _prog_fds(self) -> list[int]:
@@ -324,7 +332,7 @@ class HandoverSensor(Sensor):
             deadline = time.monotonic() + timeout_ms / 1000
             while True:
                 try:
-                    perfbuf.map_update(self._fds[3], _KEY_0, _IDLE)
+                    perfbuf.map_update(self._idle_fd, _KEY_0, _IDLE)
                 except OSError:
                     reader.poll(limits.BATCHED_POLL_MS, out)  # cannot arm it: poll as before
                     break

@@ -193,8 +193,11 @@ class _Ring:
         return n
 
     def skip(self) -> None:
-        """Discard everything in the ring (the doorbell's bytes carry nothing)."""
-        _U64.pack_into(self.mm, _TAIL, _U64.unpack_from(self.mm, _HEAD)[0])
+        """Discard everything in the ring (the doorbell's bytes carry nothing). Called every
+        turn: the tail, a line the kernel reads, is written only when the ring is not empty."""
+        head = _U64.unpack_from(self.mm, _HEAD)[0]
+        if head != _U64.unpack_from(self.mm, _TAIL)[0]:
+            _U64.pack_into(self.mm, _TAIL, head)
 
     def close(self) -> None:
         try:
