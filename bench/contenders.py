@@ -215,15 +215,16 @@ class PsPoll(Contender):
 
 
 class Procsentry(Contender):
-    def __init__(self, ctx: Context, sensor: str, detection: tuple[str, str, tuple[str, ...]] | None = None) -> None:
-        """detection: (name suffix, label, watch options) for a variant of the default
-        detection (run.py --detection: none, or the built-in pack plus a rules directory)."""
+    def __init__(self, ctx: Context, sensor: str, variant: tuple[str, str, tuple[str, ...]] | None = None) -> None:
+        """variant: (name suffix, label, watch options) for a variant of the defaults: another
+        detection (run.py --detection: none, or the built-in pack plus a rules directory), or
+        another enrichment depth or event filter (VARIANTS)."""
         self.sensor = sensor
         self.name = f"procsentry-{sensor}"
         self.label = f"procsentry `--sensor {sensor}`"
         self.extra: tuple[str, ...] = ()
-        if detection is not None:
-            suffix, label, self.extra = detection
+        if variant is not None:
+            suffix, label, self.extra = variant
             self.name += f"-{suffix}"
             self.label += f", {label}"
         self.last_stats: tuple[int, bytes] | None = None
@@ -529,6 +530,14 @@ class ProcsentryTree(Procsentry):
             self.ctx.repo = repo
 
 
+# The defaults' documented alternatives, to show what each costs beside the defaults in the same
+# run: the lighter enrichment depths, and issue 12's own harness (only exec events written, as
+# its first measurements were taken), under which fork and exit records are counted, not built.
+VARIANTS = (("standard", "`--enrich standard`", ("--enrich", "standard")),
+            ("minimal", "`--enrich minimal`", ("--enrich", "minimal")),
+            ("execonly", "`--events exec,lost`", ("--events", "exec,lost")))
+
+
 def all_contenders(ctx: Context, compare_tree: Path | None = None,
                    detection_rules: Path | None = None) -> list[Contender]:
     before = [ProcsentryTree(ctx, compare_tree)] if compare_tree else []
@@ -539,4 +548,5 @@ def all_contenders(ctx: Context, compare_tree: Path | None = None,
                                       ("--rules", str(detection_rules))))] if detection_rules else []
     return [Baseline(ctx), PsPoll(ctx, 1.0), PsPoll(ctx, 0.1),
             Procsentry(ctx, "poll"), Procsentry(ctx, "connector"), *before, Procsentry(ctx, "bpf"),
-            *detect, Forkstat(ctx), Auditd(ctx), Bpftrace(ctx)]
+            *detect, *(Procsentry(ctx, "bpf", v) for v in VARIANTS),
+            Forkstat(ctx), Auditd(ctx), Bpftrace(ctx)]

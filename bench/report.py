@@ -123,6 +123,7 @@ def summarise(data: dict) -> dict:
             summ["levels"][lv] = s
         out[name] = summ
     out["_targets"] = targets(out)
+    out["_cost"] = cost_targets(out)
     out["_detection"] = detection_cost(sessions, level_names)
     return out
 
@@ -225,6 +226,43 @@ def targets(summ: dict) -> list[dict]:
     return rows
 
 
+# Issue 12's cost targets, in CPU-s per 1,000 execs (stress-ng: bogo-ops; stress-fork: forks).
+# sub-ms: half of the 0.171 first measured; stress-fork: half of the 0.036 this level first
+# measured; stress-ng: auditd's in the same run; realistic: reported, auditd's for reference.
+SUBMS_LIMIT = 0.080
+FORK_LIMIT = 0.018
+COST_CONFIGS = ("procsentry-bpf-before", PROCSENTRY, "procsentry-bpf-standard", "procsentry-bpf-minimal",
+                "procsentry-bpf-execonly")
+
+
+def cost_targets(summ: dict) -> list[dict]:
+    """Each of issue 12's targets against every procsentry configuration measured (the defaults
+    and their documented alternatives: VARIANTS in contenders.py): value, limit, met."""
+    def cpu(name: str, lv: str) -> float | None:
+        return summ.get(name, {}).get("levels", {}).get(lv, {}).get("cpu_per_1k")
+
+    rows = []
+    for lv, what in (("stress-ng", "stress-ng --exec: at or below auditd's"),
+                     ("sub-ms", f"sequential sub-ms execs: <= {SUBMS_LIMIT:.3f}"),
+                     ("realistic", "realistic: reported (no limit; auditd's beside it)"),
+                     ("stress-fork", f"stress-ng --fork: <= {FORK_LIMIT:.3f} (half of 0.036)"),
+                     ("storm", "storm: below auditd's")):
+        aud = cpu("auditd", lv)
+        limit = (SUBMS_LIMIT if lv == "sub-ms" else FORK_LIMIT if lv == "stress-fork"
+                 else None if lv == "realistic" else aud)
+        cells = {}
+        for name in COST_CONFIGS:
+            v = cpu(name, lv)
+            if v is None:
+                continue
+            met = None if limit is None else (v < limit if lv == "storm" else v <= limit)
+            cells[name] = {"value": v, "met": met}
+        if cells:
+            rows.append({"level": lv, "what": what, "limit": limit, "auditd": aud,
+                         "bpftrace": cpu("bpftrace", lv), "cells": cells})
+    return rows
+
+
 # ------------------------------------------------------------------------------ rendering
 
 def _f(v, fmt="", suffix=""):
@@ -275,8 +313,7 @@ def render(data: dict) -> str:
     meta, summ, labels, caps = data["meta"], data["summary"], data["labels"], data["caps"]
     order = [n for n in labels if n in summ]
     lv_names = [lv["name"] for lv in meta["levels"]]
-    has_counters = {"procsentry-poll", "procsentry-connector", "procsentry-bpf", "procsentry-bpf-before",
-                    "procsentry-bpf-nodetect", "procsentry-bpf-rules", "auditd", "bpftrace"}
+    has_counters = {n for n in labels if n.startswith("procsentry-")} | {"auditd", "bpftrace"}
     out: list[str] = []
     w = out.append
     w("# procsentry benchmark results" + (" (smoke run)" if meta.get("smoke") else ""))
@@ -357,6 +394,30 @@ def render(data: dict) -> str:
         for r in rows:
             met = "—" if r["met"] is None else ("yes" if r["met"] else "**no**")
             w(f"| {r['what']} | {r['value']} | {r['target']} | {met} | {r['miss']} |")
+        w("")
+
+    # -- issue 12's cost targets, per configuration
+    cost = summ.get("_cost") or []
+    names = [n for n in COST_CONFIGS if any(n in r["cells"] for r in cost)]
+    if cost and names:
+        w("## Cost targets (issue 12), per configuration")
+        w("")
+        w("Monitor CPU-s per 1,000 execs (stress-ng --exec: per 1,000 bogo-ops; stress-ng --fork: per "
+          "1,000 forks), medians, beside auditd's and bpftrace's in the same run; met or not.")
+        w("")
+        w("| target | " + " | ".join(labels.get(n, n) for n in names) + " | auditd | bpftrace |")
+        w("|---|" + "---|" * (len(names) + 2))
+        for r in cost:
+            cells = []
+            for n in names:
+                c = r["cells"].get(n)
+                if c is None:
+                    cells.append("")
+                    continue
+                ratio = f", {c['value'] / r['auditd']:.1f}x auditd" if r["auditd"] else ""
+                verdict = "" if c["met"] is None else (" yes" if c["met"] else " **no**")
+                cells.append(f"{c['value']:.3f}{ratio}{verdict}")
+            w(f"| {r['what']} | " + " | ".join(cells) + f" | {_f(r['auditd'], '.3f')} | {_f(r['bpftrace'], '.3f')} |")
         w("")
 
     # -- detection
@@ -493,7 +554,10 @@ def render(data: dict) -> str:
       "probe exec run every 50 ms.")
     w("- **Peak RSS**: the larger of the tree's sampled RSS (every 100 ms) and the root's VmHWM.")
     w("- procsentry runs with its defaults (every event type, default enrichment); only "
-      "`--stats-interval 1` is added so that lost counts can be read per level.")
+      "`--stats-interval 1` is added so that lost counts can be read per level. Its variants "
+      "change one thing each: `--enrich standard` or `--enrich minimal` (the lighter documented "
+      "depths), `--events exec,lost` (issue 12's own harness: fork and exit records are counted, "
+      "not built or written), `--no-builtin-rules` or `--rules DIR` (detection).")
     for note in dict.fromkeys(data.get("notes", {}).values()):
         w(f"- {note}")
     w("")

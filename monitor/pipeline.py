@@ -18,6 +18,7 @@ an exit record gets an inferred `exit`.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import resource
 import time
@@ -40,6 +41,8 @@ from userspace.parsers import parse_status
 from userspace.process import read_stat
 from userspace.sweep import Sweep, SweepStats, sort_parents_first
 from userspace.types import Depth, ProcessSnapshot, ProcKey
+
+log = logging.getLogger("procsentry.pipeline")
 
 
 @dataclass
@@ -100,7 +103,7 @@ class Counters:
     def __init__(self) -> None:
         self.events: dict[str, int] = {}
         self.enrichment: dict[str, int] = {"full": 0, "partial": 0, "gone": 0, "skipped_backlog": 0,
-                                           "kernel": 0}
+                                           "kernel": 0, "error": 0}
         # Where the time goes (stats.time_s): perf_counter around the enrichment read, the
         # event's encoding (Sink.write) and Sink.flush only, so measuring costs ~0.1 us a call.
         self.time_enrich: dict[str, float] = {}
@@ -132,6 +135,7 @@ class Pipeline:
         self.enricher = E.Enricher(fs, depth, environ=self.cfg.environ, level=self.cfg.enrich)
         self.users = E.UserNames()
         self.counters = Counters()
+        self._enrichment_errors_logged: set[tuple[str, str]] = set()  # (type, file:line)
         self.sweep_stats = SweepStats()
         self.boot_id = fs.boot_id()
         self.self_pid = os.getpid()
@@ -296,6 +300,7 @@ class Pipeline:
 
         missing: dict[str, str] = dict(r.missing) if r.missing else {}
         snap = r.snapshot
+        proc = None
         if snap is not None:
             enrichment = counted = E.outcome(snap)  # the sensor (or a sweep) read procfs itself
         elif not r.kernel_captured or exited:
@@ -310,15 +315,24 @@ class Pipeline:
         else:
             ns = r.ns or {}
             t0 = perf_counter()
-            snap = self.enricher.read_after_exec(pid, key[1], ns.get("net") or 0, r.cgroup_id or 0)
+            try:
+                snap = self.enricher.read_after_exec(pid, key[1], ns.get("net") or 0,
+                                                     r.cgroup_id or 0)
+                proc = E.details(snap, r) if snap is not None else None
+            except Exception as exc:  # noqa: BLE001 - see _enrichment_failed
+                snap = None
+                self._enrichment_failed(pid, exc)
+                enrichment, counted = "partial", "error"
+                missing["proc"] = "error"
+            else:
+                enrichment = counted = E.outcome(snap)
             spent = self.counters.time_enrich
             spent[kind] = spent.get(kind, 0.0) + perf_counter() - t0
-            enrichment = counted = E.outcome(snap)
         self.counters.enrichment[counted] += 1
         differs = None
-        proc = None
         if snap is not None:
-            proc = E.details(snap, r)
+            if proc is None:  # read by the sensor or a sweep
+                proc = E.details(snap, r)
             missing.update({k: v for k, v in snap.missing.items() if v != "not_requested"})
             entry.container_id = snap.container_id
             if r.kernel_captured:
@@ -340,6 +354,25 @@ class Pipeline:
             cap_eff=_hex(r.cap_eff), cap_prm=_hex(r.cap_prm), stdio=_stdio(r.stdio))
         self.emit_process(ev)
         return entry
+
+    def _enrichment_failed(self, pid: int, exc: Exception) -> None:
+        """A reader raised what it should not have (a ProcFSError is a reason, handled inside).
+        The procfs it parses and the sock_diag answers it decodes are written by the processes
+        it watches: any user who finds input the readers mishandle (a unix socket name that is
+        not UTF-8 once did it) must cost that one event its procfs part, never stop the
+        monitor. The event keeps everything the kernel captured and says missing.proc = error;
+        stats.enrichment.error counts them; the first of each kind is logged with its
+        traceback, so that the bug can be found and fixed."""
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next  # where it was raised: one log line per bug, not per event
+        where = (type(exc).__name__, f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
+                 if tb is not None else "")
+        if where not in self._enrichment_errors_logged and len(self._enrichment_errors_logged) < 64:
+            self._enrichment_errors_logged.add(where)
+            log.error("enrich.bug proc.pid=%d: %s: %s (further ones of this kind counted in "
+                      "stats.enrichment.error, not logged)", pid, type(exc).__name__, exc,
+                      exc_info=exc)
 
     def on_fork(self, r: ForkRecord) -> None:
         if r.ppid == self.self_pid or r.pid == self.self_pid:

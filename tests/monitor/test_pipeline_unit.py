@@ -6,6 +6,7 @@ PIDs in the fixture tree "host": 1 systemd (start 2), 100 agentd (start 5000, ch
 from __future__ import annotations
 
 import io
+import logging
 
 from monitor.output import Sink
 from monitor.pipeline import Config, Filters, Pipeline
@@ -300,6 +301,41 @@ def test_enrich_levels_and_the_time_they_take(proc_tree):
     assert ev.enrichment in ("full", "partial") and spent["enrich"]["exec"] > 0
     assert ev.proc.fds is not None and ev.proc.fd_count == len(fs.listdir(100, "fd"))
     assert ev.proc.suid != 11  # from the fixture's status, not the kernel record
+
+
+class BuggyProcFS(ProcFS):
+    """The fixture tree, with a reader that fails with something other than a ProcFSError for
+    agentd: what a parser bug on hostile input does (a unix socket name that was not UTF-8 once
+    made the sock_diag decoding raise TypeError and stopped the monitor)."""
+
+    def read_parsed(self, pid, name, parser):
+        if pid == 100 and name == "status":
+            raise TypeError("a reader bug")
+        return super().read_parsed(pid, name, parser)
+
+
+def test_a_reader_bug_costs_its_event_the_procfs_part_not_the_monitor(proc_tree, caplog):
+    src, sink = ScriptedSource(), Capture()
+    p = Pipeline(src, sink, BuggyProcFS(proc_tree("host")), Config(enrich="full"))
+    agentd = [rexec(100, 5000, 1, 2, (b"/usr/sbin/agentd", b"--bad"), t) for t in (1, 2)]
+    systemd = rexec(1, 2, 0, 0, (b"/sbin/init",), 3, exe=b"/usr/lib/systemd/systemd")
+    src.batches = [[*agentd, systemd]]
+    with caplog.at_level(logging.ERROR, logger="procsentry.pipeline"):
+        p.drain(flush=True)
+    bad1, bad2, good = sink.records
+    for ev in (bad1, bad2):  # everything the kernel captured, and why proc is missing
+        assert (ev.event, ev.pid, ev.argv, ev.exe) == ("exec", 100, ("/usr/sbin/agentd", "--bad"),
+                                                       "/usr/bin/x")
+        assert (ev.enrichment, ev.proc, ev.missing["proc"]) == ("partial", None, "error")
+    # the next process is read as ever (the fixture's PID 1 has no fd/ directory)
+    assert (good.pid, good.exe, good.proc.state, good.proc.threads) == (1, "/usr/lib/systemd/systemd", "S", 1)
+    assert good.missing == {"fds": "unavailable", "fd_count": "unavailable", "sockets": "unavailable"}
+    assert p.stats().enrichment == {"full": 0, "partial": 1, "gone": 0, "skipped_backlog": 0,
+                                    "kernel": 0, "error": 2}
+    # logged once, with where it was raised
+    (logged,) = [r for r in caplog.records if r.name == "procsentry.pipeline"]
+    assert "enrich.bug proc.pid=100: TypeError: a reader bug" in logged.getMessage()
+    assert logged.exc_info is not None and logged.exc_info[0] is TypeError
 
 
 EVIL_RULE = """title: evil runs
