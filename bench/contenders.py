@@ -515,11 +515,12 @@ class ProcsentryTree(Procsentry):
     """procsentry --sensor bpf from another checkout (run.py --compare-tree): a before/after
     comparison in the same run, interleaved like every other contender."""
 
-    def __init__(self, ctx: Context, tree: Path) -> None:
-        super().__init__(ctx, "bpf")
+    def __init__(self, ctx: Context, tree: Path,
+                 variant: tuple[str, str, tuple[str, ...]] | None = None) -> None:
+        super().__init__(ctx, "bpf", variant)
         self.tree = tree
-        self.name = "procsentry-bpf-before"
-        self.label = f"procsentry `--sensor bpf`, before ({tree.name})"
+        self.name = "procsentry-bpf-before" + (f"-{variant[0]}" if variant else "")
+        self.label = f"procsentry `--sensor bpf`, before ({tree.name})" + (f", {variant[1]}" if variant else "")
 
     def start(self) -> None:
         repo = self.ctx.repo
@@ -540,7 +541,9 @@ VARIANTS = (("standard", "`--enrich standard`", ("--enrich", "standard")),
 
 def all_contenders(ctx: Context, compare_tree: Path | None = None,
                    detection_rules: Path | None = None) -> list[Contender]:
-    before = [ProcsentryTree(ctx, compare_tree)] if compare_tree else []
+    # before, with its defaults and in issue 12's harness (VARIANTS' execonly)
+    before = [ProcsentryTree(ctx, compare_tree), ProcsentryTree(ctx, compare_tree, VARIANTS[2])] \
+        if compare_tree else []
     # The cost of detection (issue 13): the default (built-in pack) against no detection and
     # against the built-in pack plus a rules directory, in the same run.
     detect = [Procsentry(ctx, "bpf", ("nodetect", "no detection", ("--no-builtin-rules",))),

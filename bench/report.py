@@ -231,8 +231,8 @@ def targets(summ: dict) -> list[dict]:
 # measured; stress-ng: auditd's in the same run; realistic: reported, auditd's for reference.
 SUBMS_LIMIT = 0.080
 FORK_LIMIT = 0.018
-COST_CONFIGS = ("procsentry-bpf-before", PROCSENTRY, "procsentry-bpf-standard", "procsentry-bpf-minimal",
-                "procsentry-bpf-execonly")
+COST_CONFIGS = ("procsentry-bpf-before", "procsentry-bpf-before-execonly", PROCSENTRY,
+                "procsentry-bpf-standard", "procsentry-bpf-minimal", "procsentry-bpf-execonly")
 
 
 def cost_targets(summ: dict) -> list[dict]:
@@ -245,20 +245,31 @@ def cost_targets(summ: dict) -> list[dict]:
     for lv, what in (("stress-ng", "stress-ng --exec: at or below auditd's"),
                      ("sub-ms", f"sequential sub-ms execs: <= {SUBMS_LIMIT:.3f}"),
                      ("realistic", "realistic: reported (no limit; auditd's beside it)"),
-                     ("stress-fork", f"stress-ng --fork: <= {FORK_LIMIT:.3f} (half of 0.036)"),
+                     ("stress-fork", "stress-ng --fork: half of before's in this run (else "
+                                     f"<= {FORK_LIMIT:.3f}, half of 0.036)"),
                      ("storm", "storm: below auditd's")):
         aud = cpu("auditd", lv)
-        limit = (SUBMS_LIMIT if lv == "sub-ms" else FORK_LIMIT if lv == "stress-fork"
-                 else None if lv == "realistic" else aud)
         cells = {}
         for name in COST_CONFIGS:
             v = cpu(name, lv)
             if v is None:
                 continue
+            if lv == "stress-fork":
+                # "Half of today's": today's is measured again in this run when --compare-tree
+                # names the commit the issue was filed against, in the same harness (the
+                # issue measured forks with --events exec,lost).
+                if name.startswith("procsentry-bpf-before"):
+                    cells[name] = {"value": v, "limit": None, "met": None}  # the reference
+                    continue
+                same = "procsentry-bpf-before-execonly" if name.endswith("-execonly") else "procsentry-bpf-before"
+                before = cpu(same, lv)
+                limit = before / 2 if before is not None else FORK_LIMIT
+            else:
+                limit = SUBMS_LIMIT if lv == "sub-ms" else None if lv == "realistic" else aud
             met = None if limit is None else (v < limit if lv == "storm" else v <= limit)
-            cells[name] = {"value": v, "met": met}
+            cells[name] = {"value": v, "limit": limit, "met": met}
         if cells:
-            rows.append({"level": lv, "what": what, "limit": limit, "auditd": aud,
+            rows.append({"level": lv, "what": what, "auditd": aud,
                          "bpftrace": cpu("bpftrace", lv), "cells": cells})
     return rows
 
@@ -416,7 +427,8 @@ def render(data: dict) -> str:
                     continue
                 ratio = f", {c['value'] / r['auditd']:.1f}x auditd" if r["auditd"] else ""
                 verdict = "" if c["met"] is None else (" yes" if c["met"] else " **no**")
-                cells.append(f"{c['value']:.3f}{ratio}{verdict}")
+                limit = f" (limit {c['limit']:.3f})" if r["level"] == "stress-fork" and c["met"] is not None else ""
+                cells.append(f"{c['value']:.3f}{ratio}{verdict}{limit}")
             w(f"| {r['what']} | " + " | ".join(cells) + f" | {_f(r['auditd'], '.3f')} | {_f(r['bpftrace'], '.3f')} |")
         w("")
 
