@@ -402,13 +402,29 @@ def _read_sockets(r: _Reader, v: dict[str, object], fds: tuple[FdInfo, ...] | No
 
 
 def _read_cgroup(r: _Reader, v: dict[str, object]) -> None:
-    cg = r.get(("cgroup", "container_id"), lambda: r.fs.read_parsed(r.pid, "cgroup", P.parse_cgroup))
-    if cg is not None:
-        path = P.primary_cgroup_path(cg)
+    found = r.get(("cgroup", "container_id"), lambda: r.fs.read_parsed(r.pid, "cgroup", _cgroup_of))
+    if found is not None:
+        path, v["container_id"] = found
         v["cgroup"] = path
         if path is None:  # a zombie's cgroup file can be empty
             r.absent("cgroup", None, Missing.ZOMBIE.value if r.zombie else Missing.UNAVAILABLE.value)
-        v["container_id"] = P.container_id_from_cgroup(e.path for e in cg)
+
+
+def _cgroup_of(data: bytes, _seen: dict[bytes, tuple[bytes | None, str | None]] = {}) \
+        -> tuple[bytes | None, str | None]:  # noqa: B006 - the cache
+    """(primary cgroup path, container id) of a <pid>/cgroup file. A host has few distinct
+    files (every process of a cgroup has the same one), and where the kernel's cgroup v2 id
+    cannot stand for the file (a hybrid v1/v2 host: the v1 paths differ within one v2 cgroup)
+    it is read per exec: parsed once per distinct content (parse, path and container id were
+    ~11 of the ~20 us its read costs, bench/pipeline_cost.py)."""
+    got = _seen.get(data)
+    if got is None:
+        cg = P.parse_cgroup(data)  # a ParseError is not cached: every read raises it
+        got = (P.primary_cgroup_path(cg), P.container_id_from_cgroup(e.path for e in cg))
+        if len(_seen) >= 1024:
+            _seen.clear()
+        _seen[data] = got
+    return got
 
 
 def _read_exec(r: _Reader, v: dict[str, object], sockets: SocketTables | None) -> Namespaces | None:

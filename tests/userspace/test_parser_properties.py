@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from userspace import parsers as P
+from userspace import process
 from userspace.procfs import ParseError
 from userspace.sockets import parse_net_inet, parse_net_unix
 
@@ -23,6 +24,7 @@ PARSERS: dict[str, Callable[[bytes], object]] = {
     "parse_ns_link": P.parse_ns_link,
     "parse_fd_target": P.parse_fd_target,
     "parse_cgroup": P.parse_cgroup,
+    "cgroup_of (memoized)": process._cgroup_of,
     "container_id_from_cgroup": lambda b: P.container_id_from_cgroup([b]),
     "parse_maps": P.parse_maps,
     "parse_mountinfo": P.parse_mountinfo,
@@ -133,3 +135,20 @@ def test_ns_link_roundtrip(inode: int, name: str) -> None:
 def test_fd_target_deleted_roundtrip(path: bytes) -> None:
     t = P.parse_fd_target(path + b" (deleted)")
     assert t.deleted and t.target == path and t.kind in ("file", "memfd")
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=procish)
+def test_the_memoized_cgroup_answer_is_the_parsed_one(data: bytes) -> None:
+    """process._cgroup_of caches per file content: asked twice, it answers what parsing says,
+    and a content that does not parse raises every time (errors are not cached)."""
+    try:
+        cg = P.parse_cgroup(data)
+    except ParseError:
+        for _ in range(2):
+            with pytest.raises(ParseError):
+                process._cgroup_of(data)
+        return
+    want = (P.primary_cgroup_path(cg), P.container_id_from_cgroup(e.path for e in cg))
+    assert process._cgroup_of(data) == want
+    assert process._cgroup_of(data) == want
