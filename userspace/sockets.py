@@ -16,6 +16,7 @@ Tables are cached per netns inode in one ``SocketTables`` object; make one per s
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import sys
 from typing import Callable, Iterable
@@ -91,8 +92,7 @@ def parse_net_inet(
     request socket owned by no file) is dropped: nothing can join to it."""
     fam = "inet" if family == socket.AF_INET else "inet6"
     out: dict[int, SocketInfo] = {}
-    lines = data.split(b"\n")
-    for line in lines[1:]:
+    for line in _complete_lines(data)[1:]:
         if not line.strip():
             continue
         f = line.split()
@@ -123,44 +123,74 @@ def parse_net_inet(
     return out
 
 
+def _complete_lines(data: bytes) -> list[bytes]:
+    """The lines of a net/ table, without what follows the last newline: the kernel ends every
+    line with one, so anything after it is a line cut short by the read limit (a netns with
+    enough sockets outgrows procfs.MAX_READ). Parsed, it was a ParseError that cost the whole
+    table, or a wrong number (an inode cut to its first digits)."""
+    lines = data.split(b"\n")
+    lines.pop()
+    return lines
+
+
+# One record of net/unix (unix_seq_show in net/unix/af_unix.c): "%pK: %08X %08X %08X %04X %02X
+# %5lu", then " " and the name if the socket has one, then "\n".
+_UNIX_RECORD = re.compile(
+    rb"([0-9a-fA-F]+): ([0-9A-F]{8}) ([0-9A-F]{8}) ([0-9A-F]{8}) ([0-9A-F]{4}) ([0-9A-F]{2}) +([0-9]+)"
+    rb"(?: (.*))?\Z", re.S)
+
+
 def parse_net_unix(data: bytes, netns: int | None = None) -> dict[int, SocketInfo]:
     """Parse <pid>/net/unix: "Num RefCount Protocol Flags Type St Inode [Path]". An abstract
-    name is printed with "@" for its leading NUL, as ss does."""
-    out: dict[int, SocketInfo] = {}
-    lines = data.split(b"\n")
-    for line in lines[1:]:
-        if not line.strip():
+    name is printed with "@" for its leading NUL, as ss does.
+
+    The kernel prints a socket's name byte for byte (NULs as "@"), newlines included, and any
+    user can bind one (a path needs a writable directory, an abstract name nothing). So a line
+    that is not a record continues the name of the record before it (the name gets its "\n"
+    back), and a name may even hold a whole line that looks like a record: an inode that two
+    records claim is left out, since one of them is made up and nothing tells which. Read
+    line by line instead, one such name made the whole netns's table a ParseError (every
+    socket of every process there unreported) or put a made-up record in it."""
+    records: dict[int, tuple[str, int, bytes | None]] = {}  # inode -> (state, type, name)
+    claimed: set[int] = set()
+    last: int | None = None  # the record that a line which is not one continues
+    for line in _complete_lines(data)[1:]:
+        m = _UNIX_RECORD.match(line)
+        if m is None:
+            if last is None:
+                raise ParseError("net/unix: not a record", line)
+            if last in records:  # else the continued record was left out
+                state, stype, name = records[last]
+                records[last] = (state, stype, (name or b"") + b"\n" + line)
             continue
-        f = line.split(None, 7)
-        if len(f) < 7:
-            raise ParseError("net/unix: short line", line)
-        try:
-            flags = int(f[3], 16)
-            stype = int(f[4], 16)
-            st = int(f[5], 16)
-            inode = int(f[6])
-        except ValueError:
-            raise ParseError("net/unix: bad number", line) from None
+        flags, stype, st, inode = int(m[4], 16), int(m[5], 16), int(m[6], 16), int(m[7])
+        last = inode
+        if inode in claimed:
+            records.pop(inode, None)
+            continue
+        claimed.add(inode)
         if flags & _SO_ACCEPTCON:
             state = "LISTEN"
         elif st == _SS_CONNECTED:
             state = "ESTABLISHED"
         else:
             state = UNCONN
-        path = f[7].decode("utf-8", "backslashreplace") if len(f) > 7 else ""
-        out[inode] = SocketInfo(
+        records[inode] = (state, stype, m[8])
+    return {
+        inode: SocketInfo(
             inode=inode,
             family="unix",
             protocol="unix",
             state=state,
-            local_address=path,
+            local_address=name.decode("utf-8", "backslashreplace") if name is not None else "",
             local_port=None,
             remote_address="",
             remote_port=None,
             netns=netns,
             sock_type=UNIX_TYPES.get(stype, str(stype)),
         )
-    return out
+        for inode, (state, stype, name) in records.items()
+    }
 
 
 def read_proc_net_table(fs: ProcFS, pid: int, netns: int | None = None) -> dict[int, SocketInfo]:
@@ -181,7 +211,15 @@ def read_proc_net_table(fs: ProcFS, pid: int, netns: int | None = None) -> dict[
         data = fs.read_bytes(pid, "net/unix")
     except Unavailable:
         return table
-    table.update(parse_net_unix(data, netns))
+    try:
+        unix = parse_net_unix(data, netns)
+    except ParseError as exc:
+        exc.path = fs.path(pid, "net/unix")
+        raise
+    for inode, info in unix.items():
+        # Socket inodes are unique across families: a unix record with a TCP/UDP socket's
+        # inode is one made up inside a name (see parse_net_unix), never the truth.
+        table.setdefault(inode, info)
     return table
 
 

@@ -525,3 +525,55 @@ def test_socket_in_another_netns() -> None:
         os.close(r)
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+
+
+@pytest.mark.root
+def test_unix_names_holding_newlines_in_another_netns() -> None:
+    """Another netns's sockets come from its net/unix text, where a socket's name is printed
+    byte for byte: any user there can bind a name holding "\\n" and lines that look like
+    records. Neither may cost that netns its table (every socket of every process in it
+    unreported: a container's), nor turn its TCP socket into a made-up unix one."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    CLONE_NEWNET = 0x40000000
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: new netns, a TCP listener, the names, report the inodes, wait
+        try:
+            os.close(r)
+            if libc.unshare(CLONE_NEWNET) != 0:
+                os.write(w, b"E")
+                os._exit(1)
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp.bind(("127.0.0.1", 0))
+            tcp.listen()
+            tcp_ino = os.fstat(tcp.fileno()).st_ino
+            named = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            named.bind(b"\0one\ntwo")
+            forger = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            forger.bind(b"\0x\n0000000000000000: 00000002 00000000 00010000 0001 01 %d /fake"
+                        % tcp_ino)
+            os.write(w, b"%d %d %d" % (tcp_ino, os.fstat(named.fileno()).st_ino,
+                                       os.fstat(forger.fileno()).st_ino))
+            os.close(w)
+            signal.pause()
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        msg = os.read(r, 64)
+        if msg == b"E":
+            pytest.skip("unshare(CLONE_NEWNET) refused")
+        tcp_ino, named_ino, forger_ino = map(int, msg.split())
+        netns = read_process(FS, pid, Depth.EXEC).ns.net
+        table = read_proc_net_table(FS, pid, netns)
+        assert (table[tcp_ino].protocol, table[tcp_ino].state) == ("tcp", "LISTEN")
+        assert table[named_ino].local_address == "@one\ntwo"
+        assert table[forger_ino].local_address == "@x"
+        snap = read_process(FS, pid, Depth.EXEC)
+        assert "sockets" not in snap.missing
+        assert {s.inode: s.protocol for s in snap.sockets} == {
+            tcp_ino: "tcp", named_ino: "unix", forger_ino: "unix"}
+    finally:
+        os.close(r)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)

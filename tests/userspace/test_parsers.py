@@ -363,6 +363,41 @@ class TestNetTables:
         assert (t[30005].state, t[30005].local_address, t[30005].sock_type) == ("UNCONN", "@abstract", "dgram")
         assert (t[30006].state, t[30006].local_address, t[30006].sock_type) == ("ESTABLISHED", "", "seqpacket")
 
+    def test_unix_names_with_newlines(self) -> None:
+        """Any user can bind a name holding "\\n" (the kernel prints it as it is): the rest of
+        the name is on the next lines, and a line in a name that looks like a record makes up
+        a socket or claims another's inode."""
+        forged = b"0000000000000000: 00000002 00000000 00010000 0001 01 30005 /forged"
+        data = (
+            b"Num       RefCount Protocol Flags    Type St Inode Path\n"
+            b"0000000000000000: 00000002 00000000 00010000 0001 01 30004 @one\ntwo\n\nthree\n"
+            b"0000000000000000: 00000002 00000000 00000000 0002 01 30005 /run/real\n"
+            b"0000000000000000: 00000002 00000000 00000000 0002 01 30006 @x\n" + forged + b"\nrest\n"
+            b"0000000000000000: 00000003 00000000 00000000 0005 03 30007\n"
+        )
+        t = parse_net_unix(data)
+        assert t[30004].local_address == "@one\ntwo\n\nthree"
+        assert 30005 not in t  # claimed twice: the real record cannot be told from the made-up one
+        assert t[30006].local_address == "@x"
+        assert (t[30007].state, t[30007].local_address) == ("ESTABLISHED", "")
+        assert set(t) == {30004, 30006, 30007}
+
+    def test_a_table_cut_by_the_read_limit_loses_its_last_line_only(self) -> None:
+        """procfs.MAX_READ cuts a large table inside a line: that line is not read as a record
+        (cut inside its inode, it named another socket)."""
+        tcp = (
+            b"  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+            b"   0: 0100007F:1F90 0500000A:C802 01 00000000:00000000 00:00000000 00000000  1000        0 123 1 0 20 4 29 10 -1\n"
+            b"   1: 0100007F:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4567"
+        )
+        assert list(parse_net_inet(tcp, socket.AF_INET, "tcp")) == [123]
+        unix = (
+            b"Num       RefCount Protocol Flags    Type St Inode Path\n"
+            b"0000000000000000: 00000002 00000000 00010000 0001 01 30004 /run/a\n"
+            b"0000000000000000: 00000002 00000000 00010000 0001 01 3000"
+        )
+        assert list(parse_net_unix(unix)) == [30004]
+
     @pytest.mark.parametrize(
         "line", [b"   0: 0100007F 00000000:0000 0A x\n", b"   0: 0100007G:0016 00000000:0000 0A 0:0 0:0 0 0 0 1\n",
                  b"   0: 0100007F:0016 00000000:0000 0A 0:0 0:0 0 0 0 x\n"]
