@@ -26,6 +26,11 @@ from userspace.types import Depth, ProcessSnapshot
 LEVELS = ("minimal", "standard", "full")
 MAX_FDS_LISTED = 64  # fd targets carried per event; fd_count is always the full count
 SOCKET_TABLE_TTL_S = 1.0
+# A table is also kept at least this many times as long as reading it took, so that reading
+# tables never takes over 10 % of a CPU: any user can open tens of thousands of sockets (38,000
+# made one dump 1.2 s here, and the enricher dumped again every second). Sockets opened since
+# are said (missing.sockets = not_in_table).
+SOCKET_DUMP_IDLE_FACTOR = 9.0
 CGROUP_PRUNE_INTERVAL_S = 30.0  # how often cached cgroups are checked for removal
 
 
@@ -78,7 +83,9 @@ class Enricher:
 
     def sockets(self) -> SocketTables:
         now = time.monotonic()
-        if self._sockets is None or now - self._sockets_at > SOCKET_TABLE_TTL_S:
+        t = self._sockets
+        if t is None or now - self._sockets_at > max(SOCKET_TABLE_TTL_S,
+                                                     SOCKET_DUMP_IDLE_FACTOR * t.spent):
             self._sockets = SocketTables(self.fs, counts=self._socket_counts)
             self._sockets_at = now
         return self._sockets

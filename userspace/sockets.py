@@ -19,6 +19,7 @@ import logging
 import re
 import socket
 import sys
+import time
 from typing import Callable, Iterable
 
 from .parsers import parse_ns_link
@@ -193,9 +194,11 @@ def parse_net_unix(data: bytes, netns: int | None = None) -> dict[int, SocketInf
     }
 
 
-def read_proc_net_table(fs: ProcFS, pid: int, netns: int | None = None) -> dict[int, SocketInfo]:
-    """All TCP/UDP v4/v6 and unix sockets of the netns ``pid`` lives in, from its net/ files.
-    A missing file (no IPv6 in that kernel) is skipped; ProcessGone/AccessDenied propagate."""
+def read_proc_net_table(fs: ProcFS, pid: int, netns: int | None = None,
+                        unix: bool = True) -> dict[int, SocketInfo]:
+    """All TCP/UDP v4/v6 and (with ``unix``) unix sockets of the netns ``pid`` lives in, from its
+    net/ files. A missing file (no IPv6 in that kernel) is skipped; ProcessGone/AccessDenied
+    propagate."""
     table: dict[int, SocketInfo] = {}
     for name, family, _fam, proto in INET_TABLES:
         try:
@@ -207,6 +210,8 @@ def read_proc_net_table(fs: ProcFS, pid: int, netns: int | None = None) -> dict[
         except ParseError as exc:
             exc.path = fs.path(pid, "net/" + name)
             raise
+    if not unix:
+        return table
     try:
         data = fs.read_bytes(pid, "net/unix")
     except Unavailable:
@@ -275,8 +280,8 @@ TCP_SYN_RECV, TCP_TIME_WAIT = 3, 6
 OWNED_STATES = 0xFFF & ~((1 << TCP_SYN_RECV) | (1 << TCP_TIME_WAIT))
 
 
-def read_diag_table(netns: int | None = None) -> dict[int, SocketInfo]:
-    """All TCP/UDP v4/v6 and unix sockets of the *caller's* netns via sock_diag.
+def read_diag_table(netns: int | None = None, unix: bool = True) -> dict[int, SocketInfo]:
+    """All TCP/UDP v4/v6 and (with ``unix``) unix sockets of the *caller's* netns via sock_diag.
     Raises OSError (pyroute2's NetlinkError is one) when sock_diag is unavailable."""
     from pyroute2 import DiagSocket  # imported lazily: most callers never need netlink
 
@@ -288,6 +293,8 @@ def read_diag_table(netns: int | None = None) -> dict[int, SocketInfo]:
             for msg in ds.get_sock_stats(family=family, protocol=ipproto, states=OWNED_STATES):
                 if msg["idiag_inode"]:
                     table[msg["idiag_inode"]] = _diag_inet(msg, family, proto, netns)
+        if not unix:
+            return table
         for msg in ds.get_sock_stats(family=socket.AF_UNIX):
             table[msg["udiag_ino"]] = _diag_unix(msg, netns)
     return table
@@ -308,8 +315,13 @@ class SocketTables:
         use_diag: bool = True,
         diag_reader: Callable[[int | None], dict[int, SocketInfo]] = read_diag_table,
         counts: dict[str, int] | None = None,
+        unix: bool = True,
     ) -> None:
         self.fs = fs
+        self.unix = unix  # False: TCP/UDP only (the unix tables are often the largest)
+        # Seconds spent reading tables here: any user can open tens of thousands of sockets
+        # (38,000 made one dump cost 1.2 s of CPU here), so callers space their dumps by it.
+        self.spent = 0.0
         # dumps: tables read (one per netns, and retries after a failure); not_in_table: sockets
         # of joined processes that the tables lacked. Pass one dict to count across objects.
         self.counts = counts if counts is not None else {"dumps": 0, "not_in_table": 0}
@@ -333,14 +345,18 @@ class SocketTables:
         if netns is not None and netns in self._cache:
             return self._cache[netns]
         table: dict[int, SocketInfo] | None = None
-        if self._use_diag and netns is not None and netns == self.own_netns():
-            try:
-                table = self._diag_reader(netns)
-            except OSError as exc:  # no NETLINK_SOCK_DIAG (seccomp, old kernel): use the files
-                log.warning("sockets.diag_failed: %s; falling back to net/ tables", exc)
-                self._use_diag = False
-        if table is None:
-            table = read_proc_net_table(self.fs, pid, netns)
+        t0 = time.perf_counter()
+        try:
+            if self._use_diag and netns is not None and netns == self.own_netns():
+                try:
+                    table = self._diag_reader(netns) if self.unix else self._diag_reader(netns, unix=False)
+                except OSError as exc:  # no NETLINK_SOCK_DIAG (seccomp, old kernel): use the files
+                    log.warning("sockets.diag_failed: %s; falling back to net/ tables", exc)
+                    self._use_diag = False
+            if table is None:
+                table = read_proc_net_table(self.fs, pid, netns, unix=self.unix)
+        finally:
+            self.spent += time.perf_counter() - t0
         self.counts["dumps"] += 1
         if netns is not None:
             self._cache[netns] = table

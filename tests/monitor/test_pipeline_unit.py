@@ -405,3 +405,22 @@ def test_stats_count_the_alerts_of_what_was_emitted_before_them(proc_tree, tmp_p
     assert stats.events.get("exec") == 1 and any(r.event == "alert" and r.pid == 7700 for r in before)
     shown = sum(r.event == "alert" for r in before)  # the fixture's existing processes may alert too
     assert stats.events.get("alert") == shown and stats.detection["alerts"] == shown
+
+
+def test_the_enrichers_socket_table_lives_as_long_as_its_dumps_allow(proc_tree):
+    """A table is kept SOCKET_TABLE_TTL_S, or SOCKET_DUMP_IDLE_FACTOR times as long as reading
+    it took if that is longer: any user can open tens of thousands of sockets (38,000 made one
+    dump 1.2 s here), and a table read again every second then took most of the monitor's CPU."""
+    from monitor import enrich as E
+
+    e = E.Enricher(ProcFS(proc_tree()))
+    t = e.sockets()
+    assert e.sockets() is t
+    e._sockets_at -= E.SOCKET_TABLE_TTL_S + 0.1
+    assert e.sockets() is not t  # a cheap table: read again after the TTL, as before
+    t = e.sockets()
+    t.spent = 1.0  # as the dumps of a host with tens of thousands of sockets
+    e._sockets_at -= 2 * E.SOCKET_TABLE_TTL_S
+    assert e.sockets() is t
+    e._sockets_at -= E.SOCKET_DUMP_IDLE_FACTOR * t.spent
+    assert e.sockets() is not t
