@@ -107,7 +107,7 @@ DOCS: dict[str, str] = {
     "decode_errors": "Sensor records that could not be decoded.",
     "output_buffer": "Encoded events held in memory before they are written: bound_bytes (--output-buffer; past it the monitor writes at once, and when the reader stalls it waits, so the kernel's buffers fill and their losses are reported as lost events instead of memory growing) and peak_bytes.",
     "cgroups": "cgroup id -> container resolution (userspace/cgroups.py): hits, misses, resolved, gone (cgroup removed before its id was resolved), unknown, walks, walk_rate_limited, walk_truncated, not_a_cgroup, denied, error, bad_id, unavailable, evicted_gone, evicted_full.",
-    "socket_table": "The socket tables (sock_diag, one dump per network namespace, kept for a second) that exec enrichment at --enrich full joins with each process's socket fds: dumps, and not_in_table (TCP, UDP and unix sockets a process held that its table lacked, opened after the dump; such an event says missing.sockets = not_in_table).",
+    "socket_table": "The socket tables (sock_diag, one dump per network namespace, kept for a second, or 9 times as long as the dump took) that exec enrichment at --enrich full joins with each process's socket fds: dumps, and not_in_table (TCP, UDP and unix sockets a process held that its table lacked, opened after the dump; such an event says missing.sockets = not_in_table).",
     "cpu_time_s": "CPU time used by the monitor.",
     "rss_bytes": "Resident memory of the monitor now.",
     "peak_rss_bytes": "Peak resident memory of the monitor.",
