@@ -3,6 +3,7 @@ other rules still run; the text format shows the rule's author; counters add up.
 from __future__ import annotations
 
 import logging
+import time
 
 from monitor.detect.engine import Detector
 from monitor.detect.loader import CompiledRule, load
@@ -136,3 +137,29 @@ def test_parent_user_is_kept_for_a_fieldref_to_it(tmp_path):
     assert det.observe(record(pid=8, exec_id="b:1:8", parent_exec_id="b:1:7", user="root")) == []
     [alert] = det.observe(record(pid=9, exec_id="b:1:9", parent_exec_id="b:1:7", user="bob"))
     assert (alert.pid, alert.matched.get("User")) == (9, "bob")
+
+
+AUTH_KEYS = "5e27c0de-0000-4000-8000-000000000018"
+
+
+def test_a_hostile_command_line_costs_the_builtin_rules_linear_time():
+    """Any user chooses the command line, up to the 32 KiB the sensor captures. The
+    authorized_keys rule's `>>?\\s*\\S*authorized_keys` backtracked over every `>` to the end of
+    the line: a shell whose argv held "authorized_keys" and 32,000 `>` cost the detector ~1.5 s
+    to evaluate (twice when it alerts), ~3.7 s per exec live, so ten such execs by an
+    unprivileged user stalled the monitor ~37 s while the kernel dropped others' records."""
+    det = Detector.from_paths(None)
+    gt = ">" * 32000
+    t0 = time.perf_counter()
+    for i in range(3):
+        det.observe(event(exe="/usr/bin/dash", argv=["sh", "-c", f": authorized_keys {gt}{i}"],
+                          exec_id=f"b:1:{i}"))
+    assert time.perf_counter() - t0 < 1.0
+    # what the rule is for still alerts, and reading the file still does not
+    for i, (cmd, alerts) in enumerate((("echo k >>/root/.ssh/authorized_keys", 1),
+                                       ("echo k > ~/.ssh/authorized_keys", 1),
+                                       ("echo k>>x;cat authorized_keys", 0),
+                                       ("grep -c k /root/.ssh/authorized_keys", 0),
+                                       ("cat authorized_keys > /tmp/copy", 0))):
+        got = det.observe(event(exe="/usr/bin/dash", argv=["sh", "-c", cmd], exec_id=f"b:2:{i}"))
+        assert [a.rule.id for a in got if a.rule.id == AUTH_KEYS] == [AUTH_KEYS] * alerts, cmd
