@@ -405,7 +405,26 @@ def _download_targets(tool: str, argv) -> list[str]:
 
 @functools.lru_cache(maxsize=1024)
 def _realpath(path: str) -> str:
-    return os.path.realpath(path)
+    """Where the kernel's own walk of `path` leads (else of its directory, for a name the host
+    lacks), else the path normalised: one open(O_PATH) and one readlink. argv[0] is any user's
+    text, up to 32 KiB, and os.path.realpath lstat()s every prefix of it, each a walk from the
+    root: through a deep directory that links to itself, ~2 s per exec. The kernel's walk is
+    bounded (PATH_MAX, 40 symlinks); O_PATH opens nothing (no FIFO or device is opened)."""
+    head, tail = path, ""
+    for _ in range(2):
+        try:
+            fd = os.open(head, os.O_PATH | os.O_CLOEXEC)
+        except (OSError, ValueError):
+            head, _, name = head.rpartition("/")
+            head, tail = head or "/", "/" + name
+            continue
+        try:
+            return (os.readlink(f"{PROC_PREFIX}self/fd/{fd}").rstrip("/") + tail) or "/"
+        except OSError:
+            break
+        finally:
+            os.close(fd)
+    return posixpath.normpath(path)
 
 
 class Argv0Mismatch(Behaviour):

@@ -3,6 +3,8 @@ other rules still run; the text format shows the rule's author; counters add up.
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import time
 
 from monitor.detect.engine import Detector
@@ -163,3 +165,49 @@ def test_a_hostile_command_line_costs_the_builtin_rules_linear_time():
                                        ("cat authorized_keys > /tmp/copy", 0))):
         got = det.observe(event(exe="/usr/bin/dash", argv=["sh", "-c", cmd], exec_id=f"b:2:{i}"))
         assert [a.rule.id for a in got if a.rule.id == AUTH_KEYS] == [AUTH_KEYS] * alerts, cmd
+
+
+ARGV0 = "5e27c0de-0000-4000-8000-000000000020"
+
+
+def test_argv0_through_a_deep_self_link_is_resolved_in_bounded_time(tmp_path):
+    """argv[0] is any user's text: an absolute one naming no program like the executable's is
+    resolved on the filesystem. os.path.realpath lstat()ed every prefix of it, each a walk from
+    the root: under a directory ~2,000 levels deep whose last level links to itself, an argv[0]
+    of that path and 14,000 more `/L` cost ~2 s per exec (each exec its own string, so the
+    cache never helped)."""
+    top = tmp_path / "deep"
+    top.mkdir()
+    try:
+        _argv0_through(top, tmp_path)
+    finally:
+        # pytest's cleanup (shutil.rmtree) recurses once per level: it cannot remove this tree
+        subprocess.run(["rm", "-rf", "--", str(top)], check=True)
+
+
+def _argv0_through(top, tmp_path) -> None:
+    fd = os.open(top, os.O_RDONLY)
+    depth = (4000 - len(str(top))) // 2  # the deepest level's path stays under PATH_MAX
+    for _ in range(depth):
+        os.mkdir("a", dir_fd=fd)
+        nxt = os.open("a", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+    deep = str(top) + "/a" * depth
+    os.symlink(deep, "L", dir_fd=fd)
+    os.close(fd)
+    det = Detector.from_paths(None)
+    t0 = time.perf_counter()
+    for i in range(2):
+        argv0 = deep + "/L" * ((32000 - len(deep)) // 2) + f"/x{i}"
+        got = det.observe(event(exe="/usr/bin/true", filename="/usr/bin/true", argv=[argv0],
+                                exec_id=f"b:3:{i}"))
+        assert [a.rule.id for a in got] == [ARGV0]  # it names nothing like /usr/bin/true
+    assert time.perf_counter() - t0 < 1.0
+    # a path that leads to the executable is still not a mismatch; one that leads elsewhere is
+    os.symlink("/usr/bin/true", tmp_path / "t")
+    os.symlink("/usr/bin/env", tmp_path / "e")
+    for i, (argv0, alerts) in enumerate(((f"{top}/../t", 0), (f"{tmp_path}/e", 1))):
+        got = det.observe(event(exe="/usr/bin/true", filename="/usr/bin/true", argv=[argv0],
+                                exec_id=f"b:4:{i}"))
+        assert [a.rule.id for a in got] == [ARGV0] * alerts, argv0
