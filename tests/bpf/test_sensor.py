@@ -254,6 +254,32 @@ def test_deep_cwd_is_complete(collector, tmp_path):
     assert not ex.flags & wire.CWD_TRUNCATED
 
 
+def test_a_path_deeper_than_the_walk_is_not_reported_as_an_absolute_one(collector, tmp_path):
+    """Any user can nest directories past the walk's PATH_MAX_DEPTH components. The walk keeps
+    the leaf end and flags the rest as lost; the record then said "/" + that tail, an absolute
+    path that does not exist (a payload 70 levels under /tmp was reported as /d/d/.../payload,
+    out of the reach of every rule and --exe filter about /tmp). The tail now starts with
+    "...", which no absolute path does."""
+    from monitor.sensors.bpf.source import exec_record
+
+    deep = tmp_path
+    for _ in range(limits.PATH_MAX_DEPTH + 6):
+        deep = deep / "d"
+    deep.mkdir(parents=True)
+    shutil.copy(TRUE, deep / "payload")
+    run(["./payload", "too-deep"], cwd=deep)
+    pid = collector.until(lambda rs: next((r.tgid for r in rs if isinstance(r, wire.RawExec)
+                                           and r.argv == (b"./payload", b"too-deep")), None))
+    raw = collector.execs(pid)[0]
+    assert raw.flags & wire.EXE_TRUNCATED and raw.flags & wire.CWD_TRUNCATED
+    rec = exec_record(raw)
+    real_exe, real_cwd = str((deep / "payload").resolve()).encode(), str(deep.resolve()).encode()
+    assert rec.exe.startswith(b".../") and real_exe.endswith(rec.exe[3:])
+    assert rec.cwd.startswith(b".../") and real_cwd.endswith(rec.cwd[3:])
+    assert rec.exe.count(b"/") == rec.cwd.count(b"/") == limits.PATH_MAX_DEPTH  # the leaf end
+    assert {"exe_truncated", "cwd_truncated"} <= set(rec.capture)
+
+
 def test_relative_exec_resolves_to_an_absolute_path(collector, tmp_path):
     shutil.copy(TRUE, tmp_path / "rel-true")
     run(["./rel-true", "relative"], cwd=tmp_path)

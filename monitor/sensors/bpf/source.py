@@ -29,6 +29,9 @@ CAPTURE_FLAG_NAMES = (
 _ANY_FLAG = 0
 for _bit, _name in CAPTURE_FLAG_NAMES:
     _ANY_FLAG |= _bit
+_PATH_TRUNCATED = wire.EXE_TRUNCATED | wire.CWD_TRUNCATED
+# What a truncated exe or cwd starts with instead of "/": only its leaf end was captured.
+TRUNCATED_PATH_PREFIX = b"..."
 
 
 # Superblock magics (include/uapi/linux/magic.h) that name what an inode is beyond its mode.
@@ -87,6 +90,15 @@ def exec_record(r: wire.RawExec) -> ExecRecord:
     # A memfd (or other anonymous file) has no path on disk: the walk ends at a pseudo root
     # named "memfd:...". Unlinked without that is a deleted file.
     fileless = bool(flags & wire.EXE_DETACHED) and (r.exe or b"").startswith(b"/memfd:")
+    exe, cwd = r.exe, r.cwd
+    if flags & _PATH_TRUNCATED:
+        # The walk kept the leaf end of a path deeper or longer than its limits: "/" + that
+        # tail would be an absolute path that does not exist (a payload nested past the depth
+        # under /tmp, out of every rule's and filter's reach), so the tail says it is one.
+        if flags & wire.EXE_TRUNCATED and exe is not None:
+            exe = TRUNCATED_PATH_PREFIX + exe
+        if flags & wire.CWD_TRUNCATED and cwd is not None:
+            cwd = TRUNCATED_PATH_PREFIX + cwd
     ppid = r.ppid
     loginuid, sessionid = r.loginuid, r.sessionid
     # Every field, in ExecRecord's order (tests/monitor/test_records.py checks it against the
@@ -94,7 +106,7 @@ def exec_record(r: wire.RawExec) -> ExecRecord:
     return _new(ExecRecord, (
         r.ts_ns, r.tgid, r.start_boottime // NSEC_PER_TICK, ppid or None,
         r.parent_start_boottime // NSEC_PER_TICK if ppid else None,
-        r.comm, r.exe, r.cwd, r.argv, bool(flags & wire.ARGV_TRUNCATED),
+        r.comm, exe, cwd, r.argv, bool(flags & wire.ARGV_TRUNCATED),
         r.uid, r.euid, r.gid, r.egid, r.old_tid, r.filename, r.argc, r.argv_size, r.tty,
         None if loginuid == wire.UNSET_ID else loginuid,
         None if sessionid == wire.UNSET_ID else sessionid,
