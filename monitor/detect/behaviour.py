@@ -8,6 +8,8 @@ State is bounded (OrderedDicts trimmed to a size) so a hostile workload cannot g
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import functools
 import os
 import posixpath
@@ -403,17 +405,58 @@ def _download_targets(tool: str, argv) -> list[str]:
     return [p for p in out if p and p != "-"]
 
 
+# Trees only root can write to, so no user can mount a filesystem there (FUSE needs a mountpoint
+# the user may write to): argv[0] under them is resolved even where the dentry cache lacks it.
+_SYSTEM_TREES = ("/bin/", "/sbin/", "/usr/bin/", "/usr/sbin/", "/usr/lib/", "/usr/lib64/",
+                 "/usr/libexec/", "/usr/games/", "/lib/", "/lib64/", "/etc/alternatives/")
+_SYS_OPENAT2 = 437  # the same number on every architecture (5.6: the unified table)
+_RESOLVE_CACHED = 0x20  # include/uapi/linux/openat2.h, Linux 5.12
+_AT_FDCWD = -100
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_cached_walks = [True]  # False once the kernel has said it has no RESOLVE_CACHED
+
+
+def _open_cached(path: str) -> int:
+    """open(path, O_PATH) from the dentry cache alone (openat2 RESOLVE_CACHED): BlockingIOError
+    where some component would have to be looked up in its filesystem. A lookup in a FUSE
+    filesystem waits for its daemon, and any user can mount one and name a path in it as
+    argv[0]: the monitor's single thread would wait as long as that user likes."""
+    if _cached_walks[0]:
+        how = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_CACHED)
+        fd = _libc.syscall(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(path), ctypes.byref(how),
+                           ctypes.sizeof(how))
+        if fd >= 0:
+            return fd
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL, errno.E2BIG):
+            raise OSError(err, os.strerror(err), path)  # EAGAIN: BlockingIOError
+        _cached_walks[0] = False  # before 5.12 (5.6 for openat2): no walk that cannot block
+    raise BlockingIOError(errno.EAGAIN, "no cached-only lookups in this kernel", path)
+
+
 @functools.lru_cache(maxsize=1024)
 def _realpath(path: str) -> str:
     """Where the kernel's own walk of `path` leads (else of its directory, for a name the host
     lacks), else the path normalised: one open(O_PATH) and one readlink. argv[0] is any user's
     text, up to 32 KiB, and os.path.realpath lstat()s every prefix of it, each a walk from the
     root: through a deep directory that links to itself, ~2 s per exec. The kernel's walk is
-    bounded (PATH_MAX, 40 symlinks); O_PATH opens nothing (no FIFO or device is opened)."""
-    head, tail = path, ""
+    bounded (PATH_MAX, 40 symlinks); O_PATH opens nothing (no FIFO or device is opened).
+    Outside the system trees the walk must not reach a filesystem at all (see _open_cached):
+    a path not wholly in the dentry cache there stays unresolved (normalised)."""
+    norm = posixpath.normpath(path)
+    system = norm.startswith(_SYSTEM_TREES)
+    head, tail = (norm if system else path), ""
     for _ in range(2):
         try:
-            fd = os.open(head, os.O_PATH | os.O_CLOEXEC)
+            fd = os.open(head, os.O_PATH | os.O_CLOEXEC) if system else _open_cached(head)
+        except BlockingIOError:
+            return norm
         except (OSError, ValueError):
             head, _, name = head.rpartition("/")
             head, tail = head or "/", "/" + name
@@ -424,7 +467,7 @@ def _realpath(path: str) -> str:
             break
         finally:
             os.close(fd)
-    return posixpath.normpath(path)
+    return norm
 
 
 class Argv0Mismatch(Behaviour):

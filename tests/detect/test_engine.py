@@ -185,6 +185,30 @@ def test_argv0_through_a_deep_self_link_is_resolved_in_bounded_time(tmp_path):
         subprocess.run(["rm", "-rf", "--", str(top)], check=True)
 
 
+def test_argv0_outside_the_system_trees_is_resolved_from_the_dentry_cache_alone(tmp_path):
+    """A lookup in a FUSE filesystem waits for its daemon, and any user can mount one and name a
+    path in it as argv[0]: outside the trees only root writes to, argv[0] is resolved only where
+    the kernel's dentry cache answers without asking a filesystem (openat2 RESOLVE_CACHED),
+    else left as it is, normalised. procfs is such a filesystem (its entries are revalidated on
+    every walk), as a FUSE mount would be; a symlink just made in /tmp is cached."""
+    from monitor.detect import behaviour
+    from userspace.procfs import DEFAULT_ROOT
+
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        through_proc = f"{DEFAULT_ROOT}/{sleeper.pid}/root/usr/bin/../bin/env"
+        assert os.path.realpath(through_proc) == os.path.realpath("/usr/bin/env")  # a full walk
+        behaviour._realpath.cache_clear()
+        assert behaviour._realpath(through_proc) == f"{DEFAULT_ROOT}/{sleeper.pid}/root/usr/bin/env"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    os.symlink("/usr/bin/env", tmp_path / "e")
+    assert behaviour._realpath(f"{tmp_path}/e") == os.path.realpath("/usr/bin/env")
+    # under the system trees the walk may ask the filesystem: /bin/sh -> dash, bash...
+    assert behaviour._realpath("/bin/sh") == os.path.realpath("/bin/sh")
+
+
 def _argv0_through(top, tmp_path) -> None:
     fd = os.open(top, os.O_RDONLY)
     depth = (4000 - len(str(top))) // 2  # the deepest level's path stays under PATH_MAX
