@@ -167,6 +167,20 @@ def test_a_hostile_command_line_costs_the_builtin_rules_linear_time():
         assert [a.rule.id for a in got if a.rule.id == AUTH_KEYS] == [AUTH_KEYS] * alerts, cmd
 
 
+MEMFD = "5e27c0de-0000-4000-8000-000000000003"
+
+
+def test_a_memfd_named_like_runcs_clone_is_excluded_only_when_root_runs_it():
+    """runc (as root) re-executes itself from a memfd named runc_cloned; any user can give a
+    memfd that name, so the name alone must not hide a fileless payload."""
+    det = Detector.from_paths(None)
+    exe = "/memfd:runc_cloned:/proc/self/exe (deleted)"
+    for i, (uid, alerts) in enumerate(((0, []), (1000, [MEMFD]))):
+        got = det.observe(event(exe=exe, argv=["runc", "init"], uid=uid, euid=uid, user=None,
+                                exe_fileless=True, exec_id=f"b:5:{i}", pid=50 + i))
+        assert [a.rule.id for a in got] == alerts, uid
+
+
 ARGV0 = "5e27c0de-0000-4000-8000-000000000020"
 
 
