@@ -3,6 +3,7 @@ test_process_all: only ProcessGone/AccessDenied may escape), zombies, vanished p
 deleted and memfd executables, and the socket map against the net/ files and `ss`."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -11,7 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
-from typing import Iterator
+from typing import Callable, Iterator
 
 import psutil
 import pytest
@@ -484,33 +485,50 @@ def test_socket_map_against_ss(my_sockets: dict[str, socket.socket]) -> None:
                 assert fd_inodes[fd] == r["ino"]
 
 
-@pytest.mark.root
-def test_socket_in_another_netns() -> None:
-    """A process in its own network namespace: its sockets are invisible to our sock_diag,
-    so they come from its net/ files, and it is reported as not sharing PID 1's netns."""
+@contextlib.contextmanager
+def _child_in_own_netns(setup: Callable[[], tuple]) -> Iterator[tuple[int, bytes]]:
+    """A forked child in a new network namespace: it runs setup() there, which opens its
+    sockets and returns (what to report, the sockets), and waits to be killed with them open.
+    Yields (pid, report)."""
     libc = ctypes.CDLL(None, use_errno=True)
     CLONE_NEWNET = 0x40000000
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # child: new netns, one listener, report its port, wait to be killed
+    if pid == 0:
         try:
             os.close(r)
             if libc.unshare(CLONE_NEWNET) != 0:
                 os.write(w, b"E")
                 os._exit(1)
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("0.0.0.0", 0))
-            s.listen()
-            os.write(w, str(s.getsockname()[1]).encode())
+            keep = setup()  # its sockets stay open while the child waits
+            os.write(w, keep[0])
             os.close(w)
             signal.pause()
         finally:
             os._exit(0)
     os.close(w)
     try:
-        msg = os.read(r, 32)
+        msg = os.read(r, 64)
         if msg == b"E":
             pytest.skip("unshare(CLONE_NEWNET) refused")
+        yield pid, msg
+    finally:
+        os.close(r)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+@pytest.mark.root
+def test_socket_in_another_netns() -> None:
+    """A process in its own network namespace: its sockets are invisible to our sock_diag,
+    so they come from its net/ files, and it is reported as not sharing PID 1's netns."""
+    def listener():
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        return str(s.getsockname()[1]).encode(), s
+
+    with _child_in_own_netns(listener) as (pid, msg):
         port = int(msg)
         snap = read_process(FS, pid, Depth.FULL)
         assert snap.ns is not None and snap.ns.net != _own_netns()
@@ -521,10 +539,6 @@ def test_socket_in_another_netns() -> None:
             assert "net" in snap.ns_differs_from_init
         else:  # PID 1 unreadable (a hardened init): the reason is given instead
             assert snap.missing["ns_differs_from_init"] in (Missing.DENIED.value, Missing.UNAVAILABLE.value)
-    finally:
-        os.close(r)
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
 
 
 @pytest.mark.root
@@ -533,36 +547,19 @@ def test_unix_names_holding_newlines_in_another_netns() -> None:
     byte for byte: any user there can bind a name holding "\\n" and lines that look like
     records. Neither may cost that netns its table (every socket of every process in it
     unreported: a container's), nor turn its TCP socket into a made-up unix one."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    CLONE_NEWNET = 0x40000000
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: new netns, a TCP listener, the names, report the inodes, wait
-        try:
-            os.close(r)
-            if libc.unshare(CLONE_NEWNET) != 0:
-                os.write(w, b"E")
-                os._exit(1)
-            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            tcp.bind(("127.0.0.1", 0))
-            tcp.listen()
-            tcp_ino = os.fstat(tcp.fileno()).st_ino
-            named = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            named.bind(b"\0one\ntwo")
-            forger = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            forger.bind(b"\0x\n0000000000000000: 00000002 00000000 00010000 0001 01 %d /fake"
-                        % tcp_ino)
-            os.write(w, b"%d %d %d" % (tcp_ino, os.fstat(named.fileno()).st_ino,
-                                       os.fstat(forger.fileno()).st_ino))
-            os.close(w)
-            signal.pause()
-        finally:
-            os._exit(0)
-    os.close(w)
-    try:
-        msg = os.read(r, 64)
-        if msg == b"E":
-            pytest.skip("unshare(CLONE_NEWNET) refused")
+    def sockets():
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen()
+        tcp_ino = os.fstat(tcp.fileno()).st_ino
+        named = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        named.bind(b"\0one\ntwo")
+        forger = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        forger.bind(b"\0x\n0000000000000000: 00000002 00000000 00010000 0001 01 %d /fake" % tcp_ino)
+        return (b"%d %d %d" % (tcp_ino, os.fstat(named.fileno()).st_ino, os.fstat(forger.fileno()).st_ino),
+                tcp, named, forger)
+
+    with _child_in_own_netns(sockets) as (pid, msg):
         tcp_ino, named_ino, forger_ino = map(int, msg.split())
         netns = read_process(FS, pid, Depth.EXEC).ns.net
         table = read_proc_net_table(FS, pid, netns)
@@ -573,7 +570,3 @@ def test_unix_names_holding_newlines_in_another_netns() -> None:
         assert "sockets" not in snap.missing
         assert {s.inode: s.protocol for s in snap.sockets} == {
             tcp_ino: "tcp", named_ino: "unix", forger_ino: "unix"}
-    finally:
-        os.close(r)
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
