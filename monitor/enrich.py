@@ -13,7 +13,7 @@ from monitor.text import text, text_or_none
 from userspace.cgroups import CgroupResolver
 from userspace.procfs import ProcFS, ProcFSError
 from userspace.process import read_process
-from userspace.sockets import SocketTables
+from userspace.sockets import DumpBudget, SocketTables
 from userspace.types import Depth, ProcessSnapshot
 
 # --enrich: how much procfs a kernel-captured exec costs. The kernel record is complete without
@@ -28,9 +28,10 @@ MAX_FDS_LISTED = 64  # fd targets carried per event; fd_count is always the full
 SOCKET_TABLE_TTL_S = 1.0
 # A table is also kept at least this many times as long as reading it took, so that reading
 # tables never takes over 10 % of a CPU: any user can open tens of thousands of sockets (38,000
-# made one dump 1.2 s here, and the enricher dumped again every second). Sockets opened since
-# are said (missing.sockets = not_in_table).
-SOCKET_DUMP_IDLE_FACTOR = 9.0
+# made one dump 1.2 s here), and the enricher dumped again every second. Sockets opened since
+# are said (missing.sockets = not_in_table); a netns not in the table kept waits for the same
+# budget (DumpBudget: missing.sockets = unavailable meanwhile).
+SOCKET_DUMP_IDLE_FACTOR = DumpBudget.IDLE_FACTOR
 CGROUP_PRUNE_INTERVAL_S = 30.0  # how often cached cgroups are checked for removal
 
 
@@ -70,6 +71,7 @@ class Enricher:
         self._sockets: SocketTables | None = None
         self._sockets_at = 0.0
         self._socket_counts = {"dumps": 0, "not_in_table": 0}  # over every table made here
+        self._dump_budget = DumpBudget()  # and one limit on their dumps (see DumpBudget)
         # cgroup v2 id -> (path, container id) learned from procfs reads: a cgroup's path does
         # not change, and reading it once per cgroup instead of once per exec is most of the
         # saving. (cgroup ids <= 1 are the root, or every process on a v1-only host: never
@@ -86,7 +88,7 @@ class Enricher:
         t = self._sockets
         if t is None or now - self._sockets_at > max(SOCKET_TABLE_TTL_S,
                                                      SOCKET_DUMP_IDLE_FACTOR * t.spent):
-            self._sockets = SocketTables(self.fs, counts=self._socket_counts)
+            self._sockets = SocketTables(self.fs, counts=self._socket_counts, budget=self._dump_budget)
             self._sockets_at = now
         return self._sockets
 

@@ -338,11 +338,15 @@ class Pipeline:
             if r.kernel_captured:
                 differs = _differences(r, snap)
         elif r.cgroup_id is not None:
-            known = self.enricher.container_of(r.cgroup_id)
+            try:
+                known = self.enricher.container_of(r.cgroup_id)
+            except Exception as exc:  # noqa: BLE001 - as the read above: see _enrichment_failed
+                self._enrichment_failed(pid, exc)
+                known, missing["container_id"] = None, "error"
             if known is not None:
                 entry.container_id = known[1]
             elif r.cgroup_id > 1:
-                missing["container_id"] = missing.get("proc", "gone")
+                missing.setdefault("container_id", missing.get("proc", "gone"))
         when = self.clock.from_mono(r.ts_ns) if kind == "exec" else self.clock.now()
         ev = self.build.process_event(
             kind, entry, when, source or self.source.name, enrichment=enrichment, tid=r.tid,

@@ -135,9 +135,10 @@ def _complete_lines(data: bytes) -> list[bytes]:
 
 
 # One record of net/unix (unix_seq_show in net/unix/af_unix.c): "%pK: %08X %08X %08X %04X %02X
-# %5lu", then " " and the name if the socket has one, then "\n".
+# %5lu", then " " and the name if the socket has one, then "\n". %pK is hex, or
+# "(____ptrval____)" on 4.15-5.x kernels until the pointer-hash key is seeded.
 _UNIX_RECORD = re.compile(
-    rb"([0-9a-fA-F]+): ([0-9A-F]{8}) ([0-9A-F]{8}) ([0-9A-F]{8}) ([0-9A-F]{4}) ([0-9A-F]{2}) +([0-9]+)"
+    rb"(\S+): ([0-9A-F]{8}) ([0-9A-F]{8}) ([0-9A-F]{8}) ([0-9A-F]{4}) ([0-9A-F]{2}) +([0-9]+)"
     rb"(?: (.*))?\Z", re.S)
 
 
@@ -149,7 +150,9 @@ def parse_net_unix(data: bytes, netns: int | None = None) -> dict[int, SocketInf
     user can bind one (a path needs a writable directory, an abstract name nothing). So a line
     that is not a record continues the name of the record before it (the name gets its "\n"
     back), and a name may even hold a whole line that looks like a record: an inode that two
-    records claim is left out, since one of them is made up and nothing tells which. Read
+    records claim is left out, since one of them is made up and nothing tells which. A made-up
+    record for an inode no real record claims cannot be told from a real one and is kept (the
+    text alone cannot settle it; a TCP/UDP socket is still never replaced: read_proc_net_table). Read
     line by line instead, one such name made the whole netns's table a ParseError (every
     socket of every process there unreported) or put a made-up record in it."""
     records: dict[int, tuple[str, int, bytes | None]] = {}  # inode -> (state, type, name)
@@ -300,6 +303,26 @@ def read_diag_table(netns: int | None = None, unix: bool = True) -> dict[int, So
     return table
 
 
+class DumpBudget:
+    """When the next uncached table may be read, shared by the tables one reader makes over
+    time: after a dump that took t, none before IDLE_FACTOR * t has passed (at most 10 % of a
+    CPU). Any user can open tens of thousands of sockets (38,000 made one dump 1.2 s here), and,
+    with unprivileged user namespaces, as many network namespaces as it likes, each its own
+    table: a cache per SocketTables alone let one exec per fresh netns cost a dump each."""
+
+    IDLE_FACTOR = 9.0
+
+    def __init__(self) -> None:
+        self.next_at = 0.0
+
+    def check(self, path: bytes) -> None:
+        if time.monotonic() < self.next_at:
+            raise Unavailable("socket table dumps throttled (10 % of a CPU at most)", path)
+
+    def spent(self, seconds: float) -> None:
+        self.next_at = time.monotonic() + self.IDLE_FACTOR * seconds
+
+
 class SocketTables:
     """Socket tables cached per netns inode, for one sweep.
 
@@ -316,8 +339,10 @@ class SocketTables:
         diag_reader: Callable[[int | None], dict[int, SocketInfo]] = read_diag_table,
         counts: dict[str, int] | None = None,
         unix: bool = True,
+        budget: DumpBudget | None = None,
     ) -> None:
         self.fs = fs
+        self.budget = budget  # None: no limit (a sweep reads each netns once)
         self.unix = unix  # False: TCP/UDP only (the unix tables are often the largest)
         # Seconds spent reading tables here: any user can open tens of thousands of sockets
         # (38,000 made one dump cost 1.2 s of CPU here), so callers space their dumps by it.
@@ -345,6 +370,8 @@ class SocketTables:
         if netns is not None and netns in self._cache:
             return self._cache[netns]
         table: dict[int, SocketInfo] | None = None
+        if self.budget is not None:
+            self.budget.check(self.fs.path(pid, "net"))  # Unavailable: the caller says so
         t0 = time.perf_counter()
         try:
             if self._use_diag and netns is not None and netns == self.own_netns():
@@ -356,7 +383,10 @@ class SocketTables:
             if table is None:
                 table = read_proc_net_table(self.fs, pid, netns, unix=self.unix)
         finally:
-            self.spent += time.perf_counter() - t0
+            took = time.perf_counter() - t0
+            self.spent += took
+            if self.budget is not None:
+                self.budget.spent(took)
         self.counts["dumps"] += 1
         if netns is not None:
             self._cache[netns] = table

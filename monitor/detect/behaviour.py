@@ -12,6 +12,7 @@ import ctypes
 import errno
 import functools
 import os
+import platform
 import posixpath
 import pwd
 import re
@@ -21,7 +22,7 @@ from typing import Any
 
 from monitor.detect.fields import View, attr
 from monitor.events import RuleInfo
-from userspace.procfs import DEFAULT_ROOT
+from userspace.procfs import DEFAULT_ROOT, ProcFS, ProcFSError
 
 PROC_PREFIX = DEFAULT_ROOT + "/"  # execs through <procfs>/self/fd/N, as passed to execve
 FILE = "monitor/detect/behaviour.py"
@@ -409,7 +410,10 @@ def _download_targets(tool: str, argv) -> list[str]:
 # the user may write to): argv[0] under them is resolved even where the dentry cache lacks it.
 _SYSTEM_TREES = ("/bin/", "/sbin/", "/usr/bin/", "/usr/sbin/", "/usr/lib/", "/usr/lib64/",
                  "/usr/libexec/", "/usr/games/", "/lib/", "/lib64/", "/etc/alternatives/")
-_SYS_OPENAT2 = 437  # the same number on every architecture (5.6: the unified table)
+# 437 on the architectures of the unified syscall table (5.6); alpha, ia64 and mips number it
+# otherwise, and there no cached-only walk is tried.
+_SYS_OPENAT2 = 437 if platform.machine() in ("x86_64", "aarch64", "riscv64", "s390x", "ppc64le",
+                                             "ppc64", "armv7l", "armv6l", "i686", "loongarch64") else None
 _RESOLVE_CACHED = 0x20  # include/uapi/linux/openat2.h, Linux 5.12
 _AT_FDCWD = -100
 
@@ -419,6 +423,7 @@ class _OpenHow(ctypes.Structure):
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_PROCFS = ProcFS()  # where an O_PATH descriptor's path is read back (<procfs>/self/fd/N)
 _cached_walks = [True]  # False once the kernel has said it has no RESOLVE_CACHED
 
 
@@ -427,7 +432,7 @@ def _open_cached(path: str) -> int:
     where some component would have to be looked up in its filesystem. A lookup in a FUSE
     filesystem waits for its daemon, and any user can mount one and name a path in it as
     argv[0]: the monitor's single thread would wait as long as that user likes."""
-    if _cached_walks[0]:
+    if _cached_walks[0] and _SYS_OPENAT2 is not None:
         how = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_CACHED)
         fd = _libc.syscall(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(path), ctypes.byref(how),
                            ctypes.sizeof(how))
@@ -462,8 +467,8 @@ def _realpath(path: str) -> str:
             head, tail = head or "/", "/" + name
             continue
         try:
-            return (os.readlink(f"{PROC_PREFIX}self/fd/{fd}").rstrip("/") + tail) or "/"
-        except OSError:
+            return (os.fsdecode(_PROCFS.readlink("self", f"fd/{fd}")).rstrip("/") + tail) or "/"
+        except ProcFSError:
             break
         finally:
             os.close(fd)

@@ -10,74 +10,77 @@ Only monitor/detect/behaviour.py calls this, only for shells; replaying a record
 """
 from __future__ import annotations
 
-import time
-
 from userspace.parsers import parse_fd_target, parse_ns_link
-from userspace.procfs import ProcFS, ProcFSError
+from userspace.procfs import ProcFS, ProcFSError, Unavailable
 from userspace.process import read_stat
-from userspace.sockets import SocketTables
+from userspace.sockets import DumpBudget, SocketTables
 
 # sockfs's system.sockprotoname of the sockets this probe looks for (the TCP/UDP tables').
-INET_PROTOCOLS = frozenset({b"TCP", b"TCPv6", b"UDP", b"UDPv6"})
-# After reading socket tables for t seconds, the next tables are read no sooner than
-# DUMP_IDLE_FACTOR * t later (those read are reused meanwhile): at most 10 % of a CPU, however
-# many sockets a user opens or shells it starts (userspace/cgroups.py's walk does the same).
-DUMP_IDLE_FACTOR = 9.0
+INET_PROTOCOLS = {b"TCP": "tcp", b"TCPv6": "tcp", b"UDP": "udp", b"UDPv6": "udp"}
 
 
 class LiveProbe:
     def __init__(self, fs: ProcFS) -> None:
         self.fs = fs
-        self._tables: SocketTables | None = None
-        self._tables_at = 0.0
-
-    def _socket_tables(self) -> SocketTables:
-        """Fresh TCP/UDP tables, unless reading the last ones cost more than the duty cycle
-        allows yet. Each call dumped every socket of the netns once: any user holding 38,000
-        sockets (1.2 s a dump here) and starting shells whose stdin is a new socket made the
-        monitor dump for each, fall behind the kernel and lose records."""
-        now = time.monotonic()
-        t = self._tables
-        if t is None or now - self._tables_at >= DUMP_IDLE_FACTOR * t.spent:
-            t = self._tables = SocketTables(self.fs, unix=False)
-            self._tables_at = now
-        return t
+        # Tables are read no more than DumpBudget allows (at most 10 % of a CPU): each call
+        # dumped every socket of the netns once, and any user holding 38,000 sockets (1.2 s a
+        # dump here) and starting shells whose stdin is a new socket made the monitor dump for
+        # each, fall behind the kernel and lose records.
+        self._budget = DumpBudget()
+        self._last: tuple[int | None, dict] = (None, {})  # the last table read, and its netns
 
     def std_inet_sockets(self, pid: int, start_ticks: int | None) -> list[dict]:
         """TCP/UDP sockets on fds 0-2 of the process (pid, start_ticks); [] when it is gone,
-        is another process now (PID reuse), or has none."""
+        is another process now (PID reuse), or has none. That an fd is a TCP/UDP socket is
+        sockfs's word (one getxattr each); the socket table adds its state and remote end, and
+        where it cannot (dumps throttled, or the socket newer than a table), those are None:
+        the socket is reported all the same (a pty.spawn reverse shell has nothing else)."""
         try:
             if start_ticks is not None and read_stat(self.fs, pid).starttime != start_ticks:
                 return []
-            inodes = {}
+            inodes: dict[int, tuple[list[int], str]] = {}
             for fd in (0, 1, 2):
                 try:
                     t = parse_fd_target(self.fs.readlink(pid, f"fd/{fd}"))
                 except ProcFSError:
                     continue
-                if t.kind == "socket" and self._inet(pid, fd):
-                    inodes.setdefault(t.inode, []).append(fd)
-            if not inodes:
-                return []  # none is TCP/UDP (a unix socket, netlink...): no table can help
-            netns = parse_ns_link(self.fs.readlink(pid, "ns/net"))
-            table = self._socket_tables().for_pid(pid, netns)
+                proto = self._inet_protocol(pid, fd) if t.kind == "socket" else None
+                if proto is not None:
+                    inodes.setdefault(t.inode, ([], proto))[0].append(fd)
         except (ProcFSError, OSError, ValueError):
             return []
+        if not inodes:
+            return []  # none is TCP/UDP (a unix socket, netlink...): no table can help
+        table = {}
+        try:
+            netns = parse_ns_link(self.fs.readlink(pid, "ns/net"))
+            try:
+                table = SocketTables(self.fs, unix=False, budget=self._budget).for_pid(pid, netns)
+                self._last = (netns, table)
+            except Unavailable:  # dumps throttled: the last table of that netns, if any
+                if self._last[0] == netns:
+                    table = self._last[1]
+        except (ProcFSError, OSError, ValueError):
+            pass  # gone since: the remote end stays unknown
         out = []
-        for inode, fds in inodes.items():
+        for inode, (fds, proto) in inodes.items():
             s = table.get(inode)
             if s is not None and s.protocol in ("tcp", "udp"):
                 out.append({"fds": fds, "inode": inode, "protocol": s.protocol, "state": s.state,
                             "remote": f"{s.remote_address}:{s.remote_port}"})
+            else:
+                out.append({"fds": fds, "inode": inode, "protocol": proto, "state": None,
+                            "remote": None})
         return out
 
-    def _inet(self, pid: int, fd: int) -> bool:
-        """Is pid's fd a TCP/UDP socket? One getxattr, no socket lock (as missed_by_table)."""
+    def _inet_protocol(self, pid: int, fd: int) -> str | None:
+        """"tcp" or "udp" if pid's fd is such a socket, else None: one getxattr, no socket lock
+        (as missed_by_table)."""
         try:
             proto = self.fs.getxattr(pid, b"fd/%d" % fd, "system.sockprotoname")
         except ProcFSError:
-            return False
-        return proto.rstrip(b"\0") in INET_PROTOCOLS
+            return None
+        return INET_PROTOCOLS.get(proto.rstrip(b"\0"))
 
     def exe(self, pid: int, start_ticks: int | None) -> str | None:
         """The executable path process (pid, start_ticks) runs now; None when gone or reused."""

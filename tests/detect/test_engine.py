@@ -218,7 +218,11 @@ def test_argv0_outside_the_system_trees_is_resolved_from_the_dentry_cache_alone(
         sleeper.kill()
         sleeper.wait()
     os.symlink("/usr/bin/env", tmp_path / "e")
-    assert behaviour._realpath(f"{tmp_path}/e") == os.path.realpath("/usr/bin/env")
+    resolved = behaviour._realpath(f"{tmp_path}/e")
+    if behaviour._cached_walks[0] and behaviour._SYS_OPENAT2 is not None:
+        assert resolved == os.path.realpath("/usr/bin/env")  # cached: resolved, as exec would
+    else:  # no RESOLVE_CACHED here (before 5.12, or openat2 filtered): left as it is
+        assert resolved == f"{tmp_path}/e"
     # under the system trees the walk may ask the filesystem: /bin/sh -> dash, bash...
     assert behaviour._realpath("/bin/sh") == os.path.realpath("/bin/sh")
 

@@ -12,14 +12,15 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from typing import Callable, Iterator
 
 import psutil
 import pytest
 
 from userspace.process import read_process, read_stat
-from userspace.procfs import AccessDenied, ProcessGone, ProcFS
-from userspace.sockets import SocketTables, read_diag_table, read_proc_net_table
+from userspace.procfs import AccessDenied, ProcessGone, ProcFS, Unavailable
+from userspace.sockets import DumpBudget, SocketTables, read_diag_table, read_proc_net_table
 from userspace.sweep import IncrementalScanner, SweepStats, scan
 from userspace.types import Depth, Missing
 
@@ -570,3 +571,36 @@ def test_unix_names_holding_newlines_in_another_netns() -> None:
         assert "sockets" not in snap.missing
         assert {s.inode: s.protocol for s in snap.sockets} == {
             tcp_ino: "tcp", named_ino: "unix", forger_ino: "unix"}
+
+
+@pytest.mark.root
+def test_a_dump_budget_spans_network_namespaces() -> None:
+    """With unprivileged user namespaces any user can make network namespaces, each its own
+    table: a budget shared by the tables one reader makes refuses any dump before
+    IDLE_FACTOR times the last dump's time has passed, whichever netns it is for."""
+    def slow(netns, unix=True):
+        time.sleep(0.05)
+        return read_diag_table(netns, unix=unix)
+
+    def listener():
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        return b"%d" % os.fstat(s.fileno()).st_ino, s
+
+    budget = DumpBudget()
+    tables = SocketTables(FS, diag_reader=slow, budget=budget)
+    me = os.getpid()
+    t0 = time.monotonic()
+    tables.for_pid(me, _own_netns())  # 50 ms or more: no other dump for 9 times as long
+    assert budget.next_at - t0 >= DumpBudget.IDLE_FACTOR * 0.05
+    with _child_in_own_netns(listener) as (pid, msg):
+        netns = read_process(FS, pid, Depth.EXEC).ns.net
+        with pytest.raises(Unavailable, match="throttled"):
+            SocketTables(FS, budget=budget).for_pid(pid, netns)
+        snap = read_process(FS, pid, Depth.EXEC, sockets=SocketTables(FS, budget=budget))
+        assert (snap.sockets, snap.missing["sockets"]) == (None, Missing.UNAVAILABLE.value)
+        assert tables.for_pid(me, _own_netns()) is tables.for_pid(me, _own_netns())  # cached
+        time.sleep(budget.next_at - time.monotonic() + 0.01)
+        table = SocketTables(FS, budget=budget).for_pid(pid, netns)
+        assert table[int(msg)].protocol == "tcp"
