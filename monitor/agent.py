@@ -372,17 +372,123 @@ class StatsCollector:
                     yield (GaugeMetricFamily if gauge else CounterMetricFamily)(name, doc, value=n)
 
 
+# The endpoint is reachable by every local user (127.0.0.1), and prometheus_client's own server
+# gives each connection a thread and a descriptor for as long as the client likes, and reads up
+# to 100 header lines of 64 KiB each: one user holding 1,000 idle connections used up the
+# agent's 1024 descriptors (the sensor could no longer open /proc: a process ran unseen; the
+# accept loop spun on EMFILE at 94 % CPU; status.json could not be written), and 100
+# connections sending big headers took 1.6 GB. So the server here bounds all three: at most
+# METRICS_CLIENTS connections at once (a new one shuts down the oldest, so clients that hold a
+# connection open cannot keep a scraper out), METRICS_DEADLINE seconds for a whole exchange,
+# and METRICS_REQUEST_BYTES read per request (a scrape sends a few hundred).
+METRICS_CLIENTS = 8
+METRICS_DEADLINE = 10.0
+METRICS_REQUEST_BYTES = 64 << 10
+
+
+class _Capped:
+    """The request stream, cut after `left` bytes (EOF: the request ends there)."""
+
+    def __init__(self, f, left: int) -> None:
+        self._f = f
+        self._left = left
+
+    def _take(self, read, size) -> bytes:
+        n = self._left if size is None or size < 0 else min(size, self._left)
+        data = read(n) if n else b""
+        self._left -= len(data)
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._take(self._f.read, size)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._take(self._f.readline, size)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _metrics_server(address: tuple[str, int], app):
+    import socket  # noqa: PLC0415
+    from socketserver import ThreadingMixIn  # noqa: PLC0415
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server  # noqa: PLC0415
+
+    class Handler(WSGIRequestHandler):
+        timeout = METRICS_DEADLINE  # each recv and send; the whole exchange: service_actions
+
+        def setup(self) -> None:
+            super().setup()
+            self.rfile = _Capped(self.rfile, METRICS_REQUEST_BYTES)
+
+        def log_message(self, *args) -> None:
+            pass  # a request is no news
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        request_queue_size = 64  # socketserver's 5 overflowed under a burst: SYNs dropped, 1 s waits
+        address_family = socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM,
+                                            flags=socket.AI_PASSIVE)[0][0]
+
+        def server_activate(self) -> None:
+            self.clients: dict = {}  # connection -> its deadline (monotonic), oldest first
+            self.lock = threading.Lock()
+            super().server_activate()
+
+        def process_request(self, request, client_address) -> None:
+            with self.lock:
+                live = len(self.clients)
+                if live >= 2 * METRICS_CLIENTS:  # the evicted ones have not ended yet
+                    request.close()
+                    return
+                if live >= METRICS_CLIENTS:
+                    oldest = next((r for r, d in self.clients.items() if d), None)
+                    if oldest is not None:
+                        self._end(oldest)
+                self.clients[request] = time.monotonic() + METRICS_DEADLINE
+            super().process_request(request, client_address)
+
+        def _end(self, request) -> None:
+            """Wake the connection's thread (its recv or send returns); it closes it. Called
+            with the lock held, and only for connections not yet closed: shutdown_request
+            takes them out of self.clients under the same lock before it closes them, so the
+            descriptor cannot have been reused by another file."""
+            self.clients[request] = 0.0
+            try:
+                request.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+        def service_actions(self) -> None:  # serve_forever calls it every 0.5 s
+            now = time.monotonic()
+            with self.lock:
+                for request, deadline in list(self.clients.items()):
+                    if 0.0 < deadline < now:
+                        self._end(request)
+
+        def shutdown_request(self, request) -> None:
+            with self.lock:
+                self.clients.pop(request, None)
+                super().shutdown_request(request)
+
+        def handle_error(self, request, client_address) -> None:
+            pass  # a client that went away or was cut off: not the agent's error to print
+
+    return make_server(address[0], address[1], app, Server, handler_class=Handler)
+
+
 def serve_metrics(address: tuple[str, int], collector: StatsCollector):
     """Start the endpoint (a daemon thread); returns the server. AgentError if it cannot bind."""
-    from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
+    from prometheus_client import CollectorRegistry, make_wsgi_app  # noqa: PLC0415
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     try:
-        result = start_http_server(address[1], addr=address[0], registry=registry)
+        server = _metrics_server(address, make_wsgi_app(registry))
     except OSError as e:
         raise AgentError(f"--metrics {address[0]}:{address[1]}: cannot listen ({e.strerror})") from None
-    return result[0] if isinstance(result, tuple) else result
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
 
 
 class Agent:
