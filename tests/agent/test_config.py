@@ -185,6 +185,65 @@ def test_a_file_others_can_change_is_refused(tmp_path):
         2, f"procsentry: config: {f}: owned by uid 65534, not 0; refusing to use it\n")
 
 
+def run_bounded(*args: str) -> subprocess.CompletedProcess:
+    """run(), in a process that cannot take the host's memory or hang the test for long: what a
+    regression would do with the files below."""
+    import resource  # noqa: PLC0415
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    full = {k: v for k, v in os.environ.items() if k != config.ENV}
+    return subprocess.run([sys.executable, "-m", "monitor", *args], capture_output=True, text=True,
+                          cwd=REPO, env=full, timeout=30, preexec_fn=limit)
+
+
+@pytest.mark.root
+def test_what_another_user_can_plant_at_the_path_is_refused_before_it_is_read(tmp_path):
+    """--config naming a path in a directory another user can write (/tmp): whatever they put
+    there is refused with one line, before a byte of it is read. Before, their FIFO hung the
+    agent's start for ever, their symlink to /dev/zero was read until memory ran out, and one to
+    a secret of root's was parsed, its first line described in the TOML error."""
+    nobody = 65534
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo, 0o600)
+    zero = tmp_path / "zero.toml"
+    zero.symlink_to("/dev/zero")
+    os.lchown(zero, nobody, nobody)
+    secret = tmp_path / "secret"
+    secret.write_text("hunter2 is the password\n")
+    secret.chmod(0o600)
+    steal = tmp_path / "steal.toml"
+    steal.symlink_to(secret)
+    os.lchown(steal, nobody, nobody)
+    big = tmp_path / "big.toml"
+    with open(big, "wb") as f:
+        f.truncate(2 << 20)
+    big.chmod(0o600)
+    expect = {
+        fifo: f"procsentry: config: {fifo}: not a regular file; refusing to use it\n",
+        zero: f"procsentry: config: {zero}: not a regular file; refusing to use it\n",
+        steal: f"procsentry: config: {steal}: a symbolic link owned by uid {nobody}; refusing to follow it\n",
+        big: f"procsentry: config: {big}: larger than 1024 KiB; refusing to read it\n",
+    }
+    for path, message in expect.items():
+        for args in (("config", "check", str(path)), ("watch", "--config", str(path))):
+            try:
+                p = run_bounded(*args)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"{args}: hung")
+            assert (p.returncode, p.stderr) == (2, message), args
+    # root's own symlink is followed (/etc may be managed with symlinks)
+    good = tmp_path / "good.toml"
+    good.write_text("count = 1\n")
+    good.chmod(0o600)
+    link = tmp_path / "link.toml"
+    link.symlink_to(good)
+    p = run_bounded("config", "check", str(link))
+    assert p.returncode == 0, p.stderr
+    assert "count = 1" in p.stdout
+
+
 @pytest.mark.root
 def test_file_unreadable_to_a_user_exit_2(tmp_path):
     if os.geteuid() != 0:
