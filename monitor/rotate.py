@@ -74,6 +74,21 @@ class RotatingFile:
                                   os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             raise OutputRefused(f"cannot open {path}: {e.strerror}") from None
+        # The names FILE, FILE.1 .. FILE.N live in this directory: another user who can write
+        # it can delete the events file (events then go on into an unlinked file, lost
+        # unseen) or plant a directory at FILE.1 (root shifted it up to FILE.N, then every
+        # rotation failed on it and FILE grew without bound), even in sticky /tmp. So, like
+        # the state directory: ours or root's, and writable by no one else.
+        st = os.fstat(self.dir_fd)
+        problem = None
+        if st.st_uid not in (os.geteuid(), 0):
+            problem = f"is owned by uid {st.st_uid}"
+        elif st.st_mode & 0o022:
+            problem = f"is writable by group or others (mode {st.st_mode & 0o7777:04o})"
+        if problem:
+            os.close(self.dir_fd)
+            raise OutputRefused(f"the directory of {path} {problem}; give a file in a directory "
+                                "only this user can write (e.g. /var/log/procsentry)")
         try:
             self.fd = open_output(path, dir_fd=self.dir_fd, name=self.name)
         except BaseException:

@@ -181,7 +181,7 @@ def test_status_says_losing_events_on_a_full_disk(watch, tmp_path):
     mnt = tmp_path / "tiny"
     mnt.mkdir()
     state = tmp_path / "state"
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mnt)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k,mode=0700", "tmpfs", str(mnt)], check=True)
     try:
         w = watch("--output", str(mnt / "events.jsonl"), "--stats-interval", "1",
                   env={"PROCSENTRY_STATE_DIR": str(state)})

@@ -202,3 +202,29 @@ def test_the_pending_buffer_keeps_its_memory_and_loses_no_byte(tmp_path):
     sink.close()
     assert len(sink._buf) == capacity
     assert path.read_bytes() == b"".join(lines) + b"".join(lines[:50])
+
+
+def test_output_in_a_directory_others_can_write_is_refused(tmp_path):
+    """FILE, FILE.1 .. FILE.N are names in the file's directory: anyone who can write it can
+    delete the events file or plant a directory at FILE.1 (before, root shifted it up to FILE.N
+    and then every rotation failed on it: FILE grew without bound), sticky bit or not."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp
+    assert refused(shared / "events.jsonl") == (
+        f"the directory of {shared}/events.jsonl is writable by group or others (mode 1777); "
+        "give a file in a directory only this user can write (e.g. /var/log/procsentry)")
+    shared.chmod(0o770)
+    assert refused(shared / "events.jsonl").startswith(
+        f"the directory of {shared}/events.jsonl is writable by group or others (mode 0770)")
+    assert list(shared.iterdir()) == []
+
+
+@pytest.mark.root
+def test_output_in_another_users_directory_is_refused(tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(0o755)
+    os.chown(theirs, 65534, 65534)
+    assert refused(theirs / "events.jsonl").startswith(
+        f"the directory of {theirs}/events.jsonl is owned by uid 65534; ")
+    assert list(theirs.iterdir()) == []

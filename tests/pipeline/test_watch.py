@@ -236,7 +236,7 @@ def test_output_file_is_private_and_appended(watch, tmp_path):
 def test_full_disk_is_counted_not_fatal(watch, tmp_path):
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mnt)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k,mode=0700", "tmpfs", str(mnt)], check=True)
     try:
         w = watch("--output", str(mnt / "events.jsonl"), "--stats-interval", "600")
         # the start-up sweep alone is larger than 16 KiB: its write fails, and says so
