@@ -25,13 +25,12 @@ from userspace.types import Depth, ProcessSnapshot
 #             fd with its link target, and the sockets among them (sock_diag): ~24 syscalls.
 LEVELS = ("minimal", "standard", "full")
 MAX_FDS_LISTED = 64  # fd targets carried per event; fd_count is always the full count
+# A table is kept for a second, and longer while its dumps' budget (DumpBudget: at most 10 % of
+# a CPU) allows no new one: any user can open tens of thousands of sockets (38,000 made one dump
+# 1.2 s here), and the enricher dumped again every second. Sockets opened since are said
+# (missing.sockets = not_in_table); a netns the kept table lacks waits for the same budget
+# (missing.sockets = unavailable meanwhile).
 SOCKET_TABLE_TTL_S = 1.0
-# A table is also kept at least this many times as long as reading it took, so that reading
-# tables never takes over 10 % of a CPU: any user can open tens of thousands of sockets (38,000
-# made one dump 1.2 s here), and the enricher dumped again every second. Sockets opened since
-# are said (missing.sockets = not_in_table); a netns not in the table kept waits for the same
-# budget (DumpBudget: missing.sockets = unavailable meanwhile).
-SOCKET_DUMP_IDLE_FACTOR = DumpBudget.IDLE_FACTOR
 CGROUP_PRUNE_INTERVAL_S = 30.0  # how often cached cgroups are checked for removal
 
 
@@ -85,9 +84,8 @@ class Enricher:
 
     def sockets(self) -> SocketTables:
         now = time.monotonic()
-        t = self._sockets
-        if t is None or now - self._sockets_at > max(SOCKET_TABLE_TTL_S,
-                                                     SOCKET_DUMP_IDLE_FACTOR * t.spent):
+        if self._sockets is None or (now - self._sockets_at > SOCKET_TABLE_TTL_S
+                                     and self._dump_budget.allows()):
             self._sockets = SocketTables(self.fs, counts=self._socket_counts, budget=self._dump_budget)
             self._sockets_at = now
         return self._sockets

@@ -315,8 +315,11 @@ class DumpBudget:
     def __init__(self) -> None:
         self.next_at = 0.0
 
+    def allows(self) -> bool:
+        return time.monotonic() >= self.next_at
+
     def check(self, path: bytes) -> None:
-        if time.monotonic() < self.next_at:
+        if not self.allows():
             raise Unavailable("socket table dumps throttled (10 % of a CPU at most)", path)
 
     def spent(self, seconds: float) -> None:
@@ -344,9 +347,6 @@ class SocketTables:
         self.fs = fs
         self.budget = budget  # None: no limit (a sweep reads each netns once)
         self.unix = unix  # False: TCP/UDP only (the unix tables are often the largest)
-        # Seconds spent reading tables here: any user can open tens of thousands of sockets
-        # (38,000 made one dump cost 1.2 s of CPU here), so callers space their dumps by it.
-        self.spent = 0.0
         # dumps: tables read (one per netns, and retries after a failure); not_in_table: sockets
         # of joined processes that the tables lacked. Pass one dict to count across objects.
         self.counts = counts if counts is not None else {"dumps": 0, "not_in_table": 0}
@@ -383,10 +383,8 @@ class SocketTables:
             if table is None:
                 table = read_proc_net_table(self.fs, pid, netns, unix=self.unix)
         finally:
-            took = time.perf_counter() - t0
-            self.spent += took
             if self.budget is not None:
-                self.budget.spent(took)
+                self.budget.spent(time.perf_counter() - t0)
         self.counts["dumps"] += 1
         if netns is not None:
             self._cache[netns] = table
@@ -408,13 +406,19 @@ def missed_by_table(fs: ProcFS, pid: int, fds: Iterable[FdInfo], table: dict[int
         if f.kind != "socket" or f.inode is None or f.inode in table or f.inode in seen:
             continue
         seen.add(f.inode)
-        try:
-            proto = fs.getxattr(pid, b"fd/%d" % f.fd, "system.sockprotoname").rstrip(b"\0")
-        except ProcFSError:
-            continue  # closed since the listing: not a socket it holds now
-        if proto in TABLE_PROTOCOLS:
+        if socket_protocol(fs, pid, f.fd) in TABLE_PROTOCOLS:  # None: closed since the listing
             missed += 1
     return missed
+
+
+def socket_protocol(fs: ProcFS, pid: int, fd: int) -> bytes | None:
+    """The protocol sockfs names for pid's fd (sk->sk_prot->name: b"TCP", b"UNIX-STREAM",
+    b"NETLINK"...): one getxattr of system.sockprotoname, no socket lock taken. None when the
+    fd is gone or no socket."""
+    try:
+        return fs.getxattr(pid, b"fd/%d" % fd, "system.sockprotoname").rstrip(b"\0")
+    except ProcFSError:
+        return None
 
 
 def join_sockets(fds: Iterable[FdInfo], table: dict[int, SocketInfo]) -> tuple[SocketInfo, ...]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from userspace.parsers import parse_fd_target, parse_ns_link
 from userspace.procfs import ProcFS, ProcFSError, Unavailable
 from userspace.process import read_stat
-from userspace.sockets import DumpBudget, SocketTables
+from userspace.sockets import DumpBudget, SocketTables, socket_protocol
 
 # sockfs's system.sockprotoname of the sockets this probe looks for (the TCP/UDP tables').
 INET_PROTOCOLS = {b"TCP": "tcp", b"TCPv6": "tcp", b"UDP": "udp", b"UDPv6": "udp"}
@@ -44,7 +44,7 @@ class LiveProbe:
                     t = parse_fd_target(self.fs.readlink(pid, f"fd/{fd}"))
                 except ProcFSError:
                     continue
-                proto = self._inet_protocol(pid, fd) if t.kind == "socket" else None
+                proto = INET_PROTOCOLS.get(socket_protocol(self.fs, pid, fd)) if t.kind == "socket" else None
                 if proto is not None:
                     inodes.setdefault(t.inode, ([], proto))[0].append(fd)
         except (ProcFSError, OSError, ValueError):
@@ -72,15 +72,6 @@ class LiveProbe:
                 out.append({"fds": fds, "inode": inode, "protocol": proto, "state": None,
                             "remote": None})
         return out
-
-    def _inet_protocol(self, pid: int, fd: int) -> str | None:
-        """"tcp" or "udp" if pid's fd is such a socket, else None: one getxattr, no socket lock
-        (as missed_by_table)."""
-        try:
-            proto = self.fs.getxattr(pid, b"fd/%d" % fd, "system.sockprotoname")
-        except ProcFSError:
-            return None
-        return INET_PROTOCOLS.get(proto.rstrip(b"\0"))
 
     def exe(self, pid: int, start_ticks: int | None) -> str | None:
         """The executable path process (pid, start_ticks) runs now; None when gone or reused."""

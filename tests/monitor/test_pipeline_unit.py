@@ -14,6 +14,7 @@ from monitor.records import LostRecord, lost_since
 from monitor.sensors.bpf import wire
 from monitor.sensors.bpf.source import exec_record, exit_record, fork_record
 from userspace.procfs import ProcFS
+from userspace.sockets import DumpBudget
 from userspace.types import NSEC_PER_TICK, ProcessSnapshot, ProcKey
 
 BOOT = "4b7c1a7e-1111-2222-3333-444455556666"
@@ -408,8 +409,8 @@ def test_stats_count_the_alerts_of_what_was_emitted_before_them(proc_tree, tmp_p
 
 
 def test_the_enrichers_socket_table_lives_as_long_as_its_dumps_allow(proc_tree):
-    """A table is kept SOCKET_TABLE_TTL_S, or SOCKET_DUMP_IDLE_FACTOR times as long as reading
-    it took if that is longer: any user can open tens of thousands of sockets (38,000 made one
+    """A table is kept SOCKET_TABLE_TTL_S, and longer while the dump budget allows no new dump
+    (DumpBudget.IDLE_FACTOR times as long as the last one took): any user can open tens of thousands of sockets (38,000 made one
     dump 1.2 s here), and a table read again every second then took most of the monitor's CPU."""
     from monitor import enrich as E
 
@@ -419,8 +420,8 @@ def test_the_enrichers_socket_table_lives_as_long_as_its_dumps_allow(proc_tree):
     e._sockets_at -= E.SOCKET_TABLE_TTL_S + 0.1
     assert e.sockets() is not t  # a cheap table: read again after the TTL, as before
     t = e.sockets()
-    t.spent = 1.0  # as the dumps of a host with tens of thousands of sockets
+    e._dump_budget.spent(1.0)  # as a dump on a host with tens of thousands of sockets
     e._sockets_at -= 2 * E.SOCKET_TABLE_TTL_S
     assert e.sockets() is t
-    e._sockets_at -= E.SOCKET_DUMP_IDLE_FACTOR * t.spent
+    e._dump_budget.next_at -= DumpBudget.IDLE_FACTOR * 1.0  # that much later
     assert e.sockets() is not t
