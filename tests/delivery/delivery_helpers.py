@@ -22,14 +22,16 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
-def wait_for(predicate, timeout: float, what: str, every: float = 0.1):
+def wait_for(predicate, timeout: float, what, every: float = 0.1):
+    """Poll until predicate() is true. `what` (a string, or a callable giving one at the
+    timeout) says what was awaited and, when it can, what was seen instead."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+            pytest.fail(f"timed out after {timeout}s waiting for {what() if callable(what) else what}")
         time.sleep(every)
 
 
