@@ -266,7 +266,7 @@ def sensor_settings(args):
         sensor=args.sensor, perf_pages=args.perf_pages or limits.PERF_PAGES,
         wakeup_events=args.wakeup_events or limits.WAKEUP_EVENTS,
         poll_interval_s=args.poll_interval, backlog=args.backlog, proc_root=args.proc_root,
-        record_path=args.record)
+    )
 
 
 def delivery_options(args):
@@ -328,6 +328,14 @@ def cmd_watch(args) -> int:
     except OSError as e:
         print(f"procsentry: cannot open {e.filename or 'an output'}: {e.strerror}", file=sys.stderr)
         return EX_ERROR
+    if args.record:
+        from monitor.output import open_output  # noqa: PLC0415
+        try:
+            settings.record_to = os.fdopen(open_output(args.record), "w")
+        except OutputRefused as e:
+            sink.close()
+            print(f"procsentry: --record: {e}", file=sys.stderr)
+            return EX_USAGE
     try:
         source, note = sensors.choose(settings)
     except sensors.NoSensor as e:

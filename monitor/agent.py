@@ -30,6 +30,7 @@ import time
 from typing import Any, Iterator
 
 from monitor.events import StartEvent, StatsEvent
+from monitor.trusted import Untrusted, open_own_dir, replace_own_file
 
 DEFAULT_STATE_DIR = "/var/lib/procsentry"
 STATE_ENV = "PROCSENTRY_STATE_DIR"
@@ -119,19 +120,9 @@ def _checked_dir(path: str, create: bool) -> int:
         except OSError as e:
             raise AgentError(f"{path}: cannot create ({e.strerror})") from None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as e:
-        raise AgentError(f"{path}: cannot open as a directory ({e.strerror}; a symlink is refused)") from None
-    st = os.fstat(fd)
-    problem = None
-    if st.st_uid != os.geteuid():
-        problem = f"owned by uid {st.st_uid}, not {os.geteuid()}"
-    elif st.st_mode & 0o022:
-        problem = f"writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
-    if problem:
-        os.close(fd)
-        raise AgentError(f"{path}: {problem}; refusing to use it")
-    return fd
+        return open_own_dir(path, create=False)
+    except Untrusted as e:
+        raise AgentError(str(e)) from None
 
 
 def _read_json(dir_fd: int, name: str) -> dict | None:
@@ -152,22 +143,7 @@ def _read_json(dir_fd: int, name: str) -> dict | None:
 
 
 def _write_json(dir_fd: int, name: str, data: dict) -> None:
-    """Atomically: a new 0600 file (O_EXCL, never an existing or planted one), then rename."""
-    tmp = f".{name}.{os.getpid()}.tmp"
-    try:
-        os.unlink(tmp, dir_fd=dir_fd)
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                 dir_fd=dir_fd)
-    try:
-        blob = json.dumps(data, default=_plain, sort_keys=True).encode() + b"\n"
-        view = memoryview(blob)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    replace_own_file(dir_fd, name, json.dumps(data, default=_plain, sort_keys=True).encode() + b"\n")
 
 
 def _plain(obj: Any) -> Any:

@@ -18,16 +18,16 @@ and its line, exit 2): a mistyped key must never silently leave a default in for
 from __future__ import annotations
 
 import argparse
-import errno
 import hashlib
 import json
 import os
 import re
-import stat
 import sys
 import textwrap
 from dataclasses import dataclass
 from typing import Any
+
+from monitor.trusted import Untrusted, read_trusted
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -184,50 +184,13 @@ MAX_BYTES = 1 << 20  # a settings file is a few KiB; anything near this is not o
 
 
 def _read_checked(path: str) -> bytes:
-    """The file's bytes, once it is known to be a file a root daemon may take settings from.
-
-    The file tells a root daemon where to write: one that someone else can change would let
-    them choose (an output file, a rules path). It must be ours and writable by us alone. All
-    of that is checked on the open descriptor before a byte is read: a file named in a
-    directory another user can write (--config /tmp/..., $PROCSENTRY_CONFIG) could be their
-    FIFO (the open would block the agent's start for ever: O_NONBLOCK) or their symlink to
-    /dev/zero (read to the end, it took all memory) or to a secret of root's (whose first
-    line a TOML error would describe). A symlink is followed only when we or root own it:
-    /etc may be managed with symlinks, but not by other users."""
+    """The file's bytes, once it is known to be a file a root daemon may take settings from
+    (monitor/trusted.py): it tells the daemon where to write, so one that someone else can
+    change would let them choose (an output file, a rules path)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise ConfigError(f"{path}: cannot read: {os.strerror(errno.EISDIR)}")
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{path}: not a regular file; refusing to use it")
-        if st.st_uid not in (os.geteuid(), 0):
-            raise ConfigError(f"{path}: owned by uid {st.st_uid}, not {os.geteuid()}; refusing to use it")
-        if st.st_mode & 0o022:
-            raise ConfigError(f"{path}: writable by group or others (mode "
-                              f"{st.st_mode & 0o7777:04o}); refusing to use it")
-        try:
-            link = os.lstat(path)
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-        if stat.S_ISLNK(link.st_mode) and link.st_uid not in (os.geteuid(), 0):
-            raise ConfigError(f"{path}: a symbolic link owned by uid {link.st_uid}; refusing to follow it")
-        if st.st_size > MAX_BYTES:
-            raise ConfigError(f"{path}: larger than {MAX_BYTES >> 10} KiB; refusing to read it")
-        chunks, left = [], MAX_BYTES + 1
-        while left > 0 and (chunk := os.read(fd, min(left, 65536))):
-            chunks.append(chunk)
-            left -= len(chunk)
-        if left <= 0:  # grew since the fstat
-            raise ConfigError(f"{path}: larger than {MAX_BYTES >> 10} KiB; refusing to read it")
-        return b"".join(chunks)
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    finally:
-        os.close(fd)
+        return read_trusted(path, MAX_BYTES)
+    except Untrusted as e:
+        raise ConfigError(str(e)) from None
 
 
 def load(path: str, watch: argparse.ArgumentParser) -> dict[str, Any]:

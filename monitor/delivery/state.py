@@ -11,9 +11,10 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
-import stat
 
 from monitor.events import Host
+from monitor.trusted import Untrusted, open_own_dir, open_own_file
+
 
 def default_state_dir() -> str:
     """$PROCSENTRY_STATE_DIR, else /var/lib/procsentry for root and the XDG state directory
@@ -26,54 +27,11 @@ def default_state_dir() -> str:
     return os.path.join(base, "procsentry")
 
 
-class StateError(Exception):
-    """The state directory or a file in it cannot be used safely (one line for the user)."""
-
-
-def _check(st: os.stat_result, what: str, kind) -> None:
-    if not kind(st.st_mode):
-        raise StateError(f"{what}: unexpected file type (a symlink or special file?); refusing to use it")
-    if st.st_uid != os.geteuid():
-        raise StateError(f"{what}: owned by uid {st.st_uid}, not {os.geteuid()}; refusing to use it")
-    if st.st_mode & 0o022:
-        raise StateError(f"{what}: writable by group or others (mode {stat.S_IMODE(st.st_mode):o}); refusing to use it")
-
-
-def open_dir(path: str, parent_fd: int | None = None, create: bool = True) -> int:
-    """A checked directory descriptor (created 0700 when missing)."""
-    shown = path
-    if create:
-        try:
-            os.mkdir(path, 0o700, dir_fd=parent_fd)
-        except FileExistsError:
-            pass
-        except OSError as e:
-            raise StateError(f"{shown}: cannot create ({e.strerror})") from None
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
-    except OSError as e:
-        raise StateError(f"{shown}: cannot open as a directory ({e.strerror}; a symlink is refused)") from None
-    try:
-        _check(os.fstat(fd), shown, stat.S_ISDIR)
-    except StateError:
-        os.close(fd)
-        raise
-    return fd
-
-
-def open_file(dir_fd: int, name: str, flags: int, what: str) -> int:
-    """A checked regular file in a checked directory: never through a symlink, never another
-    user's file, always 0600."""
-    try:
-        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
-    except OSError as e:
-        raise StateError(f"{what}: cannot open ({e.strerror})") from None
-    try:
-        _check(os.fstat(fd), what, stat.S_ISREG)
-    except StateError:
-        os.close(fd)
-        raise
-    return fd
+# The directory checks are monitor/trusted.py's; a StateError is its Untrusted, so that one
+# `except StateError` covers a refused directory and a refused state file alike.
+StateError = Untrusted
+open_dir = open_own_dir
+open_file = open_own_file
 
 
 def read_host() -> Host:

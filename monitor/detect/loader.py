@@ -1,6 +1,7 @@
 """Load Sigma rule files with pySigma and compile the ones procsentry can evaluate.
 
-Every file is loaded on its own (`SigmaCollection.load_ruleset([file], collect_errors=True)`),
+Every file is loaded on its own (as `SigmaCollection.load_ruleset([file], collect_errors=True)`
+would, from the text read once it was checked: monitor/trusted.py),
 so one broken file is one skipped entry with its reason, never a failed start. A rule is
 skipped, with its id and the reason, when pySigma reports errors for it, when its log source
 is not process creation (Sysmon-style `category: process_creation` on Linux, or auditd EXECVE
@@ -8,7 +9,9 @@ records), or when the compiler meets something it cannot evaluate.
 """
 from __future__ import annotations
 
+import inspect
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,6 +19,7 @@ from typing import Callable
 from monitor.detect.compile import (PARENT_IMAGE_FIELDS, Pred, Unsupported, compile_condition,
                                     fields_of, required_basenames, required_literals)
 from monitor.events import RuleInfo
+from monitor.trusted import Untrusted, check_trusted_dir, read_trusted
 
 log = logging.getLogger("procsentry.detect")
 
@@ -49,16 +53,31 @@ class Skipped:
         self.reason = " ".join(self.reason.split())  # one line: YAML errors span several
 
 
-def rule_files(paths: list[str]) -> list[Path]:
-    """The rule files under each path (files as given, directories recursively, sorted)."""
+MAX_RULE_BYTES = 1 << 20  # a rule file is a few KiB: a bound on what one can make us read
+_FILTERS: dict | None = None
+
+
+def rule_files(paths: list[str], trusted_only: bool = True) -> list[Path]:
+    """The rule files under each path (files as given, directories recursively, sorted).
+
+    Rules decide what is alerted, so with trusted_only (every --rules path) a directory, and
+    each directory below it, must be one no one but root or this user can add a file to or
+    replace one in (monitor/trusted.py); read_rule checks each file. A symlinked directory
+    below is not entered. The built-in pack is the package's own files, as trusted as its code."""
     out: list[Path] = []
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            found = sorted(f for f in path.rglob("*") if f.suffix in RULE_SUFFIXES and f.is_file())
+            found = []
+            for top, dirs, files in os.walk(path, onerror=_raise):
+                if trusted_only:
+                    _trusted_dir(top)
+                dirs.sort()
+                found.extend(Path(top, f) for f in files
+                             if Path(f).suffix in RULE_SUFFIXES and Path(top, f).is_file())
             if not found:
                 raise RulesPathError(f"{p}: no .yml rule files in this directory")
-            out.extend(found)
+            out.extend(sorted(found))
         elif path.is_file():
             out.append(path)
         elif path.exists():
@@ -66,6 +85,30 @@ def rule_files(paths: list[str]) -> list[Path]:
         else:
             raise RulesPathError(f"{p}: no such file or directory")
     return out
+
+
+def _raise(e: OSError) -> None:
+    raise RulesPathError(f"{e.filename}: cannot list: {e.strerror}")
+
+
+def _trusted_dir(path: str) -> None:
+    try:
+        check_trusted_dir(path)
+    except Untrusted as e:
+        raise RulesPathError(f"{e} (rules decide what is alerted)") from None
+
+
+def read_rule(path: Path, trusted_only: bool = True) -> str:
+    """A rule file's text; with trusted_only, only a file root or this user alone can write.
+    RulesPathError when it is not one (the user's to fix, as a bad path is)."""
+    try:
+        if trusted_only:
+            raw = read_trusted(str(path), MAX_RULE_BYTES)
+        else:
+            raw = path.read_bytes()
+    except Untrusted as e:
+        raise RulesPathError(f"{e} (rules decide what is alerted)") from None
+    return raw.decode("utf-8", "replace")
 
 
 def logsource_problem(rule) -> str | None:
@@ -117,18 +160,28 @@ def _info(rule, source: str, file: str) -> RuleInfo:
         references=tuple(str(r) for r in (rule.references or ())), source=source, file=file)
 
 
-def load(paths: list[str], source: str = "sigma",
-         display: Callable[[Path], str] = str) -> tuple[list[CompiledRule], list[Skipped]]:
-    """Load and compile every rule under paths. Raises RulesPathError for a bad path only."""
+def load(paths: list[str], source: str = "sigma", display: Callable[[Path], str] = str,
+         trusted_only: bool = True) -> tuple[list[CompiledRule], list[Skipped]]:
+    """Load and compile every rule under paths. Raises RulesPathError for a bad path, or one
+    another user could write (see rule_files), only."""
     from sigma.collection import SigmaCollection  # noqa: PLC0415 - heavy import, only with rules
+    from sigma.exceptions import SigmaRuleLocation  # noqa: PLC0415
     from sigma.rule import SigmaRule  # noqa: PLC0415
 
+    global _FILTERS
+    if _FILTERS is None:  # load_ruleset collects filter documents where pySigma knows them (2.x)
+        known = inspect.signature(SigmaCollection.from_yaml).parameters
+        _FILTERS = {"collect_filters": True} if "collect_filters" in known else {}
     loaded: list[CompiledRule] = []
     skipped: list[Skipped] = []
-    for f in rule_files(paths):
+    files = rule_files(paths, trusted_only)
+    texts = [read_rule(f, trusted_only) for f in files]  # every file checked before any compiles
+    for f, text in zip(files, texts):
         name = display(f)
         try:
-            collection = SigmaCollection.load_ruleset([f], collect_errors=True)
+            # as SigmaCollection.load_ruleset([f]) reads one file, from the checked text
+            collection = SigmaCollection.from_yaml(text, collect_errors=True, source=SigmaRuleLocation(f),
+                                                   **_FILTERS)
         except Exception as e:  # noqa: BLE001 - a rule file must never stop the monitor
             skipped.append(Skipped(None, None, name, f"not loadable: {e}"))
             continue
@@ -186,4 +239,5 @@ def compile_rule(rule, source: str, file: str) -> CompiledRule:
 def load_builtin() -> tuple[list[CompiledRule], list[Skipped]]:
     root = BUILTIN_DIR.parent.parent.parent
     return load([str(BUILTIN_DIR)], "builtin",
-                display=lambda p: str(p.relative_to(root)) if p.is_relative_to(root) else str(p))
+                display=lambda p: str(p.relative_to(root)) if p.is_relative_to(root) else str(p),
+                trusted_only=False)

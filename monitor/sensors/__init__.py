@@ -13,7 +13,7 @@ monitor/reconcile.py), `drain()` returning records sorted by ts_ns (CLOCK_MONOTO
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import IO, Protocol
 
 from monitor.sensors.bpf import limits
 
@@ -41,7 +41,9 @@ class SensorSettings:
     poll_interval_s: float = 0.1
     backlog: int = 1024
     proc_root: str | None = None
-    record_path: str | None = None  # raw BPF records as hex lines (--record)
+    # --record (hidden): raw BPF records as hex lines, to this file. The CLI opens it, as it
+    # opens --output (never through a symlink, never another user's file).
+    record_to: IO[str] | None = None
 
     def problem(self) -> str | None:
         """Why these settings cannot work on any host (a usage error), or None."""
@@ -119,9 +121,8 @@ def choose(settings: SensorSettings, bpf_unavailable: str | None = None):
         why.append(f"BPF unavailable: {bpf_unavailable}")
     elif wanted in ("auto", "bpf"):
         from monitor.sensors.bpf.source import BpfSource  # noqa: PLC0415
-        record = settings.record_path
         src = BpfSource(perf_pages=settings.perf_pages, wakeup_events=settings.wakeup_events,
-                        record_to=open(record, "w") if record else None)
+                        record_to=settings.record_to)
         try:
             src.start()
             return src, f"{wanted}: {COST['bpf']}"

@@ -3,9 +3,12 @@ reported once with its id and reason and skipped, never a crash."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,6 +82,49 @@ def test_bad_rules_path_is_a_one_line_usage_error(tmp_path):
         lines = r.stderr.decode().splitlines()
         assert len(lines) == 1 and lines[0].endswith(f"{tmp_path / 'nope'}: no such file or directory"), lines
         assert r.stdout == b""
+
+
+@pytest.mark.root
+def test_rules_another_user_could_write_are_a_one_line_usage_error(tmp_path):
+    # Rules decide what is alerted: a rule someone else can edit is a way to switch off the
+    # alert about themselves. Such paths are refused as a bad path is, before anything loads.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "good.yml").write_text(GOOD)
+    shared.chmod(0o1777)  # as /tmp
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "good.yml").write_text(GOOD)
+    os.chown(theirs / "good.yml", 65534, 65534)
+    loose = tmp_path / "loose"
+    (loose / "sub").mkdir(parents=True)
+    (loose / "sub" / "good.yml").write_text(GOOD)
+    (loose / "sub" / "good.yml").chmod(0o666)
+    cases = [(shared, f"{shared}: writable by group or others (mode 1777)"),
+             (theirs, f"{theirs / 'good.yml'}: owned by uid 65534, not 0"),
+             (loose, f"{loose / 'sub' / 'good.yml'}: writable by group or others (mode 0666)")]
+    for path, why in cases:
+        for args in (["detect", "--rules", str(path)],
+                     ["watch", "--rules", str(path), "--duration", "1"],
+                     ["rules", "check", str(path)]):
+            r = run(*args)
+            assert r.returncode == 2, (args, r.stderr)
+            lines = r.stderr.decode().splitlines()
+            assert len(lines) == 1 and lines[0].endswith(
+                f"{why}; refusing to use it (rules decide what is alerted)"), (args, lines)
+            assert r.stdout == b""
+
+
+def test_a_symlinked_directory_below_a_rules_path_is_not_entered(tmp_path):
+    rules, elsewhere = tmp_path / "rules", tmp_path / "elsewhere"
+    rules.mkdir()
+    elsewhere.mkdir()
+    (rules / "good.yml").write_text(GOOD)
+    (elsewhere / "cmd.yml").write_text(COMMAND_LINE)
+    (rules / "more").symlink_to(elsewhere)
+    r = run("rules", "check", "--format", "json", str(rules))
+    assert r.returncode == 0, r.stderr
+    assert [Path(json.loads(line)["file"]).name for line in r.stdout.splitlines()] == ["good.yml"]
 
 
 def test_detect_skips_unusable_rules_but_evaluates_the_rest(tmp_path):

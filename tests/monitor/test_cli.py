@@ -92,6 +92,20 @@ def test_output_symlink_is_refused_before_anything_loads(tmp_path):
 
 
 @pytest.mark.root
+def test_the_raw_record_file_is_never_written_through_a_symlink(tmp_path):
+    # --record (hidden: raw BPF records for tests/data) opens its file as --output does
+    target = tmp_path / "passwd-copy"
+    target.write_bytes(Path("/etc/passwd").read_bytes())
+    before = target.read_bytes()
+    link = tmp_path / "raw.hex"
+    link.symlink_to(target)
+    p = run("watch", "--record", str(link), "--sensor", "bpf", "--duration", "1")
+    assert p.returncode == 2
+    assert p.stderr.decode() == f"procsentry: --record: {link} is a symbolic link; give the file itself\n"
+    assert target.read_bytes() == before
+
+
+@pytest.mark.root
 def test_output_owned_by_another_user_or_a_fifo_is_refused(tmp_path):
     theirs = tmp_path / "theirs.jsonl"
     theirs.write_bytes(b"")

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 
 from monitor.sensors.bpf.btf import BTF, BTFError
+from monitor.trusted import Untrusted, open_own_dir, open_own_file, replace_own_file
+
+log = logging.getLogger("procsentry.offsets")
 
 BTF_PATH = "/sys/kernel/btf/vmlinux"
 CACHE_DIR = os.environ.get("PROCSENTRY_CACHE_DIR", "/var/cache/procsentry")
@@ -182,33 +186,65 @@ def load(btf_path: str = BTF_PATH, cache_dir: str | None = CACHE_DIR) -> dict[st
     except OSError as e:
         raise OffsetsError(f"cannot read {btf_path}: {e.strerror}") from None
     digest = hashlib.sha256(blob).hexdigest()
-    cache_file = os.path.join(cache_dir, f"offsets-{digest[:32]}.json") if cache_dir else None
-    if cache_file:
-        try:
-            with open(cache_file, "rb") as f:
-                cached = json.load(f)
-            if cached.get("version") == CACHE_VERSION and cached.get("btf_sha256") == digest:
-                got = {str(k): int(v) for k, v in cached["offsets"].items()}
-                # a file written by a build with fewer WANTS (same version by mistake) would
-                # make the C fail to compile on a missing OFF_ macro: resolve again instead
-                if _MACROS <= got.keys():
-                    return got
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            pass  # absent or corrupt cache: resolve again
+    cache_name = f"offsets-{digest[:32]}.json"
+    cache_fd = _cache_dir(cache_dir) if cache_dir else None
     try:
-        offsets = resolve(BTF(blob))
-    except BTFError as e:
-        raise OffsetsError(f"cannot parse {btf_path}: {e}") from None
-    if cache_file:
+        if cache_fd is not None:
+            got = _cached(cache_fd, cache_name, digest)
+            if got is not None:
+                return got
         try:
-            os.makedirs(cache_dir, mode=0o755, exist_ok=True)
-            tmp = f"{cache_file}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
-                json.dump({"version": CACHE_VERSION, "btf_sha256": digest, "offsets": offsets}, f)
-            os.replace(tmp, cache_file)
-        except OSError:
-            pass  # a read-only /var is no reason not to run
-    return offsets
+            offsets = resolve(BTF(blob))
+        except BTFError as e:
+            raise OffsetsError(f"cannot parse {btf_path}: {e}") from None
+        if cache_fd is not None:
+            try:
+                replace_own_file(cache_fd, cache_name, json.dumps(
+                    {"version": CACHE_VERSION, "btf_sha256": digest, "offsets": offsets}).encode())
+            except OSError:
+                pass  # a read-only /var is no reason not to run
+        return offsets
+    finally:
+        if cache_fd is not None:
+            os.close(cache_fd)
+
+
+def _cache_dir(path: str) -> int | None:
+    """The cache directory, when it is one a root daemon may take offsets from. Offsets decide
+    which kernel fields the sensor reads: a file someone else could write there (a cache dir
+    set to /tmp/..., a symlink planted in its place) would let them feed it wrong ones, and a
+    symlink would make root write through it. Such a directory is not used: the offsets are
+    resolved from BTF again at every start (the same offsets, one BTF walk later), with a
+    warning."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), 0o755, exist_ok=True)
+        return open_own_dir(path, create=True)
+    except Untrusted as e:
+        log.warning("offsets cache not used: %s", e)
+    except OSError as e:
+        log.warning("offsets cache not used: %s: %s", path, e.strerror)
+    return None
+
+
+def _cached(dir_fd: int, name: str, digest: str) -> dict[str, int] | None:
+    try:
+        fd = open_own_file(dir_fd, name, os.O_RDONLY, name)
+    except Untrusted:
+        return None  # absent; or planted by someone else (a file of ours is never refused)
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            cached = json.loads(f.read(1 << 20))
+        if cached.get("version") == CACHE_VERSION and cached.get("btf_sha256") == digest:
+            got = {str(k): int(v) for k, v in cached["offsets"].items()}
+            # a file written by a build with fewer WANTS (same version by mistake) would
+            # make the C fail to compile on a missing OFF_ macro: resolve again instead
+            if _MACROS <= got.keys():
+                return got
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # a corrupt cache: resolve again
+    finally:
+        os.close(fd)
+    return None
 
 
 def cflags(offsets: dict[str, int]) -> list[str]:
