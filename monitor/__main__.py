@@ -5,6 +5,7 @@ Every exec, fork and exit on the host, from eBPF tracepoints, enriched from proc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -331,7 +332,9 @@ def cmd_watch(args) -> int:
     if args.record:
         from monitor.output import open_output  # noqa: PLC0415
         try:
-            settings.record_to = os.fdopen(open_output(args.record), "w")
+            record_fd = open_output(args.record)
+            os.ftruncate(record_fd, 0)  # a recording of this run only
+            settings = dataclasses.replace(settings, record_to=os.fdopen(record_fd, "w"))
         except OutputRefused as e:
             sink.close()
             print(f"procsentry: --record: {e}", file=sys.stderr)

@@ -27,7 +27,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any
 
-from monitor.trusted import Untrusted, read_trusted
+from monitor.trusted import Untrusted, check_ancestors, read_trusted
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -188,6 +188,7 @@ def _read_checked(path: str) -> bytes:
     (monitor/trusted.py): it tells the daemon where to write, so one that someone else can
     change would let them choose (an output file, a rules path)."""
     try:
+        check_ancestors(path)
         return read_trusted(path, MAX_BYTES)
     except Untrusted as e:
         raise ConfigError(str(e)) from None

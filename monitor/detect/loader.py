@@ -19,7 +19,7 @@ from typing import Callable
 from monitor.detect.compile import (PARENT_IMAGE_FIELDS, Pred, Unsupported, compile_condition,
                                     fields_of, required_basenames, required_literals)
 from monitor.events import RuleInfo
-from monitor.trusted import Untrusted, check_trusted_dir, read_trusted
+from monitor.trusted import Untrusted, check_ancestors, check_trusted_dir, read_trusted
 
 log = logging.getLogger("procsentry.detect")
 
@@ -60,13 +60,19 @@ _FILTERS: dict | None = None
 def rule_files(paths: list[str], trusted_only: bool = True) -> list[Path]:
     """The rule files under each path (files as given, directories recursively, sorted).
 
-    Rules decide what is alerted, so with trusted_only (every --rules path) a directory, and
-    each directory below it, must be one no one but root or this user can add a file to or
-    replace one in (monitor/trusted.py); read_rule checks each file. A symlinked directory
+    Rules decide what is alerted, so with trusted_only (every --rules path) every directory on
+    the way to it, the directory and each directory below it must be ones no one but root or
+    this user can add a file to or replace one in (monitor/trusted.py); read_rule checks each
+    file. A directory that cannot be listed is an error, not rules silently left out. A symlinked directory
     below is not entered. The built-in pack is the package's own files, as trusted as its code."""
     out: list[Path] = []
     for p in paths:
         path = Path(p)
+        if trusted_only and path.exists():
+            try:
+                check_ancestors(p)
+            except Untrusted as e:
+                raise RulesPathError(f"{e} (rules decide what is alerted)") from None
         if path.is_dir():
             found = []
             for top, dirs, files in os.walk(path, onerror=_raise):
@@ -98,8 +104,8 @@ def _trusted_dir(path: str) -> None:
         raise RulesPathError(f"{e} (rules decide what is alerted)") from None
 
 
-def read_rule(path: Path, trusted_only: bool = True) -> str:
-    """A rule file's text; with trusted_only, only a file root or this user alone can write.
+def read_rule(path: Path, trusted_only: bool = True) -> bytes:
+    """A rule file's bytes; with trusted_only, only a file root or this user alone can write.
     RulesPathError when it is not one (the user's to fix, as a bad path is)."""
     try:
         if trusted_only:
@@ -108,7 +114,7 @@ def read_rule(path: Path, trusted_only: bool = True) -> str:
             raw = path.read_bytes()
     except Untrusted as e:
         raise RulesPathError(f"{e} (rules decide what is alerted)") from None
-    return raw.decode("utf-8", "replace")
+    return raw
 
 
 def logsource_problem(rule) -> str | None:
@@ -175,13 +181,14 @@ def load(paths: list[str], source: str = "sigma", display: Callable[[Path], str]
     loaded: list[CompiledRule] = []
     skipped: list[Skipped] = []
     files = rule_files(paths, trusted_only)
-    texts = [read_rule(f, trusted_only) for f in files]  # every file checked before any compiles
-    for f, text in zip(files, texts):
+    raws = [read_rule(f, trusted_only) for f in files]  # every file checked before any compiles
+    for f, raw in zip(files, raws):
         name = display(f)
         try:
-            # as SigmaCollection.load_ruleset([f]) reads one file, from the checked text
-            collection = SigmaCollection.from_yaml(text, collect_errors=True, source=SigmaRuleLocation(f),
-                                                   **_FILTERS)
+            # as SigmaCollection.load_ruleset([f]) reads one file (UTF-8, strictly: a rule whose
+            # values cannot be decoded could never match), from the checked bytes
+            collection = SigmaCollection.from_yaml(raw.decode("utf-8"), collect_errors=True,
+                                                   source=SigmaRuleLocation(f), **_FILTERS)
         except Exception as e:  # noqa: BLE001 - a rule file must never stop the monitor
             skipped.append(Skipped(None, None, name, f"not loadable: {e}"))
             continue

@@ -222,7 +222,7 @@ def test_what_another_user_can_plant_at_the_path_is_refused_before_it_is_read(tm
     big.chmod(0o600)
     expect = {
         fifo: f"procsentry: config: {fifo}: not a regular file; refusing to use it\n",
-        zero: f"procsentry: config: {zero}: not a regular file; refusing to use it\n",
+        zero: f"procsentry: config: {zero}: a symbolic link owned by uid {nobody}; refusing to follow it\n",
         steal: f"procsentry: config: {steal}: a symbolic link owned by uid {nobody}; refusing to follow it\n",
         big: f"procsentry: config: {big}: larger than 1024 KiB; refusing to read it\n",
     }

@@ -34,9 +34,11 @@ COMMAND_LINE = GOOD.replace("000000000001", "000000000008").replace("Image|endsw
 EVERY_EVENT = GOOD.replace("000000000001", "000000000009").replace("Image|endswith: /id", "CommandLine|re: '^x'")
 
 
-def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+def run(*args: str, stdin: bytes = b"", env: dict | None = None) -> subprocess.CompletedProcess:
+    # SUDO_UID is one of the owners trusted (monitor/trusted.py): only a test that sets it has one
+    base = {k: v for k, v in os.environ.items() if k != "SUDO_UID"}
     return subprocess.run([sys.executable, "-m", "monitor", *args], input=stdin, capture_output=True,
-                          cwd=REPO, timeout=120)
+                          cwd=REPO, timeout=120, env={**base, **(env or {})})
 
 
 def test_rules_check_lists_loaded_and_skipped_with_reasons(tmp_path):
@@ -113,6 +115,69 @@ def test_rules_another_user_could_write_are_a_one_line_usage_error(tmp_path):
             assert len(lines) == 1 and lines[0].endswith(
                 f"{why}; refusing to use it (rules decide what is alerted)"), (args, lines)
             assert r.stdout == b""
+
+
+@pytest.mark.root
+def test_rules_in_a_directory_another_user_can_rename_are_refused(tmp_path):
+    # nobody cannot edit root's rules directory, but can swap it for another of root's
+    # directories (an older rules set) while it sits in a directory of theirs
+    theirs = tmp_path / "srv"
+    (theirs / "rules").mkdir(parents=True)
+    (theirs / "rules" / "good.yml").write_text(GOOD)
+    os.chown(theirs, 65534, 65534)
+    for path in (theirs / "rules", theirs / "rules" / "good.yml"):
+        r = run("rules", "check", str(path))
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.decode().splitlines() == [
+            f"procsentry: {path}: the directory {theirs} is owned by uid 65534; refusing to use it "
+            "(rules decide what is alerted)"]
+
+
+@pytest.mark.root
+def test_rules_of_the_user_who_ran_sudo_are_theirs_to_use(tmp_path):
+    # `sudo make run` from a newcomer's own checkout: their files, trusted as root's are
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "good.yml").write_text(GOOD)
+    for f in (mine, mine / "good.yml"):
+        os.chown(f, 65534, 65534)
+    assert run("rules", "check", str(mine)).returncode == 2  # anyone else's: refused
+    r = run("rules", "check", str(mine), env={"SUDO_UID": "65534"})
+    assert r.returncode == 0, r.stderr
+    # group-writable is harmless only in a group no one else is in: nogroup is not one
+    (mine / "good.yml").chmod(0o664)
+    r = run("rules", "check", str(mine), env={"SUDO_UID": "65534"})
+    assert r.returncode == 2
+    assert "writable by group or others (mode 0664)" in r.stderr.decode()
+
+
+def _root_group_is_private() -> bool:
+    """From the account files themselves (not the code under test): gid 0 has no members and
+    is no one's primary group but root's."""
+    members = [line.split(":")[3].strip() for line in Path("/etc/group").read_text().splitlines()
+               if line.split(":")[2:3] == ["0"]]
+    primary = [line.split(":")[0] for line in Path("/etc/passwd").read_text().splitlines()
+               if line.split(":")[3:4] == ["0"]]
+    return members in ([""], []) and primary == ["root"]
+
+
+@pytest.mark.root
+def test_group_writable_rules_in_their_owners_private_group_are_used(tmp_path):
+    # umask 002 with user private groups (Debian, Ubuntu): every file is group-writable
+    assert _root_group_is_private(), "this test expects root's group to be root's alone"
+    (tmp_path / "good.yml").write_text(GOOD)
+    os.chown(tmp_path / "good.yml", 0, 0)
+    (tmp_path / "good.yml").chmod(0o664)
+    r = run("rules", "check", str(tmp_path / "good.yml"))
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_rule_file_that_is_not_utf8_is_skipped_with_the_reason(tmp_path):
+    (tmp_path / "latin1.yml").write_bytes(GOOD.replace("/id", "/caf\u00e9").encode("latin-1"))
+    r = run("rules", "check", "--format", "json", str(tmp_path))
+    assert r.returncode == 1
+    [row] = [json.loads(line) for line in r.stdout.splitlines()]
+    assert row["status"] == "skipped" and "can't decode byte 0xe9" in row["reason"], row
 
 
 def test_a_symlinked_directory_below_a_rules_path_is_not_entered(tmp_path):

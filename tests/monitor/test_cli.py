@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -78,31 +79,38 @@ def test_output_in_a_missing_directory_fails_before_anything_loads():
 
 
 @pytest.mark.root
-def test_output_symlink_is_refused_before_anything_loads(tmp_path):
+@pytest.mark.parametrize("option,sensor", [("--output", "poll"), ("--record", "bpf")])
+def test_an_output_symlink_is_refused_before_anything_loads(tmp_path, option, sensor):
+    # --record (hidden: raw BPF records for tests/data) opens its file as --output does
     target = tmp_path / "passwd-copy"
     target.write_bytes(Path("/etc/passwd").read_bytes())
     before = target.read_bytes()
     link = tmp_path / "x.jsonl"
     link.symlink_to(target)
-    p = run("watch", "--output", str(link), "--sensor", "poll", "--duration", "1")
+    p = run("watch", option, str(link), "--sensor", sensor, "--duration", "1")
     assert p.returncode == 2
-    assert p.stderr.decode() == f"procsentry: --output: {link} is a symbolic link; give the file itself\n"
+    assert p.stderr.decode() == f"procsentry: {option}: {link} is a symbolic link; give the file itself\n"
     assert target.read_bytes() == before
     assert link.is_symlink() and os.readlink(link) == str(target)
 
 
-@pytest.mark.root
-def test_the_raw_record_file_is_never_written_through_a_symlink(tmp_path):
-    # --record (hidden: raw BPF records for tests/data) opens its file as --output does
-    target = tmp_path / "passwd-copy"
-    target.write_bytes(Path("/etc/passwd").read_bytes())
-    before = target.read_bytes()
-    link = tmp_path / "raw.hex"
-    link.symlink_to(target)
-    p = run("watch", "--record", str(link), "--sensor", "bpf", "--duration", "1")
-    assert p.returncode == 2
-    assert p.stderr.decode() == f"procsentry: --record: {link} is a symbolic link; give the file itself\n"
-    assert target.read_bytes() == before
+@pytest.mark.bpf
+def test_the_raw_record_file_holds_this_run_only(tmp_path):
+    rec = tmp_path / "raw.hex"
+    rec.write_text("OLD-RECORDING\n")
+    rec.chmod(0o600)
+    w = subprocess.Popen([sys.executable, "-m", "monitor", "watch", "--record", str(rec), "--sensor", "bpf",
+                          "--duration", "30", "--events", "start"], stdout=subprocess.PIPE, cwd=REPO)
+    try:
+        assert b'"event":"start"' in w.stdout.readline()  # attached: what runs now is recorded
+        subprocess.run(["/bin/true"], check=True)
+        time.sleep(0.5)
+    finally:
+        w.send_signal(signal.SIGINT)
+        assert w.wait(30) == 0
+    lines = rec.read_text().splitlines()
+    assert lines and "OLD-RECORDING" not in lines
+    assert all(bytes.fromhex(line) for line in lines)  # hex lines of raw records, nothing else
 
 
 @pytest.mark.root

@@ -218,7 +218,8 @@ def _cache_dir(path: str) -> int | None:
     warning."""
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), 0o755, exist_ok=True)
-        return open_own_dir(path, create=True)
+        # root's cache serves a user too (`watch --dump-bpf`), read only: writing it fails
+        return open_own_dir(path, create=True, allow_root=True)
     except Untrusted as e:
         log.warning("offsets cache not used: %s", e)
     except OSError as e:
@@ -228,7 +229,7 @@ def _cache_dir(path: str) -> int | None:
 
 def _cached(dir_fd: int, name: str, digest: str) -> dict[str, int] | None:
     try:
-        fd = open_own_file(dir_fd, name, os.O_RDONLY, name)
+        fd = open_own_file(dir_fd, name, os.O_RDONLY, name, allow_root=True)
     except Untrusted:
         return None  # absent; or planted by someone else (a file of ours is never refused)
     try:
