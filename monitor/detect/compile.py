@@ -31,6 +31,7 @@ from sigma import conditions as C
 from sigma import types as T
 
 from monitor.detect.fields import MISSING, View
+from monitor.detect.linear import glob_test, regex_search, wildcard_fullmatch
 from monitor.detect.regex_literals import regex_literals
 
 Pred = Callable[[View], bool]
@@ -181,10 +182,12 @@ def string_test(s: T.SigmaString, cased: bool) -> Callable[[str], bool]:
         if not shape:
             return lambda x: x == ""
         return lambda x: True
-    rx = "".join(re.escape(fold(p)) if isinstance(p, str) else (".*" if p is multi else ".")
-                 for p in parts)
-    m = re.compile(rx, re.DOTALL).fullmatch
-    return lambda x: m(x) is not None
+    # Any other shape, in time linear in the text (monitor/detect/linear.py): `*` alone by
+    # finding the literals in turn, with `?` by RE2.
+    if single not in parts:
+        return glob_test([fold(p) if isinstance(p, str) else None for p in parts])
+    return wildcard_fullmatch("".join(re.escape(fold(p)) if isinstance(p, str) else
+                                      (".*" if p is multi else ".") for p in parts))
 
 
 def _merged_test(values: list) -> Callable[[str], bool]:
@@ -235,10 +238,10 @@ def _field_value(field: str, value) -> Pred:
         return _lower_text(field, test)
     if isinstance(value, T.SigmaRegularExpression):
         try:
-            search = re.compile(_regex_text(value), _regex_flags(value)).search
+            found = regex_search(_regex_text(value), _regex_flags(value))
         except re.error as e:
             raise Unsupported(f"regular expression not valid in Python: {e}") from None
-        return _any_text(lambda v: v.text(field), lambda x: search(x) is not None)
+        return _any_text(lambda v: v.text(field), found)
     if isinstance(value, T.SigmaBool):  # before SigmaNumber: not a subclass, but be explicit
         want = bool(value.boolean)
         return lambda v: _eq_bool(v.get(field), want)
@@ -286,9 +289,8 @@ def _keyword(value) -> Pred:
         preds = [_any_text(g, test) for g in gets]
         return lambda v: any(p(v) for p in preds)
     if isinstance(value, T.SigmaRegularExpression):
-        search = re.compile(_regex_text(value), _regex_flags(value)).search
-        return lambda v: any(t is not None and search(t) is not None
-                             for t in (v.text(f) for f in KEYWORD_FIELDS))
+        found = regex_search(_regex_text(value), _regex_flags(value))
+        return lambda v: any(t is not None and found(t) for t in (v.text(f) for f in KEYWORD_FIELDS))
     raise Unsupported(f"keyword of type {type(value).__name__}")
 
 
