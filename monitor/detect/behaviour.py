@@ -351,7 +351,9 @@ class DownloadChmodExec(Behaviour):
                 self.pending -= 1
 
 
-_MODE = re.compile(r"[0-7]{3,4}\Z|[ugoa]*[+-=][rwxXstugo]+(,[ugoa]*[+-=][rwxXstugo]+)*\Z")
+# (`[-+=]`: written `[+-=]`, it was the range + to =, digits, "," "." "/" included, so an
+# operand such as a/x passed for a mode and was never tracked as the file made executable)
+_MODE = re.compile(r"[0-7]{3,4}\Z|[ugoa]*[-+=][rwxXstugo]+(,[ugoa]*[-+=][rwxXstugo]+)*\Z")
 
 
 def _adds_exec(args) -> bool:

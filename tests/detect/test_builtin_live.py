@@ -396,6 +396,12 @@ def test_download_chmod_exec(detecting, workdir):
         assert a["matched"]["file"] == str(workdir / "dl1")
         assert a["matched"]["downloaded_by"] == f"curl -sf -o dl1 {url}"
         assert a["matched"]["chmod"] == "chmod +x dl1"
+        # a path that looks like a chmod mode to a sloppy pattern (a/x: "a", "/", "x") is
+        # still the file made executable
+        p = run(["bash", "-c", f"cd {workdir} && mkdir a && curl -sf -o a/x {url} && chmod +x a/x && ./a/x go"])
+        assert p.wait(20) == 0
+        ev = exec_event(w, filename="./a/x", argv=["/bin/sh", "./a/x", "go"])
+        assert wait_alert(w, DOWNLOAD_EXEC, ev["exec_id"])["matched"]["file"] == str(workdir / "a" / "x")
         # look-alike: a file made executable and run, but copied locally, not downloaded
         b = run(["bash", "-c", f"cd {workdir} && cp www/stage2.sh local1 && chmod +x local1 && ./local1 go"])
         assert b.wait(20) == 0
