@@ -116,13 +116,75 @@ def _python_dollar(pattern: str) -> str:
     return "".join(out)
 
 
+# Python's \d, \w and \s on a str are Unicode (str.isdecimal, str.isalnum or "_", str.isspace);
+# RE2's are ASCII ([0-9], [0-9A-Za-z_], [\t\n\f\r ]). Handed to RE2 as written, `xmr\w+\s+--url`
+# would miss `xmrÄig --url` and `xmrig\v--url`, which Python's re (the documented semantics)
+# finds. So each becomes an explicit class of the code points Python's own tests accept.
+_CLASS_TESTS = {"d": str.isdecimal, "w": lambda c: c.isalnum() or c == "_", "s": str.isspace}
+_CLASS_RANGES: dict[str, str] = {}
+
+
+def _ranges(letter: str) -> str:
+    r"""The inside of an RE2 character class for Python's \<letter> (\D, \W, \S: the complement),
+    surrogates left out (RE2 matches UTF-8: a text with one is never handed to it)."""
+    got = _CLASS_RANGES.get(letter)
+    if got is None:
+        test, negate = _CLASS_TESTS[letter.lower()], letter.isupper()
+        spans, start = [], None
+        for cp in range(0x110000):
+            inside = (0xD800 <= cp <= 0xDFFF) is False and bool(test(chr(cp))) != negate
+            if inside and start is None:
+                start = cp
+            elif not inside and start is not None:
+                spans.append((start, cp - 1))
+                start = None
+        if start is not None:
+            spans.append((start, 0x10FFFF))
+        got = _CLASS_RANGES[letter] = "".join(
+            f"\\x{{{a:x}}}" if a == b else f"\\x{{{a:x}}}-\\x{{{b:x}}}" for a, b in spans)
+    return got
+
+
+def _python_classes(pattern: str) -> str:
+    r"""\d \D \w \W \s \S with Python's (Unicode) meaning, for RE2: outside a character class
+    as a class of their own, inside one as its ranges (a negated letter: the complement's)."""
+    if not re.search(r"\\[dDwWsS]", pattern):
+        return pattern
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            esc = pattern[i + 1:i + 2]
+            if esc and esc in "dDwWsS":
+                out.append(_ranges(esc) if in_class else f"[{_ranges(esc)}]")
+            else:
+                out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            if c == "]" and not (out[-1] == "[" or out[-1] == "[^"):
+                in_class = False
+            out.append(c)
+        elif c == "[":
+            in_class = True
+            if pattern.startswith("[^", i):
+                out.append("[^")
+                i += 2
+                continue
+            out.append("[")
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
 def regex_search(pattern: str, flags: int) -> Test:
     """re.search(pattern, x, flags) is not None, in linear time when RE2 can express it.
     Raises re.error for a pattern Python rejects (the rule is then skipped)."""
     compiled = re.compile(pattern, flags)  # Python's verdict on validity, and the fallback
     if re2 is not None and not _backtracking_only(pattern, flags):
         inline = "".join(c for f, c in _INLINE if flags & f)
-        rx = pattern if flags & re.MULTILINE else _python_dollar(pattern)
+        rx = _python_classes(pattern if flags & re.MULTILINE else _python_dollar(pattern))
         try:
             search = re2.compile(f"(?{inline}){rx}" if inline else rx).search
         except re2.error:

