@@ -37,6 +37,8 @@ class EventBuilder:
             if a.ancestor is None:  # built once per exec image, shared by every descendant
                 argv, cut = bounded_argv(a.argv)
                 a.ancestor = Ancestor(a.pid, a.exec_id, a.exe, argv, cut, self.image_id(a))
+                if cut:  # for the detector's ParentCommandLine (fields.parent_argv); an
+                    a.ancestor._argv = a.argv  # underscore attribute: orjson leaves it out
             out.append(a.ancestor)
         return tuple(out)
 

@@ -31,7 +31,8 @@ from typing import Any, Callable, Iterable
 
 from monitor.detect import behaviour
 from monitor.detect.compile import SUFFIX, any_substring
-from monitor.detect.fields import View, as_record, attr, field_getter
+from monitor.build import ANCESTOR_ARGV_BYTES
+from monitor.detect.fields import PARENT_ARGV_FIELDS, Replayed, View, as_record, attr, field_getter
 from monitor.detect.loader import CompiledRule, Skipped, load, load_builtin
 from monitor.events import AlertEvent, RuleInfo
 
@@ -43,6 +44,7 @@ log = logging.getLogger("procsentry.detect")
 EVALUATED = frozenset(("exec", "existing", "missed"))
 _SEEN_ALERTS = 65536  # (rule, exec_id, time) remembered so one process alerts once per rule
 _USERS = 65536  # exec_id -> user, for ParentUser
+_LONG_ARGVS = 4096  # replayed (exec_id, image_id) -> argv longer than an ancestor's, for ParentCommandLine
 _BASENAMES = 4096  # basenames whose plan is remembered (cleared when full)
 _EXES = 1024  # executable paths whose basename and plan are remembered (cleared when full)
 _SEEN_TEXTS = 1024  # values per field whose literal search result is remembered (see _literal_hit)
@@ -90,12 +92,17 @@ class Detector:
         self._literal_search = []
         for f, lits in sorted(by_field.items()):
             search = _searcher(lits)
-            self._literal_search.append((f, None if f == "ParentUser" else field_getter(f), search, {},
+            by_view = f == "ParentUser" or f in PARENT_ARGV_FIELDS  # the View's own state too
+            self._literal_search.append((f, None if by_view else field_getter(f), search, {},
                                          (bool(search("false")), bool(search("true")))))
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         # exec_id -> user, kept only when a rule reads ParentUser (no SigmaHQ Linux rule does)
         self._users: OrderedDict[str, str | None] | None = (
             OrderedDict() if any("ParentUser" in r.fields for r in rules) else None)
+        # A replayed stream's execs whose argv an ancestor's view cuts (fields.parent_argv),
+        # kept only when a rule reads the parent's command line; live, the ancestor has it.
+        self._long_argvs: OrderedDict[tuple, tuple] | None = (
+            OrderedDict() if any(PARENT_ARGV_FIELDS & r.fields for r in rules) else None)
         self._exes: dict[str, tuple[str, tuple]] = {}  # exe -> (its basename, its plan): see _observe
         self.alerts_per_rule: dict[str, int] = {}
         self.errors_per_rule: dict[str, int] = {}
@@ -155,11 +162,18 @@ class Detector:
                     self._exes.clear()
                 self._exes[exe] = known
         base, (candidates, runs, gated) = known
+        long_argvs = self._long_argvs
+        if long_argvs is not None and ev.__class__ is Replayed:
+            argv = ev.argv
+            if argv and sum(map(len, argv)) + len(argv) - 1 > ANCESTOR_ARGV_BYTES:
+                long_argvs[(ev.exec_id, ev.image_id)] = tuple(argv)
+                if len(long_argvs) > _LONG_ARGVS:
+                    long_argvs.popitem(last=False)
         users = self._users
         if users is None:
-            view = View(ev, None, base)
+            view = View(ev, None, base, long_argvs)
         else:
-            view = View(ev, users.get(ev.parent_exec_id), base)
+            view = View(ev, users.get(ev.parent_exec_id), base, long_argvs)
             if ev.exec_id is not None:
                 users[ev.exec_id] = ev.user
                 if len(users) > _USERS:

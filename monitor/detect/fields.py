@@ -63,6 +63,26 @@ def _parent(ev):
     return anc[0] if anc else None
 
 
+def parent_argv(ev, long_argvs: dict | None = None):
+    """The nearest ancestor's argv, whole. An ancestor's own argv is cut after 256 bytes
+    (build.bounded_argv): a parent that padded its command line past that would hide the rest
+    from every ParentCommandLine rule. Live, a cut ancestor carries the whole argv in _argv
+    (the process table's, not serialised); replayed, it is the parent image's own exec event
+    seen earlier in the stream (long_argvs: (exec_id, image_id) -> argv, kept by the engine);
+    the cut argv only when neither is known."""
+    p = _parent(ev)
+    if p is None:
+        return None
+    argv = attr(p, "argv")
+    if attr(p, "argv_truncated"):
+        full = None if type(p) is dict else getattr(p, "_argv", None)
+        if full is None and long_argvs:
+            full = long_argvs.get((attr(p, "exec_id"), attr(p, "image_id")))
+        if full is not None:
+            return full
+    return argv
+
+
 def _basename(path: str | None) -> str | None:
     return None if path is None else path.rsplit("/", 1)[-1]
 
@@ -111,7 +131,7 @@ SYSMON: dict[str, Callable[[Any], Any]] = {
     "ProcessGuid": operator.attrgetter("exec_id"),
     "ParentProcessGuid": operator.attrgetter("parent_exec_id"),
     "ParentImage": lambda ev: attr(_parent(ev), "exe"),
-    "ParentCommandLine": lambda ev: _join(attr(_parent(ev), "argv")),
+    "ParentCommandLine": lambda ev: _join(parent_argv(ev)),
     "OriginalFileName": lambda ev: _basename(ev.exe),
 }
 
@@ -135,10 +155,11 @@ EXTRA: dict[str, Callable[[Any], Any]] = {
     "ancestry.pid": _ancestry_field("pid"),
     "ancestry.exec_id": _ancestry_field("exec_id"),
     "parent.exe": lambda ev: attr(_parent(ev), "exe"),
-    "parent.argv": lambda ev: attr(_parent(ev), "argv"),
+    "parent.argv": parent_argv,
 }
 
 RESOLVERS: dict[str, Callable[[Any], Any]] = {**SYSMON, **AUDITD, **EXTRA}
+PARENT_ARGV_FIELDS = frozenset(("ParentCommandLine", "parent.argv"))  # View: see parent_argv
 _AUDIT_ARG = re.compile(r"a([0-9]+)\Z")
 
 
@@ -199,20 +220,25 @@ def _path(obj: Any, parts: list[str]) -> Any:
 class View:
     """One event as the rules see it: fields resolved lazily, once, lower-cased once."""
 
-    __slots__ = ("ev", "_values", "_lower", "parent_user", "base")
+    __slots__ = ("ev", "_values", "_lower", "parent_user", "base", "long_argvs")
 
-    def __init__(self, ev: Any, parent_user: str | None = None, base: str = "") -> None:
+    def __init__(self, ev: Any, parent_user: str | None = None, base: str = "",
+                 long_argvs: dict | None = None) -> None:
         self.ev = as_record(ev)
         self.base = base  # the executable's basename, lower-cased ("" without one)
         self._values: dict[str, Any] = {}
         self._lower: dict[str, Any] = {}
         self.parent_user = parent_user
+        self.long_argvs = long_argvs  # see parent_argv
 
     def get(self, name: str) -> Any:
         v = self._values.get(name, MISSING)
         if v is MISSING:
             if name == "ParentUser":
                 v = self.parent_user
+            elif name in PARENT_ARGV_FIELDS and self.long_argvs:
+                argv = parent_argv(self.ev, self.long_argvs)
+                v = _join(argv) if name == "ParentCommandLine" else argv
             else:  # resolve()
                 v = field_getter(name)(self.ev)
             self._values[name] = v

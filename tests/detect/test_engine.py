@@ -253,3 +253,31 @@ def _argv0_through(top, tmp_path) -> None:
         got = det.observe(event(exe="/usr/bin/true", filename="/usr/bin/true", argv=[argv0],
                                 exec_id=f"b:4:{i}"))
         assert [a.rule.id for a in got] == [ARGV0] * alerts, argv0
+
+
+def test_live_parent_command_line_is_whole_past_the_ancestor_cut():
+    """Live, the ancestry's argv is cut after 256 bytes (output size) but the detector reads the
+    process table's whole argv: a parent padding its command line hid the rest before."""
+    import orjson
+
+    from monitor.build import EventBuilder
+    from monitor.detect.fields import resolve
+    from monitor.events import ProcessEvent
+    from monitor.table import Entry
+
+    long = ["python3", "-c", "#" * 300 + ";import pty;pty.spawn('/bin/sh')"]
+    parent = Entry(pid=600, start_ticks=1, exec_id="b:5:600", exe="/usr/bin/python3.11", argv=tuple(long))
+
+    class Table:
+        def ancestry(self, entry, depth):
+            return [parent]
+    anc = EventBuilder(Table(), None, 10).ancestry(None)
+    assert anc[0].argv == ("python3", "-c") and anc[0].argv_truncated is True
+    assert b"pty.spawn" not in orjson.dumps(anc[0])  # the output keeps its bound
+    child = ProcessEvent(event="exec", time="t", source="bpf", pid=601, ppid=600, exec_id="b:5:601",
+                         parent_exec_id="b:5:600", uid=0, euid=0, gid=0, egid=0, user="root",
+                         comm="sh", exe="/usr/bin/dash", argv=("sh",), argv_truncated=False, cwd="/", start_time=2,
+                         container_id=None, ns=None, enrichment="full", ancestry=anc)
+    assert resolve(child, "ParentCommandLine") == " ".join(long)
+    assert resolve(child, "parent.argv") == tuple(long)
+    assert resolve(child, "ancestry.argv") == ("python3 -c",)  # deeper fields keep the bound

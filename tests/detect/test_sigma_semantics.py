@@ -128,6 +128,16 @@ CASES = [
      [({"ancestry": [{"pid": 2, "exec_id": "b:5:2", "exe": "/usr/sbin/nginx", "argv": ["nginx:", "master", "process"]}]}, True),
       ({"ancestry": [{"pid": 2, "exec_id": "b:5:2", "exe": "/usr/sbin/nginx", "argv": ["nginx"]}]}, False),
       ({"ancestry": None}, False)]),
+    # An ancestor's argv is cut after 256 bytes: a parent padding its command line past that hid
+    # the rest from ParentCommandLine. The parent's own exec (earlier in the stream) has it all.
+    ("parent_command_line_past_the_ancestor_cut",
+     "sel: {ParentCommandLine|contains: 'pty.spawn'}\n  condition: sel", PROCESS_CREATION,
+     [({"pid": 600, "exec_id": "b:5:600", "image_id": "i:600", "exe": "/usr/bin/python3.11",
+        "argv": ["python3", "-c", "#" * 300 + ";import pty;pty.spawn('/bin/sh')"]}, False),
+      ({"ancestry": [{"pid": 600, "exec_id": "b:5:600", "image_id": "i:600", "exe": "/usr/bin/python3.11",
+                      "argv": ["python3", "-c"], "argv_truncated": True}]}, True),
+      ({"ancestry": [{"pid": 600, "exec_id": "b:5:600", "image_id": "i:other", "exe": "/usr/bin/python3.11",
+                      "argv": ["python3", "-c"], "argv_truncated": True}]}, False)]),
     ("ancestors_list_field", "sel:\n    ancestry.exe|endswith: /nginx\n  condition: sel", PROCESS_CREATION,
      [({"ancestry": [{"pid": 3, "exec_id": "b:5:3", "exe": "/usr/bin/dash", "argv": ["sh"]},
                      {"pid": 2, "exec_id": "b:5:2", "exe": "/usr/sbin/nginx", "argv": ["nginx"]}]}, True),
