@@ -337,6 +337,8 @@ class Pipeline:
             entry.container_id = snap.container_id
             if r.kernel_captured:
                 differs = _differences(r, snap)
+            if "exe_truncated" in r.capture:
+                entry.exe = self._whole_exe(entry, key) or entry.exe
         elif r.cgroup_id is not None:
             try:
                 known = self.enricher.container_of(r.cgroup_id)
@@ -358,6 +360,26 @@ class Pipeline:
             cap_eff=_hex(r.cap_eff), cap_prm=_hex(r.cap_prm), stdio=_stdio(r.stdio))
         self.emit_process(ev)
         return entry
+
+    def _whole_exe(self, entry: Entry, key: Key) -> str | None:
+        """The executable's whole path from procfs where the kernel's walk kept only its leaf
+        end (capture exe_truncated: deeper than 64 components or 4 KiB): a payload run from
+        /tmp/a/a/.../a/x (70 deep) showed as `.../a/x`, and no rule's `Image|startswith:
+        '/tmp/'` could match it. The link is taken only when the process still runs the image
+        the kernel reported (stat read after it: same start, same image_id) and it ends with
+        what the kernel kept; else None."""
+        kept = entry.exe
+        if kept is None or not kept.startswith(".../") or entry.image_id is None:
+            return None
+        try:
+            exe = text_or_none(self.fs.readlink(key[0], "exe"))
+            st = read_stat(self.fs, key[0])
+        except (ProcFSError, OSError, ValueError):
+            return None
+        if (st.starttime != key[1] or exe is None or not exe.startswith("/")
+                or ProcKey(self.boot_id, key[0], key[1]).image_id(st.arg_start, st.end_code) != entry.image_id):
+            return None
+        return exe if exe.endswith(kept[3:]) else None
 
     def _enrichment_failed(self, pid: int, exc: Exception) -> None:
         """A reader raised what it should not have (a ProcFSError is a reason, handled inside).

@@ -35,7 +35,7 @@ DOCS: dict[str, str] = {
     "egid": "Effective group ID.",
     "user": "User name of uid on this host, if it has one.",
     "comm": "Kernel task name (at most 15 bytes).",
-    "exe": "Absolute path of the executable that was mapped (for a #! script, the interpreter). A path deeper or longer than the kernel sensor's walk (capture exe_truncated) is its leaf end only, starting with .../ instead of /.",
+    "exe": "Absolute path of the executable that was mapped (for a #! script, the interpreter). A path deeper or longer than the kernel sensor's walk (capture exe_truncated) is read whole from procfs while the process still runs that image, else is its leaf end only, starting with .../ instead of /.",
     "argv": "Arguments exactly as the program saw them. Invalid UTF-8 bytes appear as \\xNN; see argv_raw.",
     "argv_truncated": "argv was longer than the capture limit (32 KiB); see argc and argv_size for the original.",
     "cwd": "Working directory at exec; starts with .../ when only its leaf end was captured (capture cwd_truncated).",

@@ -274,6 +274,24 @@ def test_exec_from_tmp_and_hidden_dir(detecting, workdir):
     assert settled_alerts(w, WORLD_WRITABLE, built["exec_id"]) == []
 
 
+def test_exec_from_tmp_deeper_than_the_kernel_walk(detecting, workdir):
+    """70 directories deep, the kernel's walk keeps the leaf end of the path (`.../d/payload`):
+    no `Image|startswith: '/var/tmp/'` could match it. procfs has the whole path."""
+    w = detecting
+    deep = workdir
+    for _ in range(70):
+        deep = deep / "d"
+    deep.mkdir(parents=True)
+    shutil.copy("/bin/sleep", deep / "payload")
+    p = run(["./payload", "3"], cwd=deep)
+    ev = exec_event(w, pid=p.pid, argv=["./payload", "3"])
+    assert "exe_truncated" in ev["capture"], ev
+    assert ev["exe"] == str(deep / "payload"), {k: ev.get(k) for k in ("enrichment", "missing", "image_id", "capture")}
+    a = wait_alert(w, WORLD_WRITABLE, ev["exec_id"])
+    assert a["matched"] == {"Image": str(deep / "payload")}
+    p.wait(60)
+
+
 # -- 5. pkexec with empty argv, unexpected setuid ------------------------------------------------
 EMPTY_ARGV = ("import ctypes, sys\n"
               "libc = ctypes.CDLL(None, use_errno=True)\n"
