@@ -301,24 +301,26 @@ class DownloadChmodExec(Behaviour):
         self.pending = 0  # entries in state "executable": then any exec may be one of them
 
     def wants(self, base: str) -> bool:
-        return base in self.DOWNLOADERS or base == "chmod"
+        return base in self.DOWNLOADERS or base == "chmod" or base in MULTICALL_APPLETS
 
     def observe(self, ev, view, probe):
         if view is None:
             return
         name = view.base
-        if name not in self.DOWNLOADERS and name != "chmod" and not self.pending:
+        if name not in self.DOWNLOADERS and name != "chmod" and name not in MULTICALL_APPLETS \
+                and not self.pending:
             return  # the common case: nothing downloaded and made executable is pending
         if attr(ev, "event") != "exec":
             return
-        argv = attr(ev, "argv") or ()
+        full = argv = attr(ev, "argv") or ()
+        name, argv = _applet(name, argv)  # busybox wget / chmod, or through a link so named
         cwd = attr(ev, "cwd") or "/"
         session = attr(ev, "sessionid")
         now = time.monotonic()
         if name in self.DOWNLOADERS:
             for path in _download_targets(name, argv):
                 self._remember((session, _abs(cwd, path)), ["downloaded", attr(ev, "exec_id"),
-                                                            " ".join(argv), now])
+                                                            " ".join(full), now])
             return
         if name == "chmod" and len(argv) >= 3 and _adds_exec(argv[1:]):
             for a in argv[1:]:
@@ -327,7 +329,7 @@ class DownloadChmodExec(Behaviour):
                 st = self._files.get((session, _abs(cwd, a)))
                 if st is not None and now - st[3] < self.TTL_S:
                     st[0] = "executable"
-                    st.append(" ".join(argv))
+                    st.append(" ".join(full))
                     self.pending += 1
             return
         for path in {p for p in (attr(ev, "exe"), attr(ev, "filename")) if p}:
@@ -371,40 +373,94 @@ def _abs(cwd: str, path: str) -> str:
     return posixpath.normpath(path if path.startswith("/") else posixpath.join(cwd, path))
 
 
-def _download_targets(tool: str, argv) -> list[str]:
-    """Where the tool writes: -o/-O/--output/--output-document values, or the URL's basename
-    (curl -O, wget without -O)."""
-    out: list[str] = []
-    urls = [a for a in argv[1:] if "://" in a]
-    it = iter(range(1, len(argv)))
-    explicit = False
-    remote_name = False
-    for i in it:
+# Short options that take a value, per tool (curl 7.88 / wget 1.21 --help): in a cluster such
+# as curl's -sSLo FILE or wget's -qO FILE the first of these takes the rest of the cluster, or
+# the next argument when it ends the cluster. (wget's -nv/-nc/-nd are -n with a value.)
+_SHORT_WITH_VALUE = {
+    "curl": frozenset("AbcCdDeEFhHKmoPQrtTuUwxXyYz"),
+    "wget": frozenset("aABDeiIlnoOPQRtTUwX"),
+}
+_SHORT_WITH_VALUE["wget2"] = _SHORT_WITH_VALUE["wget"]
+MULTICALL_APPLETS = frozenset(("busybox", "toybox"))
+
+
+def _applet(name: str, argv) -> tuple[str, Any]:
+    """(tool, argv as the tool reads it) for a multi-call binary: an applet run through a link
+    named after it (Alpine's /usr/bin/wget -> /bin/busybox) or as `busybox wget ...`."""
+    if name in MULTICALL_APPLETS and argv:
+        a0 = _base(argv[0]).lower()
+        if a0 not in MULTICALL_APPLETS:
+            return a0, argv
+        if len(argv) > 1:
+            return _base(argv[1]).lower(), argv[1:]
+    return name, argv
+
+
+def _options(tool: str, argv) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """(option, value) pairs and the operands of a curl/wget command line: short clusters
+    split (-fsSLO is -f -s -S -L -O), long options with `=value` or a following value."""
+    with_value = _SHORT_WITH_VALUE.get(tool, frozenset())
+    long_with_value = ("--output", "--output-dir", "--output-document", "--directory-prefix")
+    opts: list[tuple[str, str | None]] = []
+    operands: list[str] = []
+    i, n = 1, len(argv)
+    while i < n:
         a = argv[i]
-        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        i += 1
+        if a == "--":
+            operands += argv[i:]
+            break
+        if a.startswith("--"):
+            name, eq, value = a.partition("=")
+            if not eq and name in long_with_value and i < n:
+                value = argv[i]
+                i += 1
+            opts.append((name, value if (eq or name in long_with_value) else None))
+        elif a.startswith("-") and len(a) > 1:
+            for j in range(1, len(a)):
+                c = a[j]
+                if c in with_value:
+                    value = a[j + 1:]
+                    if not value and i < n:
+                        value = argv[i]
+                        i += 1
+                    opts.append(("-" + c, value))
+                    break
+                opts.append(("-" + c, None))
+        else:
+            operands.append(a)
+    return opts, operands
+
+
+def _download_targets(tool: str, argv) -> list[str]:
+    """Where the tool writes: -o/-O/--output/--output-document values (in option clusters
+    too), or the URL's basename (curl -O, wget without -O) under --output-dir/-P."""
+    if tool in ("scp", "rsync"):
+        return [argv[-1]] if len(argv) > 2 and argv[-1] not in ("", "-") else []
+    out: list[str] = []
+    remote_name = tool in ("wget", "wget2")  # wget names the file after the URL by default
+    prefix = ""
+    opts, operands = _options(tool, argv)
+    for opt, value in opts:
         if tool == "curl":
-            if a in ("-o", "--output") and nxt:
-                out.append(nxt)
-                explicit = True
-            elif a.startswith("-o") and len(a) > 2 and not a.startswith("--"):
-                out.append(a[2:])
-                explicit = True
-            elif a in ("-O", "--remote-name"):
+            if opt in ("-o", "--output") and value:
+                out.append(value)
+            elif opt in ("-O", "--remote-name", "--remote-name-all"):
                 remote_name = True
+            elif opt == "--output-dir" and value:
+                prefix = value
         elif tool in ("wget", "wget2"):
-            if a in ("-O", "--output-document") and nxt:
-                out.append(nxt)
-                explicit = True
-            elif a.startswith("--output-document="):
-                out.append(a.split("=", 1)[1])
-                explicit = True
-            elif a.startswith("-O") and len(a) > 2:
-                out.append(a[2:])
-                explicit = True
-        elif tool in ("scp", "rsync") and i == len(argv) - 1:
-            out.append(a)
-    if (tool in ("wget", "wget2") and not explicit) or remote_name:
-        out += [u.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] for u in urls]
+            if opt in ("-O", "--output-document") and value:
+                out.append(value)
+                remote_name = False
+            elif opt in ("-P", "--directory-prefix") and value:
+                prefix = value
+    if tool == "curl" and prefix:
+        out = [p if p.startswith("/") or p == "-" else posixpath.join(prefix, p) for p in out]
+    if remote_name:
+        names = [u.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+                 for u in operands if "://" in u]
+        out += [posixpath.join(prefix, b) if prefix else b for b in names if b and "://" not in b]
     return [p for p in out if p and p != "-"]
 
 

