@@ -265,6 +265,13 @@ def test_exec_from_tmp_and_hidden_dir(detecting, workdir):
     ev2 = exec_event(w, pid=q.pid, argv=[str(hidden / "payload"), "hid"])
     wait_alert(w, HIDDEN, ev2["exec_id"])
     p.wait(60), q.wait(60)
+    # named like an excluded tool cache (.git, .venv), but in a world-writable directory
+    (workdir / ".git").mkdir()
+    shutil.copy("/bin/true", workdir / ".git" / "payload")
+    r = run([str(workdir / ".git" / "payload"), "git"])
+    ev3 = exec_event(w, pid=r.pid, argv=[str(workdir / ".git" / "payload"), "git"])
+    assert wait_alert(w, HIDDEN, ev3["exec_id"])["matched"] == {"Image": str(workdir / ".git" / "payload")}
+    r.wait(60)
     # look-alike: a developer's build running its fresh binary from /var/tmp/... via make
     (workdir / "Makefile").write_text("run:\n\t./payload built\n")
     m = run(["make", "-s", "-C", str(workdir), "run"])
