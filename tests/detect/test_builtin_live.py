@@ -339,6 +339,15 @@ def test_unexpected_setuid_root(detecting, workdir):
     assert (ev["uid"], ev["euid"]) == (65534, 0)
     a = wait_alert(w, SETUID, ev["exec_id"])
     assert a["matched"] == {"euid": 0, "setuid": True}
+    # planted under the name of a distribution's setuid program, but not where packages put it
+    disguised = workdir / "ping"
+    shutil.copy("/usr/bin/id", disguised)
+    disguised.chmod(0o4755)
+    p = run([*drop, str(disguised), "-u"])
+    p.wait(60)
+    ev = exec_event(w, pid=p.pid, argv=[str(disguised), "-u"])
+    assert (ev["uid"], ev["euid"], ev["exe"]) == (65534, 0, str(disguised))
+    assert wait_alert(w, SETUID, ev["exec_id"])["matched"] == {"euid": 0, "setuid": True}
     # look-alike: a distribution setuid-root program run by the same user
     b = run([*drop, "/usr/bin/passwd", "-S", "nobody"])
     b.wait(60)
@@ -427,6 +436,13 @@ def test_download_chmod_exec(detecting, workdir):
         assert p.wait(20) == 0
         ev = exec_event(w, filename="./a/x", argv=["/bin/sh", "./a/x", "go"])
         assert wait_alert(w, DOWNLOAD_EXEC, ev["exec_id"])["matched"]["file"] == str(workdir / "a" / "x")
+        # flags clustered before the value-taking option, as droppers write them (-fsSLo FILE)
+        p = run(["bash", "-c", f"cd {workdir} && curl -fsSLo dl2 {url} && chmod 755 dl2 && ./dl2 go"])
+        assert p.wait(20) == 0
+        ev = exec_event(w, filename="./dl2", argv=["/bin/sh", "./dl2", "go"])
+        a = wait_alert(w, DOWNLOAD_EXEC, ev["exec_id"])
+        assert (a["matched"]["file"], a["matched"]["downloaded_by"], a["matched"]["chmod"]) == (
+            str(workdir / "dl2"), f"curl -fsSLo dl2 {url}", "chmod 755 dl2")
         # look-alike: a file made executable and run, but copied locally, not downloaded
         b = run(["bash", "-c", f"cd {workdir} && cp www/stage2.sh local1 && chmod +x local1 && ./local1 go"])
         assert b.wait(20) == 0
@@ -443,13 +459,6 @@ def _alerted_once(w, rule_id, argv, **kw):
     ev = exec_event(w, pid=p.pid, argv=list(argv))
     return wait_alert(w, rule_id, ev["exec_id"])
 
-        # flags clustered before the value-taking option, as droppers write them (-fsSLo FILE)
-        p = run(["bash", "-c", f"cd {workdir} && curl -fsSLo dl2 {url} && chmod 755 dl2 && ./dl2 go"])
-        assert p.wait(20) == 0
-        ev = exec_event(w, filename="./dl2", argv=["/bin/sh", "./dl2", "go"])
-        a = wait_alert(w, DOWNLOAD_EXEC, ev["exec_id"])
-        assert (a["matched"]["file"], a["matched"]["downloaded_by"], a["matched"]["chmod"]) == (
-            str(workdir / "dl2"), f"curl -fsSLo dl2 {url}", "chmod 755 dl2")
 
 def _not_alerted(w, rule_id, argv, **kw):
     p = run(argv, **kw)
