@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+import posixpath
 import re
 from typing import Any, Callable
 
@@ -105,6 +106,22 @@ def _argv0(ev) -> str | None:
     return argv[0] if argv else None
 
 
+def _script(ev) -> str | None:
+    """The #! script an exec runs, as an absolute path (Image is its interpreter): the kernel
+    makes argv [interpreter, (the #! line's argument), filename, ...], filename being the path
+    given to execve, made absolute here against cwd (symlinks not followed). None otherwise."""
+    f = ev.filename
+    if not f or f == ev.exe:
+        return None
+    argv = ev.argv
+    if not argv or f not in argv[1:3]:
+        return None
+    if f.startswith("/"):
+        return posixpath.normpath(f)
+    cwd = ev.cwd
+    return posixpath.normpath(posixpath.join(cwd, f)) if cwd else None
+
+
 def _ancestry_field(name: str) -> Callable[[Any], Any]:
     def get(ev):
         anc = ev.ancestry
@@ -150,6 +167,7 @@ AUDITD: dict[str, Callable[[Any], Any]] = {
 EXTRA: dict[str, Callable[[Any], Any]] = {
     "argv0": _argv0,
     "setuid": _setuid,
+    "script": _script,
     "ancestry.exe": _ancestry_field("exe"),
     "ancestry.argv": _ancestry_field("argv"),
     "ancestry.pid": _ancestry_field("pid"),

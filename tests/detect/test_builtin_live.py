@@ -302,6 +302,16 @@ def test_exec_from_tmp_and_hidden_dir(detecting, workdir):
     ev3 = exec_event(w, pid=r.pid, argv=[str(workdir / ".git" / "payload"), "git"])
     assert wait_alert(w, HIDDEN, ev3["exec_id"])["matched"] == {"Image": str(workdir / ".git" / "payload")}
     r.wait(60)
+    # a #! script there: Image is /usr/bin/dash, the script is what is in the directory
+    script = hidden / "stage.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    s = run(["bash", "-c", f"cd {hidden} && ./stage.sh go"])
+    ev4 = exec_event(w, filename="./stage.sh", argv=["/bin/sh", "./stage.sh", "go"])
+    s.wait(60)
+    assert ev4["exe"] == os.path.realpath("/bin/sh")
+    for rule_id in (WORLD_WRITABLE, HIDDEN):
+        assert wait_alert(w, rule_id, ev4["exec_id"])["matched"] == {"script": str(script)}
     # look-alike: a developer's build running its fresh binary from /var/tmp/... via make
     (workdir / "Makefile").write_text("run:\n\t./payload built\n")
     m = run(["make", "-s", "-C", str(workdir), "run"])

@@ -212,6 +212,25 @@ def test_download_chmod_exec_through_busybox():
             ("11", n + 2, f"/srv/d/{name}", " ".join(dl))]
 
 
+def test_a_script_is_judged_by_where_it_is_not_by_its_interpreter():
+    """A #! script's Image is its interpreter (/usr/bin/dash); the rules for world-writable and
+    hidden directories also look at the script (`script`: filename against cwd), with the same
+    tool-cache exclusions (a pip entry point in ~/.local/bin is a #! python script)."""
+    det = Detector.from_paths(None)
+    ww, hidden = "5e27c0de-0000-4000-8000-000000000005", "5e27c0de-0000-4000-8000-000000000006"
+    cases = [("/tmp/.x/run", "/", [ww, hidden]), ("./run", "/dev/shm/.x", [ww, hidden]),
+             ("./.x/run", "/srv", [hidden]), ("/home/bob/.local/bin/tool", "/", []),
+             ("/tmp/.venv/bin/tool", "/", [ww, hidden]), ("/usr/bin/tool", "/tmp", [])]
+    for i, (filename, cwd, want) in enumerate(cases):
+        got = det.observe(event(pid=70 + i, exec_id=f"b:7:{i}", exe="/usr/bin/dash", filename=filename,
+                                argv=["/bin/sh", filename, "x"], cwd=cwd, uid=1000, user="bob"))
+        assert sorted(a.rule.id for a in got) == want, filename
+    # a binary: no script, Image alone decides
+    got = det.observe(event(pid=80, exec_id="b:7:80", exe="/usr/bin/dash", filename="/bin/sh",
+                            argv=["sh", "-c", "true"], cwd="/tmp/.x", uid=1000, user="bob"))
+    assert got == []
+
+
 def test_a_memfd_named_like_runcs_clone_is_excluded_only_when_root_runs_it():
     """runc (as root) re-executes itself from a memfd named runc_cloned; any user can give a
     memfd that name, so the name alone must not hide a fileless payload."""
