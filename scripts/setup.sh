@@ -59,9 +59,10 @@ apt_has_candidate() {
 headers_dir_ok() { [ -e "$1/include/generated/autoconf.h" ] || [ -e "$1/include/linux/kconfig.h" ] || [ -e "$1/Makefile" ]; }
 
 install_system_apt() {
-    # netcat-openbsd: the detection tests run a real nc reverse shell (tests/detect).
+    # netcat-openbsd, socat, curl: the detection tests run real nc and socat reverse shells and
+    # a real curl download (tests/detect).
     # shellcheck disable=SC2046
-    apt_install $(apt_missing python3-bpfcc python3-venv python3-pip make gcc libc6-dev netcat-openbsd)
+    apt_install $(apt_missing python3-bpfcc python3-venv python3-pip make gcc libc6-dev netcat-openbsd socat curl)
     # The delivery tests start real collectors on 127.0.0.1 with their own config and data
     # directories (never the system's): rsyslog with RELP and TLS, redis-server, and openssl to
     # make the test CAs. Installing them does not configure them to receive anything.
@@ -95,7 +96,7 @@ install_system_apt() {
 
 install_system_dnf() {
     local missing=() p
-    for p in python3-bcc python3 make gcc nmap-ncat rsyslog rsyslog-relp rsyslog-gnutls redis openssl; do rpm -q "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    for p in python3-bcc python3 make gcc nmap-ncat socat curl rsyslog rsyslog-relp rsyslog-gnutls redis openssl; do rpm -q "$p" >/dev/null 2>&1 || missing+=("$p"); done
     if ! headers_dir_ok "/lib/modules/$kernel/build"; then
         if dnf -q list --available "kernel-devel-$kernel" >/dev/null 2>&1 || rpm -q "kernel-devel-$kernel" >/dev/null 2>&1; then
             rpm -q "kernel-devel-$kernel" >/dev/null 2>&1 || missing+=("kernel-devel-$kernel")
