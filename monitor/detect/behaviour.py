@@ -339,7 +339,9 @@ class DownloadChmodExec(Behaviour):
                 if a.startswith("-") or _MODE.match(a):
                     continue
                 st = self._files.get((session, _abs(cwd, a)))
-                if st is not None and now - st[3] < self.TTL_S:
+                if st is not None and st[0] != "executable" and now - st[3] < self.TTL_S:
+                    # (once: a second chmod counted it twice in `pending`, which then never
+                    # came back to 0, and every exec was shown to this behaviour for good)
                     st[0] = "executable"
                     st.append(" ".join(full))
                     self.pending += 1

