@@ -86,36 +86,6 @@ def _backtracking_only(pattern: str, flags: int) -> bool:
     return walk(sre_parse.parse(pattern, flags))
 
 
-def _python_dollar(pattern: str) -> str:
-    """Python's `$` (without MULTILINE) also matches before a final newline, RE2's only at the
-    end: else appending a newline to the last argument would slip past a rule ending in `$`.
-    Every `$` outside a character class becomes `(?:\\n?$)`, which finds the same matches."""
-    out, i, in_class = [], 0, False
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "\\":
-            out.append(pattern[i:i + 2])
-            i += 2
-            continue
-        if in_class:
-            if c == "]" and not (out[-1] == "[" or out[-1] == "[^"):
-                in_class = False
-            out.append(c)
-        elif c == "[":
-            in_class = True
-            if pattern.startswith("[^", i):
-                out.append("[^")
-                i += 2
-                continue
-            out.append("[")
-        elif c == "$":
-            out.append("(?:\\n?$)")
-        else:
-            out.append(c)
-        i += 1
-    return "".join(out)
-
-
 # Python's \d, \w and \s on a str are Unicode (str.isdecimal, str.isalnum or "_", str.isspace);
 # RE2's are ASCII ([0-9], [0-9A-Za-z_], [\t\n\f\r ]). Handed to RE2 as written, `xmr\w+\s+--url`
 # would miss `xmrÄig --url` and `xmrig\v--url`, which Python's re (the documented semantics)
@@ -145,11 +115,14 @@ def _ranges(letter: str) -> str:
     return got
 
 
-def _python_classes(pattern: str) -> str:
-    r"""\d \D \w \W \s \S with Python's (Unicode) meaning, for RE2: outside a character class
-    as a class of their own, inside one as its ranges (a negated letter: the complement's)."""
-    if not re.search(r"\\[dDwWsS]", pattern):
-        return pattern
+def _for_re2(pattern: str, multiline: bool) -> str:
+    r"""The pattern with Python's meaning, for RE2, in one pass over it:
+
+    * \d \D \w \W \s \S as Python's (Unicode) classes: outside a character class as a class of
+      their own, inside one as its ranges (a negated letter: the complement's);
+    * without MULTILINE, `$` outside a character class as `(?:\n?$)`: Python's `$` also matches
+      before a final newline, RE2's only at the end, so appending a newline to the last
+      argument would slip past a rule ending in `$`; this finds the same matches."""
     out, i, in_class = [], 0, False
     while i < len(pattern):
         c = pattern[i]
@@ -172,6 +145,8 @@ def _python_classes(pattern: str) -> str:
                 i += 2
                 continue
             out.append("[")
+        elif c == "$" and not multiline:
+            out.append("(?:\\n?$)")
         else:
             out.append(c)
         i += 1
@@ -184,7 +159,7 @@ def regex_search(pattern: str, flags: int) -> Test:
     compiled = re.compile(pattern, flags)  # Python's verdict on validity, and the fallback
     if re2 is not None and not _backtracking_only(pattern, flags):
         inline = "".join(c for f, c in _INLINE if flags & f)
-        rx = _python_classes(pattern if flags & re.MULTILINE else _python_dollar(pattern))
+        rx = _for_re2(pattern, bool(flags & re.MULTILINE))
         try:
             search = re2.compile(f"(?{inline}){rx}" if inline else rx).search
         except re2.error:
