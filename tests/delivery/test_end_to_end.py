@@ -276,8 +276,11 @@ def test_a_collector_that_never_answers_stalls_nothing(watch, tmp_path, progs):
         wait_for(lambda: sum(1 for e in read_jsonl(local) if e["event"] == "stats"
                              and e["time"] > time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ended + 1))) >= 3,
                  30, "stats written after the storm while the collector hangs")
-        s = wait_for(lambda: (lambda f: f if f and f["last_error"] and f["pending"] >= 1500 else None)(last_stats(local, url)),
-                     30, "the stalled destination in stats")
+        # Every event written is pending at the silent collector: at least the storm's execs seen
+        # in the file (not 3 per exec: under load a short process's records fold into fewer
+        # events, as the spool-full test learned in CI).
+        s = wait_for(lambda: (lambda f: f if f and f["last_error"] and f["pending"] >= seen else None)(last_stats(local, url)),
+                     30, lambda: f"the stalled destination in stats; last stats {last_stats(local, url)}")
         assert s["connected"] is False and "no RELP answer within 2s" in s["last_error"] and s["acknowledged"] == 0
         t1 = time.monotonic()
         assert w.stop() == 0
