@@ -377,7 +377,10 @@ def test_detection_runs_per_flush_and_each_alert_follows_its_event(proc_tree, tm
 
     # a drain longer than the bound observes DETECT_BATCH events without waiting for a flush
     n = pl.DETECT_BATCH + 3
-    src.batches = [[rexec(8000 + i, 1, 1, 2, (b"evil",), 10 + i, exe=b"/tmp/evil") for i in range(n)]]
+    # (PIDs above any this host hands out: the pipeline drops its own PID's records, and the
+    # test's PID once fell in 8000 .. 8000 + n)
+    base = 4_100_000
+    src.batches = [[rexec(base + i, 1, 1, 2, (b"evil",), 10 + i, exe=b"/tmp/evil") for i in range(n)]]
     p.drain(flush=True)
     assert len(p._to_detect) == 3
     assert sum(r.event == "alert" for r in sink.records) == 2 + pl.DETECT_BATCH
@@ -385,7 +388,7 @@ def test_detection_runs_per_flush_and_each_alert_follows_its_event(proc_tree, tm
     assert sum(r.event == "alert" for r in sink.records) == 2 + n and not p._to_detect
     # every alert comes after its own event, the batch's last one included
     where = {(r.event, r.pid): i for i, r in enumerate(sink.records)}
-    assert all(where[("alert", 8000 + i)] > where[("exec", 8000 + i)] for i in range(n))
+    assert all(where[("alert", base + i)] > where[("exec", base + i)] for i in range(n))
 
 
 def test_stats_count_the_alerts_of_what_was_emitted_before_them(proc_tree, tmp_path):
@@ -425,3 +428,4 @@ def test_the_enrichers_socket_table_lives_as_long_as_its_dumps_allow(proc_tree):
     assert e.sockets() is t
     e._dump_budget.next_at -= DumpBudget.IDLE_FACTOR * 1.0  # that much later
     assert e.sockets() is not t
+
