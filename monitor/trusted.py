@@ -11,6 +11,7 @@ file used: a rename between a check and the open cannot swap it.
 from __future__ import annotations
 
 import errno
+import functools
 import grp
 import os
 import pwd
@@ -32,6 +33,7 @@ def trusted_uids() -> frozenset[int]:
     return frozenset(uids)
 
 
+@functools.lru_cache(maxsize=64)  # (one passwd walk per group and owner: NSS may be LDAP)
 def _private_group(gid: int, owner: int) -> bool:
     """A group only its owner is in (Debian/Ubuntu's user private groups, with umask 002: a
     user's files are group-writable, and harmlessly so). As Debian's OpenSSH decides it for
@@ -46,10 +48,11 @@ def _private_group(gid: int, owner: int) -> bool:
     return not any(u.pw_gid == gid and u.pw_uid != owner for u in pwd.getpwall())
 
 
-def _owner_problem(st: os.stat_result, owners: frozenset[int]) -> str | None:
+def _owner_problem(st: os.stat_result, owners: frozenset[int], private_group_ok: bool = True) -> str | None:
     if st.st_uid not in owners:
         return f"owned by uid {st.st_uid}, not {os.geteuid()}"
-    if st.st_mode & 0o002 or (st.st_mode & 0o020 and not _private_group(st.st_gid, st.st_uid)):
+    if st.st_mode & 0o002 or (st.st_mode & 0o020 and not (
+            private_group_ok and _private_group(st.st_gid, st.st_uid))):
         return f"writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
     return None
 
@@ -186,11 +189,10 @@ def _checked_own(fd: int, what: str, kind, allow_root: bool) -> int:
 def _check_own(st: os.stat_result, what: str, kind, allow_root: bool = False) -> None:
     if not kind(st.st_mode):
         raise Untrusted(f"{what}: unexpected file type (a symlink or special file?); refusing to use it")
-    if st.st_uid not in ((os.geteuid(), 0) if allow_root else (os.geteuid(),)):
-        raise Untrusted(f"{what}: owned by uid {st.st_uid}, not {os.geteuid()}; refusing to use it")
-    if st.st_mode & 0o022:
-        raise Untrusted(f"{what}: writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
-                        "refusing to use it")
+    owners = frozenset((os.geteuid(), 0) if allow_root else (os.geteuid(),))
+    problem = _owner_problem(st, owners, private_group_ok=False)  # ours: created 0600/0700
+    if problem:
+        raise Untrusted(f"{what}: {problem}; refusing to use it")
 
 
 def open_own_dir(path: str, parent_fd: int | None = None, create: bool = True,

@@ -212,8 +212,8 @@ class ReverseShell(Behaviour):
                     return [(self.info, ev, {"fds": [f"0:{fds.get(0)}"], "parent_pid": ppid,
                                              "parent_exe": view.get("ParentImage"),
                                              "parent_sockets": socks})]
-        if is_shell and probe is not None and _reads_commands(attr(ev, "argv")) \
-                and _program_kind(_base(view.get("ParentImage")).lower()) == "net":
+        reads = is_shell and _reads_commands(attr(ev, "argv"))
+        if reads and probe is not None and _program_kind(_base(view.get("ParentImage")).lower()) == "net":
             # (d) a relay's shell: socat exec:sh (stdio a socketpair) or exec:sh,pty (a pty),
             # ncat --exec: the TCP socket is on any fd of the network tool that started it.
             ppid = attr(ev, "ppid")
@@ -222,7 +222,7 @@ class ReverseShell(Behaviour):
                 return [(self.info, ev, {"fds": [f"{fd}:{fds.get(fd, '')}" for fd in (0, 1, 2)],
                                          "parent_pid": ppid, "parent_exe": view.get("ParentImage"),
                                          "parent_sockets": socks})]
-        side = "shell" if is_shell and _reads_commands(attr(ev, "argv")) else (
+        side = "shell" if reads else (
             "net" if name in NET_TOOLS else None)
         if side is None:
             return
@@ -326,6 +326,8 @@ class DownloadChmodExec(Behaviour):
             return
         full = argv = attr(ev, "argv") or ()
         name, argv = _applet(name, argv)  # busybox wget / chmod, or through a link so named
+        if name not in self.DOWNLOADERS and name != "chmod" and not self.pending:
+            return  # another applet (on Alpine, every sh, ls, cat ... is one)
         cwd = attr(ev, "cwd") or "/"
         session = attr(ev, "sessionid")
         now = time.monotonic()

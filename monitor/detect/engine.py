@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable
 
 from monitor.detect import behaviour
 from monitor.detect.compile import SUFFIX, any_substring
-from monitor.build import ANCESTOR_ARGV_BYTES
+from monitor.build import bounded_argv
 from monitor.detect.fields import PARENT_ARGV_FIELDS, Replayed, View, as_record, attr, field_getter
 from monitor.detect.loader import CompiledRule, Skipped, load, load_builtin
 from monitor.events import AlertEvent, RuleInfo
@@ -165,7 +165,7 @@ class Detector:
         long_argvs = self._long_argvs
         if long_argvs is not None and ev.__class__ is Replayed:
             argv = ev.argv
-            if argv and sum(map(len, argv)) + len(argv) - 1 > ANCESTOR_ARGV_BYTES:
+            if argv and bounded_argv(argv)[1]:  # one its descendants' ancestry will cut
                 long_argvs[(ev.exec_id, ev.image_id)] = tuple(argv)
                 if len(long_argvs) > _LONG_ARGVS:
                     long_argvs.popitem(last=False)
